@@ -1,0 +1,39 @@
+"""Stage: iree-compile the module for the target, keeping the dumped executables for inspection."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from iree.compiler.tools.binaries import find_tool
+
+from .errors import RvdeployError
+
+
+@dataclass(frozen=True)
+class CompiledModule:
+    vmfb: Path
+    dump_dir: Path  # --iree-hal-dump-executable-files-to: configured MLIR, .ll, .s per executable
+    flags: tuple[str, ...]
+
+
+def compiler_version() -> str:
+    out = subprocess.run([find_tool("iree-compile"), "--version"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "IREE" in line and "version" in line:
+            return line.split("version", 1)[1].strip()
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def compile_module(mlir: Path, flags: list[str], workdir: Path) -> CompiledModule:
+    vmfb = workdir / "model.vmfb"
+    dump = workdir / "executables"
+    cmd = [find_tool("iree-compile"), str(mlir), *flags, f"--iree-hal-dump-executable-files-to={dump}",
+           "-o", str(vmfb)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+        first = errors[0] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RvdeployError(f"iree-compile failed: {first.strip()[:300]}")
+    return CompiledModule(vmfb=vmfb, dump_dir=dump, flags=tuple(flags))

@@ -1,0 +1,250 @@
+"""Stage: lower every weight contraction to `linalg.mmt4d` with tiles chosen for the target.
+
+Each ONNX `MatMul(x, W)` whose right operand is a weight global becomes a call to a small helper:
+  decode  (x is 1x1xK): x reshaped to 1xKx1x1 (no copy), mmt4d with M0 = 1, result reshaped back;
+  prefill (x is BxSxK): x packed to M0xK0 tiles, mmt4d, result unpacked (activations only).
+W is replaced by a new global holding it pre-packed as N1xK1xN0xK0, so neither module load nor any
+step packs a weight, and each weight is stored once, in the layout its kernel reads. IREE then lowers
+the mmt4d ops to its microkernels (`--iree-llvmcpu-enable-ukernels=mmt4d`). Activation x activation
+contractions (attention over the KV cache) are left alone: repacking the cache every token costs
+more than the microkernel saves (see the issue's measurements).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from iree.compiler import ir
+
+from .entrypoints import EntryModule
+from .mlir_types import TensorType
+from .targets import Target
+
+_TILES = Path(__file__).with_name("tiles.toml")
+
+
+@dataclass(frozen=True)
+class Tile:
+    m0: int  # prefill rows per tile (decode always uses 1)
+    n0: int
+    k0: int
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    key: str  # parameter key of the packed tensor
+    source_key: str  # parameter key of the KxN original
+    k: int
+    n: int
+    elt: str
+    n0: int
+    k0: int
+
+    @property
+    def packed_shape(self) -> tuple[int, int, int, int]:
+        return (-(-self.n // self.n0), self.k // self.k0, self.n0, self.k0)
+
+
+@dataclass(frozen=True)
+class LoweredModule:
+    mlir: Path
+    packed: tuple[PackedWeight, ...]
+    plain_keys: tuple[str, ...]  # weights still read as imported (embeddings, norms...)
+    tiles: dict  # element type -> Tile
+    lowered: int  # contractions rewritten
+    skipped: tuple[str, ...]  # why other weight contractions were not
+
+
+def tile_for(target: Target, elt: str) -> Tile | None:
+    table = tomllib.loads(_TILES.read_text())
+    entry = table.get("host" if target.is_host else target.arch, {}).get(elt)
+    if entry is None or (not target.is_host and not target.has_vector):
+        return None
+    n0 = entry["n0"] if "n0" in entry else target.vlen // entry["n0_vlen_divisor"]
+    return Tile(m0=entry["prefill_m0"], n0=n0, k0=entry["k0"])
+
+
+def _helper(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, opset: int) -> str:
+    n1, k1, n0, k0 = -(-n // tile.n0), k // tile.k0, tile.n0, tile.k0
+    w = f"tensor<{n1}x{k1}x{n0}x{k0}x{elt}>"
+    attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
+    if decode:
+        acc = f"tensor<1x{n1}x1x{n0}x{elt}>"
+        lines = [
+            f"func.func private @{name}(%x: tensor<1x1x{k}x{elt}>, %w: {w}) -> tensor<1x1x{n}x{elt}> {attrs} {{",
+            f"  %zero = arith.constant 0.0 : {elt}",
+            f"  %xf = tensor.collapse_shape %x [[0, 1, 2]] : tensor<1x1x{k}x{elt}> into tensor<{k}x{elt}>",
+            f"  %xp = tensor.expand_shape %xf [[0, 1, 2, 3]] output_shape [1, {k1}, 1, {k0}] : "
+            f"tensor<{k}x{elt}> into tensor<1x{k1}x1x{k0}x{elt}>",
+            f"  %oe = tensor.empty() : {acc}",
+            f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : {acc}) -> {acc}",
+            f"  %o = linalg.mmt4d ins(%xp, %w : tensor<1x{k1}x1x{k0}x{elt}>, {w}) outs(%of : {acc}) -> {acc}",
+            f"  %flat = tensor.collapse_shape %o [[0, 1, 2, 3]] : {acc} into tensor<{n1 * n0}x{elt}>",
+        ]
+        if n1 * n0 != n:  # N padded up to a whole tile: drop the padding columns
+            lines.append(f"  %y1 = tensor.extract_slice %flat[0] [{n}] [1] : tensor<{n1 * n0}x{elt}> to tensor<{n}x{elt}>")
+        else:
+            lines.append(f"  %y1 = tensor.cast %flat : tensor<{n}x{elt}> to tensor<{n}x{elt}>")
+        lines += [
+            f"  %y = tensor.expand_shape %y1 [[0, 1, 2]] output_shape [1, 1, {n}] : tensor<{n}x{elt}> into "
+            f"tensor<1x1x{n}x{elt}>",
+            f"  return %y : tensor<1x1x{n}x{elt}>",
+            "}",
+        ]
+        return "\n".join(lines)
+    m0 = tile.m0
+    lhs = f"tensor<?x{k1}x{m0}x{k0}x{elt}>"
+    acc = f"tensor<?x{n1}x{m0}x{n0}x{elt}>"
+    return "\n".join([
+        f"func.func private @{name}(%x: tensor<?x?x{k}x{elt}>, %w: {w}) -> tensor<?x?x{n}x{elt}> {attrs} {{",
+        "  %c0 = arith.constant 0 : index",
+        "  %c1 = arith.constant 1 : index",
+        f"  %cm0 = arith.constant {m0} : index",
+        f"  %zero = arith.constant 0.0 : {elt}",
+        f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}x{elt}>",
+        f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}x{elt}>",
+        f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}x{elt}> into tensor<?x{k}x{elt}>",
+        f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}x{elt}>",
+        "  %m1 = arith.ceildivui %m, %cm0 : index",
+        f"  %pe = tensor.empty(%m1) : {lhs}",
+        f"  %xp = linalg.pack %x2 padding_value(%zero : {elt}) inner_dims_pos = [0, 1] inner_tiles = [{m0}, {k0}] "
+        f"into %pe : tensor<?x{k}x{elt}> -> {lhs}",
+        f"  %oe = tensor.empty(%m1) : {acc}",
+        f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : {acc}) -> {acc}",
+        f"  %o = linalg.mmt4d ins(%xp, %w : {lhs}, {w}) outs(%of : {acc}) -> {acc}",
+        f"  %ue = tensor.empty(%m) : tensor<?x{n}x{elt}>",
+        f"  %y2 = linalg.unpack %o inner_dims_pos = [0, 1] inner_tiles = [{m0}, {n0}] into %ue : {acc} -> "
+        f"tensor<?x{n}x{elt}>",
+        f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
+        f"tensor<?x?x{n}x{elt}>",
+        f"  return %y : tensor<?x?x{n}x{elt}>",
+        "}",
+    ])
+
+
+def _walk(op, visit) -> None:
+    for region in op.regions:
+        for block in region.blocks:
+            for child in list(block.operations):
+                visit(child.operation)
+                _walk(child.operation, visit)
+
+
+def _weight_global(value) -> str | None:
+    """The global a MatMul's right operand loads, if it is a plain weight."""
+    conv = value.owner
+    if getattr(conv, "name", None) != "torch_c.from_builtin_tensor":
+        return None
+    load = conv.operands[0].owner
+    if getattr(load, "name", None) != "util.global.load":
+        return None
+    return ir.FlatSymbolRefAttr(load.attributes["global"]).value
+
+
+def _param_key(global_op) -> str:
+    # #stream.parameter.named<"model"::"KEY"> : the key is the last quoted string
+    text = str(global_op.attributes["initial_value"])
+    return text.rsplit('"', 2)[-2]
+
+
+def _create(name, results, operands, attributes=None):
+    return ir.Operation.create(name, results=results, operands=operands, attributes=attributes or {}).result
+
+
+def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> LoweredModule:
+    with ir.Context() as ctx:
+        ctx.allow_unregistered_dialects = True
+        module = ir.Module.parse(entry.mlir.read_text())
+        globals_ = {ir.StringAttr(op.attributes["sym_name"]).value: op.operation
+                    for op in module.body.operations if op.operation.name == "util.global"}
+        opset = 17
+        for op in module.body.operations:
+            if op.operation.name == "func.func" and "torch.onnx_meta.opset_version" in op.attributes:
+                opset = ir.IntegerAttr(op.attributes["torch.onnx_meta.opset_version"]).value
+                break
+
+        matmuls = []
+        _walk(module.operation, lambda op: matmuls.append(op) if op.name == "torch.operator"
+              and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMul" else None)
+
+        helpers: dict[str, str] = {}
+        packed: dict[str, PackedWeight] = {}
+        tiles: dict[str, Tile] = {}
+        skipped: list[str] = []
+        lowered = 0
+        for op in matmuls:
+            gname = _weight_global(op.operands[1])
+            if gname is None:
+                continue  # activation x activation (attention): left to IREE's code generation
+            x = TensorType.parse(str(op.operands[0].type))
+            w = TensorType.parse(str(op.operands[1].type))
+            y = TensorType.parse(str(op.results[0].type))
+            tile = tile_for(target, x.elt)
+            where = str(op.location)
+            if tile is None:
+                skipped.append(f"{where}: no mmt4d tile for {x.elt} on {target.name}")
+                continue
+            if len(x.dims) != 3 or len(w.dims) != 2 or w.dims[0] % tile.k0:
+                skipped.append(f"{where}: unsupported MatMul shapes {x.dims} x {w.dims}")
+                continue
+            tiles[x.elt] = tile
+            k, n = w.dims
+            decode = x.dims[:2] == (1, 1)
+            helper = f"rvd_mmt4d_{'decode' if decode else 'prefill'}_{k}x{n}_{x.elt}"
+            helpers.setdefault(helper, _helper(helper, k, n, x.elt, tile, decode, opset))
+            source_key = _param_key(globals_[gname])
+            key = f"{source_key}.mmt4d_{tile.n0}x{tile.k0}"
+            pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, x.elt, tile.n0, tile.k0))
+            packed_sym = "rvd_packed." + gname
+
+            hx = f"tensor<1x1x{k}x{x.elt}>" if decode else f"tensor<?x?x{k}x{x.elt}>"
+            hy = f"tensor<1x1x{n}x{x.elt}>" if decode else f"tensor<?x?x{n}x{x.elt}>"
+            wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{x.elt}>"
+            with ir.InsertionPoint(op), op.location:
+                xb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(x.builtin)], [op.operands[0]])
+                if x.builtin != hx:
+                    xb = _create("tensor.cast", [ir.Type.parse(hx)], [xb])
+                wv = _create("util.global.load", [ir.Type.parse(wt)], [],
+                             {"global": ir.FlatSymbolRefAttr.get(packed_sym)})
+                yb = _create("func.call", [ir.Type.parse(hy)], [xb, wv],
+                             {"callee": ir.FlatSymbolRefAttr.get(helper)})
+                if y.builtin != hy:
+                    yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
+                yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
+            op.results[0].replace_all_uses_with(yv)
+            conv = op.operands[1].owner
+            op.erase()
+            if not list(conv.results[0].uses):
+                load = conv.operands[0].owner
+                conv.erase()
+                if not list(load.results[0].uses):
+                    load.erase()
+            if packed_sym not in globals_:
+                ip = ir.InsertionPoint(globals_[gname])
+                new = ir.Operation.parse(
+                    f'util.global private @"{packed_sym}" = #stream.parameter.named<"model"::"{key}"> : {wt}')
+                ip.insert(new)
+                globals_[packed_sym] = new
+            lowered += 1
+
+        used: set[str] = set()
+        _walk(module.operation, lambda op: used.add(ir.FlatSymbolRefAttr(op.attributes["global"]).value)
+              if op.name == "util.global.load" else None)
+        plain = []
+        for name, g in globals_.items():
+            if name not in used:
+                g.erase()  # a weight now read only in its packed form
+            elif not name.startswith("rvd_packed."):
+                plain.append(_param_key(g))
+        if helpers:
+            added = ir.Module.parse("\n".join(helpers.values()))
+            for op in list(added.body.operations):
+                op.detach_from_parent()
+                module.body.append(op)
+        module.operation.verify()
+        out = workdir / "module.mmt4d.mlir"
+        out.write_text(str(module))
+    return LoweredModule(mlir=out, packed=tuple(packed.values()), plain_keys=tuple(plain), tiles=tiles,
+                         lowered=lowered, skipped=tuple(skipped))
