@@ -1,0 +1,182 @@
+"""The Python API behind the CLI: build, run and inspect, each a chain of named stages.
+
+Stages return values and never print; a caller that wants progress passes `on_stage`, which is called
+with each stage's name before it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .boards import get_board
+from .bundle import Bundle, write_bundle
+from .compiler import compile_module, compiler_version
+from .dispatches import DispatchReport, analyze_dump, summarize
+from .entrypoints import assemble
+from .errors import RvdeployError
+from .graphinfo import inspect_graph
+from .importer import import_graphs
+from .mmt4d import lower_to_mmt4d
+from .onnx_shapes import split_phases
+from .params import write_params
+from .pipeline import PIPELINES, compile_flags
+from .source import DEFAULT_MODEL, materialize, resolve_model
+from .targets import get_target
+from .tokenizer import TextCodec
+
+BUILD_STAGES = ("fetch", "check", "import", "entry points", "mmt4d lowering", "pack weights", "compile",
+                "inspect", "bundle")
+StageHook = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Bundle
+    seconds: dict  # stage -> wall seconds
+
+
+def _max_context(config: Path | None) -> int | None:
+    if config is None or not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("max_position_embeddings")
+    except json.JSONDecodeError:
+        return None
+
+
+def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revision: str | None = None,
+          target: str = "host", pipeline: str = "mmt4d", force: bool = False, workdir: Path | None = None,
+          on_stage: StageHook = _noop) -> BuildResult:
+    import time
+
+    if pipeline not in PIPELINES:
+        raise RvdeployError(f"unknown pipeline {pipeline!r}", hint="known pipelines: " + ", ".join(PIPELINES))
+    tgt = get_target(target)
+    out = Path(out)
+    if out.exists() and not force:  # fail before minutes of work, not after
+        raise RvdeployError(f"output directory {out} already exists", hint="pass --force to replace it")
+    seconds: dict[str, float] = {}
+    own_workdir = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="rvdeploy-build-")) if own_workdir else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+
+    def stage(name: str):
+        on_stage(name)
+        seconds[name] = time.perf_counter()
+
+    def done(name: str):
+        seconds[name] = round(time.perf_counter() - seconds[name], 3)
+
+    try:
+        stage("fetch")
+        files = resolve_model(model, variant=variant, revision=revision)
+        done("fetch")
+        stage("check")
+        graph = inspect_graph(files.onnx)
+        onnx_path = materialize(files.onnx, work / "source")
+        done("check")
+        stage("import")
+        phases = split_phases(onnx_path, work)
+        imported = import_graphs(phases, work)
+        done("import")
+        stage("entry points")
+        entry = assemble(imported, list(graph.inputs), list(graph.outputs), work)
+        done("entry points")
+        lowered = None
+        module_mlir = entry.mlir
+        if pipeline == "mmt4d":
+            stage("mmt4d lowering")
+            lowered = lower_to_mmt4d(entry, tgt, work)
+            module_mlir = lowered.mlir
+            done("mmt4d lowering")
+        stage("pack weights")
+        params = write_params(imported.params, lowered, work / "model.irpa")
+        done("pack weights")
+        stage("compile")
+        flags = compile_flags(tgt, pipeline)
+        compiled = compile_module(module_mlir, flags, work)
+        done("compile")
+        stage("inspect")
+        kv_shapes = {(1, graph.num_kv_heads, -1, graph.head_dim)}
+        weight_shapes = {(pw.k, pw.n) for pw in lowered.packed} if lowered else None
+        report = analyze_dump(compiled.dump_dir, kv_shapes=kv_shapes, weight_shapes=weight_shapes)
+        (work / "dispatches.json").write_text(json.dumps(report.to_dict(), indent=1, sort_keys=True) + "\n")
+        done("inspect")
+        stage("bundle")
+        bundle_files = {"model.vmfb": compiled.vmfb, "model.irpa": params, "dispatches.json": work / "dispatches.json"}
+        if files.tokenizer:
+            bundle_files["tokenizer.json"] = files.tokenizer
+        if files.config:
+            bundle_files["config.json"] = files.config
+        manifest = {
+            "rvdeploy_version": __version__,
+            "model": {"id": files.model_id, "revision": files.revision, "variant": files.variant,
+                      "source": files.kind, "graph": graph.to_dict() | {"path": files.onnx.name}},
+            "target": tgt.to_dict(),
+            "pipeline": {"name": pipeline, "description": PIPELINES[pipeline], "compiler_flags": list(flags),
+                         "mmt4d": None if lowered is None else {
+                             "tiles": {elt: {"prefill": f"{t.m0}x{t.n0}x{t.k0}", "decode": f"1x{t.n0}x{t.k0}"}
+                                       for elt, t in lowered.tiles.items()},
+                             "lowered_contractions": lowered.lowered,
+                             "packed_weights": [{"key": pw.key, "k": pw.k, "n": pw.n,
+                                                 "packed_shape": list(pw.packed_shape)} for pw in lowered.packed],
+                             "not_lowered": list(lowered.skipped)}},
+            "compiler": {"name": "iree-compile", "version": compiler_version()},
+            "entry_points": entry.entry_points,
+            "tokenizer": "tokenizer.json" if files.tokenizer else None,
+            "max_context": _max_context(files.config),
+            "parameters": {"scope": "model", "file": "model.irpa"},
+        }
+        bundle = write_bundle(out, bundle_files, manifest, force=force)
+        done("bundle")
+        return BuildResult(bundle, seconds)
+    finally:
+        if own_workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    prompt: str
+    prompt_ids: list[int]
+    ids: list[int]
+    text: str
+    seconds: float
+    board: str
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "prompt_ids": self.prompt_ids, "ids": self.ids, "text": self.text,
+                "seconds": round(self.seconds, 4), "board": self.board}
+
+
+def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32) -> RunResult:
+    bundle = Bundle.open(bundle_path)
+    bundle.verify()
+    if not bundle.manifest.get("tokenizer"):
+        raise RvdeployError(f"{bundle.path} has no tokenizer.json: the model came without one",
+                            hint="rebuild from a model directory that has tokenizer.json")
+    codec = TextCodec(bundle.file(bundle.manifest["tokenizer"]))
+    ids = codec.encode(prompt)
+    limit = bundle.manifest.get("max_context")
+    if limit and len(ids) + max_new_tokens > limit:
+        raise RvdeployError(f"prompt ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the "
+                            f"model's context of {limit} tokens")
+    b = get_board(board)
+    result = b.generate(bundle, ids, max_new_tokens)
+    return RunResult(prompt, ids, result.ids, codec.decode(result.ids), result.seconds, b.name)
+
+
+def inspect(bundle_path: Path) -> dict:
+    bundle = Bundle.open(bundle_path)
+    report = DispatchReport.from_dict(json.loads(bundle.file("dispatches.json").read_text()))
+    return {"manifest": bundle.manifest, "dispatches": report.to_dict(), "summary": summarize(report)}

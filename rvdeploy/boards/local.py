@@ -1,0 +1,52 @@
+"""--board local: this machine, with the host IREE tools from iree-base-runtime."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+
+from ..bundle import Bundle
+from ..errors import RvdeployError
+from ..runtime import generate_args, parse_generate_output
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    ids: list[int]
+    seconds: float  # wall time of the whole invocation (module load included)
+
+
+def _host_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        # iree-base-runtime installs its tools as console scripts; a missing one means a broken install
+        raise RvdeployError(f"{name} not found on PATH", hint="pip install iree-base-runtime==3.13.0")
+    return path
+
+
+class LocalBoard:
+    name = "local"
+
+    def check(self, bundle: Bundle) -> None:
+        target = bundle.manifest["target"]
+        if target["arch"] != "host":
+            raise RvdeployError(
+                f"bundle {bundle.path} is built for {target['name']} ({target['arch']}); --board local runs "
+                f"host-target bundles on this {platform.machine()} machine",
+                hint="build with --target host, or run it on a board: --board qemu or --board user@host")
+
+    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
+        self.check(bundle)
+        cmd = [_host_tool("iree-run-module"),
+               *generate_args(str(bundle.file("model.vmfb")), str(bundle.file("model.irpa")), prompt_ids,
+                              max_new_tokens)]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RvdeployError(f"iree-run-module failed on {bundle.path}: {last[:300]}")
+        return GenerateResult(parse_generate_output(proc.stdout), seconds)

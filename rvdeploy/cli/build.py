@@ -1,0 +1,49 @@
+"""rvdeploy build: model -> deployable bundle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import api
+from ..source import DEFAULT_MODEL
+from ._options import Json
+from ._output import err, out, print_json, stage_progress
+
+
+def build(
+    model: Annotated[str, typer.Option("--model", "-m", help="Hub repo id (org/name), a local model directory, "
+                                       "a .onnx file, or `demo` (the bundled Zen-of-Python model).")] = DEFAULT_MODEL,
+    variant: Annotated[str, typer.Option(help="Which ONNX file of a hub-layout repo: fp32, fp16, int8, q4, ...")] = "fp32",
+    revision: Annotated[Optional[str], typer.Option(help="Hub branch, tag or commit (hub models only).")] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="Target profile: see `rvdeploy targets`.")] = "host",
+    pipeline: Annotated[str, typer.Option(help="mmt4d (weight contractions on RVV mmt4d microkernels, weights "
+                                          "pre-packed) or baseline (upstream IREE defaults).")] = "mmt4d",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write.")] = Path("out/bundle"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
+    json_: Json = False,
+) -> None:
+    """Build a bundle: fetch the model, import it, add prefill/decode/generate, lower to mmt4d, compile."""
+    with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
+        result = api.build(model, out=output, variant=variant, revision=revision, target=target,
+                           pipeline=pipeline, force=force, on_stage=hook)
+    m = result.bundle.manifest
+    if json_:
+        print_json({"bundle": str(result.bundle.path), "stage_seconds": result.seconds, "manifest": m})
+        return
+    size = sum(f["size"] for f in m["files"])
+    out.print(f"wrote {result.bundle.path}  ({m['model']['id']}, target {m['target']['name']}, "
+              f"pipeline {m['pipeline']['name']}, {size / 1e6:.1f} MB)")
+    mm = m["pipeline"].get("mmt4d")
+    if mm:
+        tiles = ", ".join(f"{elt}: prefill {t['prefill']}, decode {t['decode']}" for elt, t in mm["tiles"].items())
+        out.print(f"mmt4d: {mm['lowered_contractions']} weight contractions lowered ({tiles or 'no tile for this type'})")
+        for reason in mm["not_lowered"][:5]:
+            err.print(f"[yellow]not lowered:[/yellow] {reason}")
+    out.print(f"next: rvdeploy inspect {result.bundle.path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)

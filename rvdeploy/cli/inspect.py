@@ -1,0 +1,37 @@
+"""rvdeploy inspect: what a bundle contains and where each contraction runs."""
+
+from __future__ import annotations
+
+import typer
+
+from .. import api
+from ._options import BundleArg, Json
+from ._output import out, print_json, print_table
+
+
+def inspect(bundle: BundleArg, json_: Json = False) -> None:
+    """Show the manifest and one row per contraction dispatch: op, shapes, mmt4d microkernel tile, padding."""
+    info = api.inspect(bundle)
+    if json_:
+        print_json(info)
+        return
+    m = info["manifest"]
+    out.print(f"{bundle}: {m['model']['id']} ({m['model']['variant']}) for {m['target']['name']}, "
+              f"pipeline {m['pipeline']['name']}, IREE {m['compiler']['version']}")
+    rows = [(r["entry"], r["op"], r["shapes"], r["types"], "yes" if r["mmt4d"] else "no",
+             r["tile"] or "-" if r["ukernel"] else "codegen", _pct(r.get("padding")))
+            for r in info["dispatches"]["contractions"] if r["entry"] != "generate"]
+    print_table("contractions", ["entry", "op", "shapes", "types", "mmt4d", "ukernel tile", "padding"], rows)
+    packs = [(p["entry"], p["op"], p["operand"], p["source_shape"], p["bytes"])
+             for p in info["dispatches"]["packs"] if p["entry"] != "generate"]
+    if packs:
+        print_table("pack / unpack", ["entry", "op", "operand", "shape", "bytes"], packs)
+    out.print_json(data=info["summary"])
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("inspect")(inspect)

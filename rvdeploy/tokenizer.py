@@ -1,0 +1,26 @@
+"""Host-side tokenization: boards only ever see token ids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from .errors import RvdeployError
+
+
+class TextCodec:
+    def __init__(self, path: Path):
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+            raise RvdeployError(f"{path}: not a tokenizers tokenizer.json ({exc})") from exc
+
+    def encode(self, text: str) -> list[int]:
+        ids = self._tok.encode(text).ids
+        if not ids:
+            raise RvdeployError("the prompt encodes to no tokens: give a non-empty --prompt")
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)

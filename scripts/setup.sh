@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs rvdeploy and everything its tests need, on a fresh Debian 12 machine (as root) or in the
+# Dockerfile. CI (.ci/run) and the README's first command both run this script, so it stays true.
+#   RVDEPLOY_SKIP_APT=1   skip the Debian packages (pip only)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  # qemu-user >= 8.1 runs IREE's riscv64 code (Debian 12's 7.2 lacks riscv_hwprobe): take it from
+  # bookworm-backports, on the same mirror this machine already uses (never hard-coded here).
+  if grep -qs "bookworm" /etc/os-release && ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+      | grep -E "^(URIs:|deb )" | grep -oE "https?://[^ ]+/debian/?( |$)" | head -n1 | tr -d ' ' || true)
+    if [[ -n "$mirror" ]]; then
+      echo "deb ${mirror%/} bookworm-backports main" | $SUDO tee /etc/apt/sources.list.d/bookworm-backports.list >/dev/null
+    fi
+  fi
+  $SUDO apt-get update -qq
+  if apt-cache policy qemu-user 2>/dev/null | grep -q "bpo12"; then
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-user >/dev/null
+  else
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null
+  fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"

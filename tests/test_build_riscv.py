@@ -1,0 +1,56 @@
+"""riscv64 bundles, checked without a board: every weight contraction runs on an mmt4d microkernel with
+the tile the target's VLEN asks for, decode packs nothing, and the code is RVV."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import DEMO, TINY
+from rvdeploy import api
+
+pytestmark = pytest.mark.slow
+
+
+def _weight_contractions(info, entry):
+    """Contractions whose right operand is a weight: all mmt4d rows in our pipeline; attention stays
+    batch_matmul on activations."""
+    return [r for r in info["dispatches"]["contractions"] if r["entry"] == entry and r["op"] != "linalg.batch_matmul"]
+
+
+@pytest.mark.parametrize("vlen", [128, 256, 512])
+def test_every_weight_contraction_on_mmt4d_ukernel(built, vlen):
+    bundle = built(str(DEMO), f"rv64gcv-vlen{vlen}", "mmt4d")
+    info = api.inspect(bundle.path)
+    n0 = vlen // 8
+    graph = bundle.manifest["model"]["graph"]
+    for entry, m0 in (("prefill", 7), ("decode", 1)):
+        rows = _weight_contractions(info, entry)
+        assert rows, f"no contractions found in {entry}"
+        for r in rows:
+            assert r["mmt4d"] and r["ukernel"], r
+            assert r["tile"] == f"{m0}x{n0}x1", r
+    # every weight MatMul of the graph was lowered: 7 per layer (q, k, v, o, gate, up, down) + lm_head
+    assert bundle.manifest["pipeline"]["mmt4d"]["lowered_contractions"] == 2 * (7 * graph["num_layers"] + 1)
+    assert bundle.manifest["pipeline"]["mmt4d"]["not_lowered"] == []
+
+
+def test_decode_packs_no_weight_and_nothing_at_load(built):
+    info = api.inspect(built(str(DEMO), "rv64gcv-vlen256", "mmt4d").path)
+    packs = info["dispatches"]["packs"]
+    assert not [p for p in packs if p["entry"] == "decode"], "decode step packs or unpacks something"
+    assert not [p for p in packs if p["operand"] == "weight"], "a weight is packed at run time"
+    assert not [r for r in info["dispatches"]["contractions"] if r["entry"] == "initializer"]
+
+
+def test_riscv_code_is_rvv(built):
+    info = api.inspect(built(str(DEMO), "rv64gcv-vlen256", "mmt4d").path)
+    rvv = info["dispatches"]["rvv"]
+    assert rvv.get("vfmacc", 0) + rvv.get("vfmadd", 0) > 0, rvv
+    tiles = info["dispatches"]["ukernel_tiles"]
+    assert any("7x32x1" in t for t in tiles) and any("1x32x1" in t for t in tiles), tiles
+
+
+def test_baseline_has_no_mmt4d(built):
+    info = api.inspect(built(str(TINY), "rv64gcv-vlen256", "baseline").path)
+    rows = info["dispatches"]["contractions"]
+    assert rows and not [r for r in rows if r["mmt4d"] or r["ukernel"]]
