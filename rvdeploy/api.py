@@ -176,7 +176,37 @@ def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32)
     return RunResult(prompt, ids, result.ids, codec.decode(result.ids), result.seconds, b.name)
 
 
+PADDING_PROMPT = 64  # prefill padding depends on the prompt length: reported for this one
+
+
+def _padding(row: dict, packed: dict) -> float | None:
+    """Fraction of an mmt4d row's multiply-adds spent on padding (N rounded up to N0, M up to M0)."""
+    if not row["mmt4d"]:
+        return None
+    try:
+        lhs, rest = row["shapes"].split(" * ")
+        rhs = rest.split(" -> ")[0]
+        m0 = int(lhs.split("x")[-2])
+        n1, k1, n0, k0 = (int(d) for d in rhs.split("x")[-4:])
+    except ValueError:
+        return None
+    n = packed.get((n1, k1, n0, k0))
+    if n is None:
+        return None
+    m = 1 if row["entry"] == "decode" else PADDING_PROMPT
+    m_padded = -(-m // m0) * m0
+    return 1.0 - (m * n) / (m_padded * n1 * n0)
+
+
 def inspect(bundle_path: Path) -> dict:
     bundle = Bundle.open(bundle_path)
     report = DispatchReport.from_dict(json.loads(bundle.file("dispatches.json").read_text()))
-    return {"manifest": bundle.manifest, "dispatches": report.to_dict(), "summary": summarize(report)}
+    dispatches = report.to_dict()
+    mm = bundle.manifest["pipeline"].get("mmt4d") or {}
+    packed = {tuple(pw["packed_shape"]): pw["n"] for pw in mm.get("packed_weights", [])}
+    for row in dispatches["contractions"]:
+        row["padding"] = _padding(row, packed)
+    summary = summarize(report)
+    summary["padding_note"] = (f"padding: decode exact (one token); prefill for a {PADDING_PROMPT}-token prompt "
+                               "(M rounded up to M0)")
+    return {"manifest": bundle.manifest, "dispatches": dispatches, "summary": summary}

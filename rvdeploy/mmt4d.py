@@ -41,6 +41,7 @@ class PackedWeight:
     elt: str
     n0: int
     k0: int
+    transposed: bool = False  # the source is stored NxK (a tied embedding used through Transpose)
 
     @property
     def packed_shape(self) -> tuple[int, int, int, int]:
@@ -132,15 +133,24 @@ def _walk(op, visit) -> None:
                 _walk(child.operation, visit)
 
 
-def _weight_global(value) -> str | None:
-    """The global a MatMul's right operand loads, if it is a plain weight."""
-    conv = value.owner
-    if getattr(conv, "name", None) != "torch_c.from_builtin_tensor":
+def _weight_global(value) -> tuple[str, bool] | None:
+    """(global name, transposed) when a MatMul's right operand is a weight: a global, or a 2-D
+    Transpose of one (how exports share a tied embedding with lm_head)."""
+    op = value.owner
+    transposed = False
+    if (getattr(op, "name", None) == "torch.operator"
+            and ir.StringAttr(op.attributes["name"]).value == "onnx.Transpose"):
+        perm = op.attributes["torch.onnx.perm"] if "torch.onnx.perm" in op.attributes else None
+        if perm is None or [ir.IntegerAttr(p).value for p in ir.ArrayAttr(perm)] != [1, 0]:
+            return None
+        transposed = True
+        op = op.operands[0].owner
+    if getattr(op, "name", None) != "torch_c.from_builtin_tensor":
         return None
-    load = conv.operands[0].owner
+    load = op.operands[0].owner
     if getattr(load, "name", None) != "util.global.load":
         return None
-    return ir.FlatSymbolRefAttr(load.attributes["global"]).value
+    return ir.FlatSymbolRefAttr(load.attributes["global"]).value, transposed
 
 
 def _param_key(global_op) -> str:
@@ -175,9 +185,10 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
         skipped: list[str] = []
         lowered = 0
         for op in matmuls:
-            gname = _weight_global(op.operands[1])
-            if gname is None:
+            found = _weight_global(op.operands[1])
+            if found is None:
                 continue  # activation x activation (attention): left to IREE's code generation
+            gname, transposed = found
             x = TensorType.parse(str(op.operands[0].type))
             w = TensorType.parse(str(op.operands[1].type))
             y = TensorType.parse(str(op.results[0].type))
@@ -195,9 +206,9 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
             helper = f"rvd_mmt4d_{'decode' if decode else 'prefill'}_{k}x{n}_{x.elt}"
             helpers.setdefault(helper, _helper(helper, k, n, x.elt, tile, decode, opset))
             source_key = _param_key(globals_[gname])
-            key = f"{source_key}.mmt4d_{tile.n0}x{tile.k0}"
-            pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, x.elt, tile.n0, tile.k0))
-            packed_sym = "rvd_packed." + gname
+            key = f"{source_key}{'.T' if transposed else ''}.mmt4d_{tile.n0}x{tile.k0}"
+            pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, x.elt, tile.n0, tile.k0, transposed))
+            packed_sym = "rvd_packed." + gname + (".T" if transposed else "")
 
             hx = f"tensor<1x1x{k}x{x.elt}>" if decode else f"tensor<?x?x{k}x{x.elt}>"
             hy = f"tensor<1x1x{n}x{x.elt}>" if decode else f"tensor<?x?x{n}x{x.elt}>"
@@ -214,13 +225,12 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
                     yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
                 yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
             op.results[0].replace_all_uses_with(yv)
-            conv = op.operands[1].owner
+            chain = op.operands[1].owner
             op.erase()
-            if not list(conv.results[0].uses):
-                load = conv.operands[0].owner
-                conv.erase()
-                if not list(load.results[0].uses):
-                    load.erase()
+            while chain is not None and not list(chain.results[0].uses):  # Transpose, conversion, load
+                up = chain.operands[0].owner if len(chain.operands) else None
+                chain.erase()
+                chain = up
             if packed_sym not in globals_:
                 ip = ir.InsertionPoint(globals_[gname])
                 new = ir.Operation.parse(

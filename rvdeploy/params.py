@@ -40,7 +40,8 @@ def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path
         if pw.source_key not in entries:
             raise RvdeployError(f"parameter {pw.source_key!r} missing from {source.name}")
         raw = rt.parameter_index_entry_as_numpy_flat_ndarray(entries[pw.source_key])
-        w = raw.view(_NUMPY[pw.elt]).reshape(pw.k, pw.n)
+        w = raw.view(_NUMPY[pw.elt])
+        w = w.reshape(pw.n, pw.k).T if pw.transposed else w.reshape(pw.k, pw.n)
         packed = pack_weight(w, pw)
         keep.append(packed)
         result.add_buffer(pw.key, packed)

@@ -10,7 +10,7 @@ their ONNX interface is the one of onnx-community Llama exports:
 * demo: hidden 64, 2 layers, 4 heads / 2 KV heads (GQA), untied embeddings, trained until it has
   memorized the Zen of Python (`import this`): greedy "Beautiful is" -> " better than ugly.\n
   Explicit is better than implicit. ..." to the end of the text and then </s>.
-* tiny-random: hidden 96, 3 layers, 6 heads / 2 KV heads (GQA 3:1), intermediate 128, tied
+* tiny-random: hidden 96, 3 layers, 6 heads / 2 KV heads (GQA 3:1), intermediate 80, tied
   embeddings, seeded random weights (never trained). Other dims than the demo's, so code that
   hard-codes the demo's shapes fails on it.
 
@@ -22,7 +22,9 @@ Each output dir holds exactly: model.onnx (weights inline, no external data), to
 config.json, generation_config.json.
 
 Needs the `demo` extra (torch==2.13.0, transformers, optimum-onnx) besides onnx/onnxruntime/tokenizers.
-Run on 2 CPU cores: about a minute of training; the script prints the measured time.
+On 2 idle CPU cores the whole run takes ~20 s (training ~12 s, 150 steps); it prints the times.
+--out-dir DIR writes DIR/rvdeploy/models/demo and DIR/tests/fixtures/tiny-random instead of the
+repository's (the outputs are bit-identical from run to run, so they can be cmp'd).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import codecs
 import contextlib
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -58,7 +61,9 @@ N_SHOW = 48  # tokens of continuation the demo must reproduce exactly (and that 
 # Fixed seeds everywhere: rerunning the script must give the same tokenizer, the same training
 # trajectory and hence the same model, so a regenerated model can be diffed against the committed one.
 SEED_TRAIN = 0
-SEED_TINY = 1234
+SEED_TINY = 1234  # first seed tried for tiny-random (see random_tiny)
+TINY_MIN_MARGIN = 0.02  # ~2 % of the random logits' std; fp32 rounding differences are ~1e-6
+TINY_MIN_DISTINCT = 16  # of the N_SHOW greedy tokens
 # Pinned thread count: CPU kernels split reductions by thread, so a different count changes the
 # float rounding and (over hundreds of steps) the trained weights.
 TORCH_THREADS = 2
@@ -74,14 +79,17 @@ DEMO_DIMS = dict(
 )
 TINY_DIMS = dict(
     hidden_size=96,
-    intermediate_size=128,  # 160 would put model.onnx just over 1 MB with a 512-token vocab
+    # 80, not a Llama-like ~2.7x hidden: the <1 MB budget is mostly spent on the 512x96 embedding and
+    # ~165 KB of graph; 160 gives 1.1 MB. 80 is also not a multiple of 32, so tiled matmul code
+    # (f32 mmt4d N0 = VLEN/8 = 32 at VLEN 256) has to pad, which the demo's 64/192 never does.
+    intermediate_size=80,
     num_hidden_layers=3,
     num_attention_heads=6,
     num_key_value_heads=2,
     max_position_embeddings=256,
     tie_word_embeddings=True,
-    # Larger than the default 0.02 so the random logits are spread out and greedy argmaxes are
-    # not decided by rounding noise (the fixture is compared token for token across backends).
+    # Larger than the default 0.02: logits get a std of ~1 instead of ~0.2, activations are not
+    # all near zero, and TINY_MIN_MARGIN below is in those units.
     initializer_range=0.1,
 )
 
@@ -137,7 +145,7 @@ def llama_config(vocab_size: int, dims: dict):
         eos_token_id=1,
         pad_token_id=None,
         use_cache=True,
-        torch_dtype="float32",
+        dtype="float32",
         **dims,
     )
 
@@ -181,7 +189,10 @@ def train_demo(tok, text: str):
     model = LlamaForCausalLM(llama_config(tok.get_vocab_size(), DEMO_DIMS))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.98), weight_decay=0.0)
-    batch, max_steps, check_every, min_margin = 16, 3000, 100, 3.0
+    batch, max_steps, check_every, min_margin = 16, 1500, 50, 3.0
+    # Cosine decay to 1/10: a steady finish so the margins grow instead of oscillating.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, max_steps) / max_steps)))
 
     t0 = time.time()
     for step in range(1, max_steps + 1):
@@ -195,11 +206,15 @@ def train_demo(tok, text: str):
             x[b, : len(s)] = torch.tensor(s)
             y[b, : len(s)] = torch.tensor(s)
             mask[b, : len(s)] = 1
+        # The token right after <s> in a random window is a guess from nothing; scoring it would
+        # teach "<s> -> any token" and fight the "<s> -> The" of the full text.
+        y[1:, 1] = -100
         loss = model(input_ids=x, attention_mask=mask, labels=y).loss
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sched.step()
         if step % check_every == 0:
             model.eval()
             got_p, mar_p = torch_greedy(model, prompt, len(want_prompt))
@@ -207,7 +222,8 @@ def train_demo(tok, text: str):
             model.train()
             ok = got_p == want_prompt and got_b == want_bos
             m = min(mar_p + mar_b)
-            print(f"  step {step:4d} loss {loss.item():.4f}  exact={ok}  min margin {m:.2f}  ({time.time() - t0:.0f} s)")
+            print(f"  step {step:4d} loss {loss.item():.4f}  exact={ok}  min margin {min(mar_p):.2f} "
+                  f"(prompt) {min(mar_b):.2f} (<s>)  ({time.time() - t0:.0f} s)")
             if ok and m >= min_margin:
                 break
     else:
@@ -217,13 +233,30 @@ def train_demo(tok, text: str):
 
 
 def random_tiny(tok):
+    """Seeded random weights. Random logits (std ~1 over 512 tokens) often have a top-2 gap of 1e-4,
+    where two backends that round differently pick different tokens and the runs diverge; and many
+    random models just repeat one token, which a broken backend can reproduce too. So take the first
+    seed from SEED_TINY whose greedy run from the demo prompt has a top-2 gap of at least
+    TINY_MIN_MARGIN at every step and at least TINY_MIN_DISTINCT different tokens: still random
+    weights, but token-for-token comparisons against them are fair and discriminating."""
     import torch
     from transformers import LlamaForCausalLM
 
-    torch.manual_seed(SEED_TINY)
-    model = LlamaForCausalLM(llama_config(tok.get_vocab_size(), TINY_DIMS))
-    model.eval()
-    return model
+    prompt = tok.encode(DEMO_PROMPT).ids
+    for seed in range(SEED_TINY, SEED_TINY + 500):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(llama_config(tok.get_vocab_size(), TINY_DIMS))
+        # HF initializes RMSNorm weights to ones: a backend that ignored them would still match, and
+        # the exporter stores identical tensors once. Perturb them so every weight is distinct.
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.add_(0.2 * torch.randn_like(p))
+        model.eval()
+        toks, margins = torch_greedy(model, prompt, N_SHOW)
+        if min(margins) >= TINY_MIN_MARGIN and len(set(toks)) >= TINY_MIN_DISTINCT:
+            return model, seed, min(margins)
+    raise SystemExit("no tiny-random seed with a safe greedy margin")
 
 
 # ----------------------------------------------------------------------------- export
@@ -247,6 +280,7 @@ def export(model, tok, out_dir: Path) -> None:
             shutil.rmtree(out_dir)
         out_dir.mkdir(parents=True)
         m = onnx.load(str(onnx_dir / "model.onnx"))  # pulls in model.onnx_data if there is one
+        m = dedupe_tied(m, model)
         onnx.save(m, str(out_dir / "model.onnx"), save_as_external_data=False)
         for name in ("config.json", "generation_config.json"):
             if (onnx_dir / name).exists():
@@ -257,6 +291,25 @@ def export(model, tok, out_dir: Path) -> None:
 
     again = Tokenizer.from_file(str(out_dir / "tokenizer.json"))
     assert again.encode(DEMO_PROMPT).ids == tok.encode(DEMO_PROMPT).ids
+
+
+def dedupe_tied(m: onnx.ModelProto, model) -> onnx.ModelProto:
+    """optimum only deduplicates tied weights when `accelerate` is installed; without it the tied
+    lm_head is stored a second time, transposed (+25 % on tiny-random). Do the same as optimum
+    would then: one initializer for the Gather, lm_head MatMul fed by a Transpose of it."""
+    from optimum.onnx import remove_duplicate_weights_from_tied_info
+    from transformers.utils import is_accelerate_available
+
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(p.data_ptr(), []).append(name)
+    tied = [names for names in groups.values() if len(names) > 1]
+    if not tied or is_accelerate_available():  # nothing tied, or optimum already did it
+        return m
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp, "model.onnx"))
+        remove_duplicate_weights_from_tied_info(m, model, tied, save_path=path)
+        return onnx.load(path)
 
 
 # ----------------------------------------------------------------------------- verification
@@ -279,6 +332,15 @@ def describe(model_dir: Path) -> dict:
     )
 
 
+def param_count(cfg: dict) -> int:
+    """Parameters of a LlamaForCausalLM (no biases) from its config.json."""
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    layer = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+    return cfg["num_hidden_layers"] * layer + h + v * h * (1 if cfg["tie_word_embeddings"] else 2)
+
+
 def verify(root: Path, torch_models: dict | None = None) -> None:
     """onnxruntime greedy decoding with KV cache (tests/ort_reference.py) for both models.
     Demo: "Beautiful is" must continue with " better than ugly." and the rest of the Zen, exactly.
@@ -295,6 +357,9 @@ def verify(root: Path, torch_models: dict | None = None) -> None:
         assert info["outputs"][0] == "logits", info["outputs"]
         cfg = json.loads((d / "config.json").read_text())
         assert len(info["inputs"]) == 3 + 2 * cfg["num_hidden_layers"]
+        n_params = param_count(cfg)
+        assert info["float_initializer_elements"] == n_params, (
+            f"{d}: {info['float_initializer_elements']} weights stored for {n_params} parameters")
         tok = Tokenizer.from_file(str(d / "tokenizer.json"))
         prompt = tok.encode(DEMO_PROMPT).ids
         ids, logits = greedy_tokens(d / "model.onnx", prompt, N_SHOW)
@@ -344,9 +409,10 @@ def main() -> None:
     demo, secs, steps = train_demo(tok, text)
     n_demo = sum(p.numel() for p in demo.parameters())
     print(f"demo: {n_demo} parameters, trained {steps} steps in {secs:.1f} s")
-    tiny = random_tiny(tok)
+    tiny, seed, margin = random_tiny(tok)
     n_tiny = sum(p.numel() for p in tiny.parameters())
-    print(f"tiny-random: {n_tiny} parameters (tied embeddings counted once)")
+    print(f"tiny-random: {n_tiny} parameters (tied embeddings counted once), seed {seed}, "
+          f"min greedy margin {margin:.3f}")
 
     t0 = time.time()
     export(demo, tok, root / DEMO_REL)

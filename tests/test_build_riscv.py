@@ -47,7 +47,8 @@ def test_riscv_code_is_rvv(built):
     rvv = info["dispatches"]["rvv"]
     assert rvv.get("vfmacc", 0) + rvv.get("vfmadd", 0) > 0, rvv
     tiles = info["dispatches"]["ukernel_tiles"]
-    assert any("7x32x1" in t for t in tiles) and any("1x32x1" in t for t in tiles), tiles
+    # IREE 3.13 names the tile functions with XX for N0 (e.g. iree_uk_mmt4d_tile_f32f32f32_7xXXx1_riscv_64_v)
+    assert any("_7xXXx1_riscv_64" in t for t in tiles) and any("_1xXXx1_riscv_64" in t for t in tiles), tiles
 
 
 def test_baseline_has_no_mmt4d(built):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -20,8 +21,13 @@ for module in (build, inspect, run, targets):
     module.register(app)
 
 
+def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so temporary files are removed
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: turns RvdeployError into one line on stderr and exit code 1 (2 for usage errors)."""
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app(standalone_mode=False)
     except RvdeployError as exc:

@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from rich.console import Console
 from rich.table import Table
 
-out = Console(highlight=False, soft_wrap=True)
+# tables piped to a file or a CI log should not wrap at 80 columns
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False)
 
 

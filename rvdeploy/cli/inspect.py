@@ -20,10 +20,10 @@ def inspect(bundle: BundleArg, json_: Json = False) -> None:
               f"pipeline {m['pipeline']['name']}, IREE {m['compiler']['version']}")
     rows = [(r["entry"], r["op"], r["shapes"], r["types"], "yes" if r["mmt4d"] else "no",
              r["tile"] or "-" if r["ukernel"] else "codegen", _pct(r.get("padding")))
-            for r in info["dispatches"]["contractions"] if r["entry"] != "generate"]
+            for r in info["dispatches"]["contractions"]]
     print_table("contractions", ["entry", "op", "shapes", "types", "mmt4d", "ukernel tile", "padding"], rows)
     packs = [(p["entry"], p["op"], p["operand"], p["source_shape"], p["bytes"])
-             for p in info["dispatches"]["packs"] if p["entry"] != "generate"]
+             for p in info["dispatches"]["packs"]]
     if packs:
         print_table("pack / unpack", ["entry", "op", "operand", "shape", "bytes"], packs)
     out.print_json(data=info["summary"])
