@@ -21,4 +21,4 @@ class HostModule:
     def call(self, name: str, *args: np.ndarray) -> list[np.ndarray]:
         out = getattr(self.module, name)(*args)
         out = out if isinstance(out, (tuple, list)) else [out]
-        return [np.asarray(o.to_host()) for o in out]
+        return [np.array(o.to_host(), copy=True) for o in out]  # device memory is reused by the next call
