@@ -22,29 +22,16 @@ for module in (build, inspect, run, targets):
 
 
 def _terminate(signum, frame):  # SIGTERM unwinds like Ctrl-C, so temporary files are removed
+    print("rvdeploy: interrupted", file=sys.stderr)
     raise KeyboardInterrupt
 
 
 def main() -> None:
-    """Entry point: turns RvdeployError into one line on stderr and exit code 1 (2 for usage errors)."""
+    """Entry point. Typer handles usage errors (exit 2) and Ctrl-C (exit 130); an RvdeployError becomes
+    one line on stderr and exit code 1."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app(standalone_mode=False)
+        app()
     except RvdeployError as exc:
         print(f"rvdeploy: error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print("rvdeploy: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", None)
-        sys.exit(code if code is not None else getattr(exc, "code", 0))
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
