@@ -17,6 +17,11 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
     fi
   fi
   $SUDO apt-get update -qq
+  # Debian packages the toolkit and its tests use (one line per purpose)
+  APT_PACKAGES=(
+    ca-certificates
+  )
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
   if apt-cache policy qemu-user 2>/dev/null | grep -q "bpo12"; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-user >/dev/null
   else
