@@ -125,6 +125,83 @@ def _helper(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, opset
     ])
 
 
+def _gather_helper(name: str, vocab: int, hidden: int, elt: str, n0: int, opset: int) -> str:
+    """Embedding lookup straight from lm_head's packed tile layout (a tied embedding is then stored once):
+    row v of the NxK table is P[v / N0, :, v % N0, 0]."""
+    n1 = -(-vocab // n0)
+    p = f"tensor<{n1}x{hidden}x{n0}x1x{elt}>"
+    attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
+    return "\n".join([
+        f"func.func private @{name}(%ids: tensor<?x?xi64>, %p: {p}) -> tensor<?x?x{hidden}x{elt}> {attrs} {{",
+        "  %c0 = arith.constant 0 : index",
+        "  %c1 = arith.constant 1 : index",
+        f"  %cn0 = arith.constant {n0} : index",
+        "  %b = tensor.dim %ids, %c0 : tensor<?x?xi64>",
+        "  %s = tensor.dim %ids, %c1 : tensor<?x?xi64>",
+        f"  %e = tensor.empty(%b, %s) : tensor<?x?x{hidden}x{elt}>",
+        "  %r = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1)>, "
+        "affine_map<(d0, d1, d2) -> (d0, d1, d2)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\"]} "
+        f"ins(%ids : tensor<?x?xi64>) outs(%e : tensor<?x?x{hidden}x{elt}>) {{",
+        f"  ^bb0(%id: i64, %o: {elt}):",
+        "    %h = linalg.index 2 : index",
+        "    %v = arith.index_cast %id : i64 to index",
+        "    %t = arith.divui %v, %cn0 : index",
+        "    %j = arith.remui %v, %cn0 : index",
+        f"    %x = tensor.extract %p[%t, %h, %j, %c0] : {p}",
+        f"    linalg.yield %x : {elt}",
+        f"  }} -> tensor<?x?x{hidden}x{elt}>",
+        f"  return %r : tensor<?x?x{hidden}x{elt}>",
+        "}",
+    ])
+
+
+def _gathers_from_packed(module, globals_, packed_syms: dict, helpers: dict, opset: int) -> int:
+    """Point embedding Gathers at the transposed-packed copy of the same table (tied lm_head), so the
+    plain table can be dropped. Returns how many were rewritten."""
+    gathers = []
+    _walk(module.operation, lambda op: gathers.append(op) if op.name == "torch.operator"
+          and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather" else None)
+    count = 0
+    for op in gathers:
+        conv = op.operands[0].owner
+        if getattr(conv, "name", None) != "torch_c.from_builtin_tensor":
+            continue
+        load = conv.operands[0].owner
+        if getattr(load, "name", None) != "util.global.load":
+            continue
+        gname = ir.FlatSymbolRefAttr(load.attributes["global"]).value
+        pw = packed_syms.get("rvd_packed." + gname + ".T")
+        axis = ir.IntegerAttr(op.attributes["torch.onnx.axis"]).value if "torch.onnx.axis" in op.attributes else 0
+        if pw is None or pw.k0 != 1 or axis != 0:
+            continue
+        ids = TensorType.parse(str(op.operands[1].type))
+        y = TensorType.parse(str(op.results[0].type))
+        if len(ids.dims) != 2 or ids.elt != "i64":
+            continue
+        helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}"
+        helpers.setdefault(helper, _gather_helper(helper, pw.n, pw.k, pw.elt, pw.n0, opset))
+        wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{pw.elt}>"
+        with ir.InsertionPoint(op), op.location:
+            ib = _create("torch_c.to_builtin_tensor", [ir.Type.parse(ids.builtin)], [op.operands[1]])
+            if ids.builtin != "tensor<?x?xi64>":
+                ib = _create("tensor.cast", [ir.Type.parse("tensor<?x?xi64>")], [ib])
+            pv = _create("util.global.load", [ir.Type.parse(wt)], [],
+                         {"global": ir.FlatSymbolRefAttr.get("rvd_packed." + gname + ".T")})
+            hy = f"tensor<?x?x{pw.k}x{pw.elt}>"
+            yb = _create("func.call", [ir.Type.parse(hy)], [ib, pv], {"callee": ir.FlatSymbolRefAttr.get(helper)})
+            if y.builtin != hy:
+                yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
+            yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
+        op.results[0].replace_all_uses_with(yv)
+        op.erase()
+        if not list(conv.results[0].uses):
+            conv.erase()
+            if not list(load.results[0].uses):
+                load.erase()
+        count += 1
+    return count
+
+
 def _walk(op, visit) -> None:
     for region in op.regions:
         for block in region.blocks:
@@ -140,8 +217,9 @@ def _weight_global(value) -> tuple[str, bool] | None:
     transposed = False
     if (getattr(op, "name", None) == "torch.operator"
             and ir.StringAttr(op.attributes["name"]).value == "onnx.Transpose"):
-        perm = op.attributes["torch.onnx.perm"] if "torch.onnx.perm" in op.attributes else None
-        if perm is None or [ir.IntegerAttr(p).value for p in ir.ArrayAttr(perm)] != [1, 0]:
+        # no perm attribute means reversed dims: [1, 0] for a 2-D table
+        if "torch.onnx.perm" in op.attributes and \
+                [ir.IntegerAttr(p).value for p in ir.ArrayAttr(op.attributes["torch.onnx.perm"])] != [1, 0]:
             return None
         transposed = True
         op = op.operands[0].owner
@@ -183,6 +261,7 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
         packed: dict[str, PackedWeight] = {}
         tiles: dict[str, Tile] = {}
         skipped: list[str] = []
+        sym_to_packed: dict[str, PackedWeight] = {}  # packed global name (without prefix) -> weight
         lowered = 0
         for op in matmuls:
             found = _weight_global(op.operands[1])
@@ -209,6 +288,7 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
             key = f"{source_key}{'.T' if transposed else ''}.mmt4d_{tile.n0}x{tile.k0}"
             pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, x.elt, tile.n0, tile.k0, transposed))
             packed_sym = "rvd_packed." + gname + (".T" if transposed else "")
+            sym_to_packed[gname + (".T" if transposed else "")] = pw
 
             hx = f"tensor<1x1x{k}x{x.elt}>" if decode else f"tensor<?x?x{k}x{x.elt}>"
             hy = f"tensor<1x1x{n}x{x.elt}>" if decode else f"tensor<?x?x{n}x{x.elt}>"
@@ -238,6 +318,9 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
                 ip.insert(new)
                 globals_[packed_sym] = new
             lowered += 1
+
+        packed_syms = {"rvd_packed." + pw_sym: pw for pw_sym, pw in sym_to_packed.items()}
+        _gathers_from_packed(module, globals_, packed_syms, helpers, opset)
 
         used: set[str] = set()
         _walk(module.operation, lambda op: used.add(ir.FlatSymbolRefAttr(op.attributes["global"]).value)
