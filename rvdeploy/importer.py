@@ -27,10 +27,12 @@ class ImportedGraphs:
     params: Path  # weights of both graphs (same keys), scope PARAM_SCOPE
 
 
-def _run_import(onnx_path: Path, data_dir: Path, out: Path, params: Path | None) -> None:
-    cmd = [sys.executable, "-m", "iree.compiler.tools.import_onnx", str(onnx_path), "-o", str(out),
+def _run_import(onnx_path: Path, data_dir: Path, out: Path, params: Path | None, large: bool) -> None:
+    cmd = [sys.executable, "-m", "rvdeploy._import_onnx", str(onnx_path), "-o", str(out),
            "--data-dir", str(data_dir), "--externalize-params",
            f"--num-elements-threshold={EXTERNALIZE_MIN_ELEMENTS}", f"--params-scope={PARAM_SCOPE}"]
+    if large:  # past protobuf's 2 GB: the importer must not re-serialize the weights into one proto
+        cmd.append("--large-model")
     cmd += [f"--save-params-to={params}"] if params else ["--no-save-params"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -51,6 +53,6 @@ def import_graphs(phases: PhaseGraphs, workdir: Path) -> ImportedGraphs:
     params = workdir / "weights.irpa"
     decode = workdir / "decode.mlir"
     prefill = workdir / "prefill.mlir"
-    _run_import(phases.decode, phases.data_dir, decode, params)
-    _run_import(phases.prefill, phases.data_dir, prefill, None)
+    _run_import(phases.decode, phases.data_dir, decode, params, phases.large)
+    _run_import(phases.prefill, phases.data_dir, prefill, None, phases.large)
     return ImportedGraphs(prefill_mlir=prefill, decode_mlir=decode, params=params)

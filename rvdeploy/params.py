@@ -1,20 +1,23 @@
 """Stage: write the bundle's parameter archive, with the mmt4d weights pre-packed.
 
-Reads the importer's archive through a memory map (IREE's ParameterIndex) and writes one tensor at a
-time, so a 5 GB model costs its packed copy in memory, not two copies.
+Streams: each weight is read from the importer's archive with pread, packed, and appended to a scratch
+file; the new archive is then assembled by IREE from file ranges (the scratch file and the untouched
+entries of the source archive). Peak memory is about two copies of the largest weight, not of the model.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import numpy as np
 import iree.runtime as rt
+import numpy as np
 
 from .errors import RvdeployError
 from .mmt4d import LoweredModule, PackedWeight
 
 _NUMPY = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "i8": np.int8, "i32": np.int32}
+_ALIGN = 64
 
 
 def pack_weight(w: np.ndarray, pw: PackedWeight) -> np.ndarray:
@@ -27,27 +30,63 @@ def pack_weight(w: np.ndarray, pw: PackedWeight) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k1, k0, n1, n0).transpose(2, 0, 3, 1))
 
 
+def _entries(source: Path) -> dict[str, tuple[int, int]]:
+    """key -> (offset in the source file, length) for every stored (non-splat) entry."""
+    index = rt.ParameterIndex()
+    index.load(str(source))
+    out = {}
+    for key, entry in index.items():
+        if not entry.is_file:
+            raise RvdeployError(f"{source.name}: parameter {key!r} is not stored in the file (splat?)")
+        out[key] = (entry.file_storage[1], entry.length)
+    return out
+
+
+def _read(fd: int, offset: int, length: int) -> bytes:
+    data = bytearray()
+    while len(data) < length:  # pread may return less than asked for big reads
+        chunk = os.pread(fd, min(length - len(data), 1 << 30), offset + len(data))
+        if not chunk:
+            raise RvdeployError(f"parameter archive truncated at offset {offset + len(data)}")
+        data += chunk
+    return bytes(data)
+
+
 def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path:
     """The archive a module reads: the source as is (baseline), or packed + untouched weights (mmt4d)."""
     if lowered is None:
         return source
-    index = rt.ParameterIndex()
-    index.load(str(source))
-    entries = {key: entry for key, entry in index.items()}
-    result = rt.ParameterIndex()
-    keep = []  # buffers must stay alive until the archive is written
-    for pw in lowered.packed:
-        if pw.source_key not in entries:
-            raise RvdeployError(f"parameter {pw.source_key!r} missing from {source.name}")
-        raw = rt.parameter_index_entry_as_numpy_flat_ndarray(entries[pw.source_key])
-        w = raw.view(_NUMPY[pw.elt])
-        w = w.reshape(pw.n, pw.k).T if pw.transposed else w.reshape(pw.k, pw.n)
-        packed = pack_weight(w, pw)
-        keep.append(packed)
-        result.add_buffer(pw.key, packed)
-    for key in lowered.plain_keys:
-        raw = rt.parameter_index_entry_as_numpy_flat_ndarray(entries[key])
-        keep.append(raw)
-        result.add_buffer(key, raw)
-    result.create_archive_file(str(out))
+    entries = _entries(source)
+    scratch = out.with_name(out.name + ".packed-scratch")
+    src_fd = os.open(source, os.O_RDONLY)
+    try:
+        result = rt.ParameterIndex()
+        placed: list[tuple[str, int, int]] = []
+        with open(scratch, "wb") as f:
+            for pw in lowered.packed:
+                if pw.source_key not in entries:
+                    raise RvdeployError(f"parameter {pw.source_key!r} missing from {source.name}")
+                offset, length = entries[pw.source_key]
+                w = np.frombuffer(_read(src_fd, offset, length), dtype=_NUMPY[pw.elt])
+                w = w.reshape(pw.n, pw.k).T if pw.transposed else w.reshape(pw.k, pw.n)
+                packed = pack_weight(w, pw)
+                f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
+                placed.append((pw.key, f.tell(), packed.nbytes))
+                f.write(packed.tobytes())
+                del w, packed
+        scratch_fd = os.open(scratch, os.O_RDONLY)
+        try:
+            scratch_handle = rt.FileHandle.wrap_fd(scratch_fd)
+            source_handle = rt.FileHandle.wrap_fd(src_fd)
+            for key, offset, length in placed:
+                result.add_from_file_handle(key, scratch_handle, length, offset)
+            for key in lowered.plain_keys:
+                offset, length = entries[key]
+                result.add_from_file_handle(key, source_handle, length, offset)
+            result.create_archive_file(str(out))
+        finally:
+            os.close(scratch_fd)
+    finally:
+        os.close(src_fd)
+        scratch.unlink(missing_ok=True)
     return out
