@@ -11,11 +11,13 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from . import __version__
+from . import launcher, runtimes
 from .boards import get_board
-from .bundle import Bundle, write_bundle
+from .bundle import Bundle, pack_bundle, unpack_bundle, write_bundle
 from .compiler import compile_module, compiler_version
 from .dispatches import DispatchReport, analyze_dump, summarize
 from .entrypoints import assemble
@@ -24,8 +26,11 @@ from .graphinfo import inspect_graph
 from .importer import import_graphs
 from .mmt4d import lower_to_mmt4d
 from .onnx_shapes import split_phases
-from .params import write_params
+from .params import is_transposed_copy, write_params
 from .pipeline import PIPELINES, compile_flags
+from .ukernels import LIBRARIES as UKERNEL_LIBRARIES
+from .ukernels import choose as choose_ukernels
+from .probe import NAME as PROBE_NAME, probe_binary
 from .source import DEFAULT_MODEL, materialize, resolve_model
 from .targets import get_target
 from .tokenizer import TextCodec
@@ -43,6 +48,43 @@ def _noop(_: str) -> None:
 class BuildResult:
     bundle: Bundle
     seconds: dict  # stage -> wall seconds
+    warnings: tuple[str, ...] = ()
+    archive: Path | None = None  # the .tar.gz, when asked for
+
+
+PROBE_PATH = f"probe/{PROBE_NAME}"
+
+
+def _board_side(tgt, runtime_dir: Path | str | None) -> tuple[dict, dict, set, list[str]]:
+    """Files, manifest entries, executables and warnings for what runs on the board: the launcher, the
+    probe (riscv64) and the IREE runtime. Resolved before any compile work, so a missing toolchain or a bad
+    --runtime fails in a second, not after minutes."""
+    files: dict[str, Path] = {}
+    executables: set[str] = set()
+    warnings: list[str] = []
+    if tgt.is_host:
+        if runtime_dir is not None:
+            raise RvdeployError("--runtime is for riscv64 targets: host bundles use iree-base-runtime's tools")
+        runtime = {"kind": "host", "package": "iree-base-runtime", "version": runtimes.host_runtime_version()}
+        probe = None
+    else:
+        files[PROBE_PATH] = probe_binary()
+        executables.add(PROBE_PATH)
+        probe = PROBE_PATH
+        rt = runtimes.for_arch(tgt.arch, runtime_dir)
+        if rt is None:
+            runtime = {"kind": "none", "arch": tgt.arch, "hint": runtimes.BUILD_HINT}
+            warnings.append(f"no {tgt.arch} IREE runtime registered: the bundle builds without one and cannot run "
+                            f"until it has one ({runtimes.BUILD_HINT})")
+        else:
+            for tool in runtimes.TOOLS:
+                files[f"runtime/{tool}"] = rt.path / tool
+                executables.add(f"runtime/{tool}")
+            runtime = {"kind": "bundled", "arch": rt.arch, "version": rt.version, "dir": "runtime",
+                       "tools": list(runtimes.TOOLS)}
+    req = launcher.requirements(tgt)
+    entries = {"requirements": req, "runtime": runtime, "launcher": launcher.NAME, "probe": probe}
+    return files, entries, executables, warnings
 
 
 def _max_context(config: Path | None) -> int | None:
@@ -56,15 +98,21 @@ def _max_context(config: Path | None) -> int | None:
 
 def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revision: str | None = None,
           target: str = "host", pipeline: str = "mmt4d", force: bool = False, workdir: Path | None = None,
+          runtime: Path | str | None = None, tar: bool = False, ukernels: str | None = None,
           on_stage: StageHook = _noop) -> BuildResult:
+    """`ukernels`: the mmt4d microkernel library, "project" or "upstream" (rvdeploy.ukernels; default
+    rvdeploy.ukernels.DEFAULT). Only the mmt4d pipeline on a riscv64 RVV target links the project's."""
     import time
 
     if pipeline not in PIPELINES:
         raise RvdeployError(f"unknown pipeline {pipeline!r}", hint="known pipelines: " + ", ".join(PIPELINES))
+    if ukernels is not None and ukernels not in UKERNEL_LIBRARIES:
+        raise RvdeployError(f"unknown ukernel library {ukernels!r}", hint="known: " + ", ".join(UKERNEL_LIBRARIES))
     tgt = get_target(target)
     out = Path(out)
     if out.exists() and not force:  # fail before minutes of work, not after
         raise RvdeployError(f"output directory {out} already exists", hint="pass --force to replace it")
+    board_files, board_entries, executables, warnings = _board_side(tgt, runtime)
     seconds: dict[str, float] = {}
     own_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="rvdeploy-build-")) if own_workdir else Path(workdir)
@@ -93,17 +141,20 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         entry = assemble(imported, list(graph.inputs), list(graph.outputs), work)
         done("entry points")
         lowered = None
+        uk = None
         module_mlir = entry.mlir
         if pipeline == "mmt4d":
             stage("mmt4d lowering")
-            lowered = lower_to_mmt4d(entry, tgt, work)
+            uk = choose_ukernels(tgt, ukernels)  # the tiles depend on the library
+            lowered = lower_to_mmt4d(entry, tgt, work, uk.library,
+                                     is_transpose=partial(is_transposed_copy, imported.params))
             module_mlir = lowered.mlir
             done("mmt4d lowering")
         stage("pack weights")
         params = write_params(imported.params, lowered, work / "model.irpa")
         done("pack weights")
         stage("compile")
-        flags = compile_flags(tgt, pipeline)
+        flags = compile_flags(tgt, pipeline) + (uk.compile_flags() if uk else [])
         compiled = compile_module(module_mlir, flags, work)
         done("compile")
         stage("inspect")
@@ -118,12 +169,24 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             bundle_files["tokenizer.json"] = files.tokenizer
         if files.config:
             bundle_files["config.json"] = files.config
+        bundle_files.update(board_files)
+        rt = board_entries["runtime"]
+        hint = rt.get("hint") or ("install iree-base-runtime on the board" if rt["kind"] == "host" else "")
+        (work / launcher.NAME).write_text(launcher.render(board_entries["requirements"], board_entries["probe"],
+                                                          rt.get("dir"), hint))
+        bundle_files[launcher.NAME] = work / launcher.NAME
+        compiler = compiler_version()
+        if rt["kind"] == "bundled":
+            note = runtimes.version_warning(rt["version"], compiler)
+            if note:
+                warnings.append(note)
         manifest = {
             "rvdeploy_version": __version__,
             "model": {"id": files.model_id, "revision": files.revision, "variant": files.variant,
                       "source": files.kind, "graph": graph.to_dict() | {"path": files.onnx.name}},
             "target": tgt.to_dict(),
             "pipeline": {"name": pipeline, "description": PIPELINES[pipeline], "compiler_flags": list(flags),
+                         "ukernels": uk.to_dict() if uk else None,
                          "mmt4d": None if lowered is None else {
                              "tiles": {elt: {"prefill": f"{t.m0}x{t.n0}x{t.k0}", "decode": f"1x{t.n0}x{t.k0}"}
                                        for elt, t in lowered.tiles.items()},
@@ -131,18 +194,33 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
                              "packed_weights": [{"key": pw.key, "k": pw.k, "n": pw.n,
                                                  "packed_shape": list(pw.packed_shape)} for pw in lowered.packed],
                              "not_lowered": list(lowered.skipped)}},
-            "compiler": {"name": "iree-compile", "version": compiler_version()},
+            "compiler": {"name": "iree-compile", "version": compiler},
             "entry_points": entry.entry_points,
             "tokenizer": "tokenizer.json" if files.tokenizer else None,
             "max_context": _max_context(files.config),
             "parameters": {"scope": "model", "file": "model.irpa"},
+            **board_entries,
         }
-        bundle = write_bundle(out, bundle_files, manifest, force=force)
+        bundle = write_bundle(out, bundle_files, manifest, force=force, executables=executables)
+        archive = pack_bundle(out, archive_path(out)) if tar else None
         done("bundle")
-        return BuildResult(bundle, seconds)
+        return BuildResult(bundle, seconds, tuple(warnings), archive)
     finally:
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def archive_path(bundle_dir: Path) -> Path:
+    bundle_dir = Path(bundle_dir)
+    return bundle_dir.with_name(bundle_dir.name + ".tar.gz")
+
+
+def pack(bundle_path: Path, out: Path | None = None) -> Path:
+    return pack_bundle(bundle_path, out or archive_path(Path(bundle_path).resolve()))
+
+
+def unpack(archive: Path, out: Path, force: bool = False) -> Bundle:
+    return unpack_bundle(archive, out, force=force)
 
 
 @dataclass(frozen=True)
@@ -171,9 +249,15 @@ def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32)
     if limit and len(ids) + max_new_tokens > limit:
         raise RvdeployError(f"prompt ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the "
                             f"model's context of {limit} tokens")
-    b = get_board(board)
-    result = b.generate(bundle, ids, max_new_tokens)
+    with get_board(board) as b:
+        result = b.generate(bundle, ids, max_new_tokens)
     return RunResult(prompt, ids, result.ids, codec.decode(result.ids), result.seconds, b.name)
+
+
+def probe(board: str) -> dict:
+    """What the board has: architecture, VLEN, ISA extensions, cores, memory."""
+    with get_board(board) as b:
+        return {"board": b.name, **b.probe()}
 
 
 PADDING_PROMPT = 64  # prefill padding depends on the prompt length: reported for this one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +30,12 @@ def compiler_version() -> str:
 def compile_module(mlir: Path, flags: list[str], workdir: Path) -> CompiledModule:
     vmfb = workdir / "model.vmfb"
     dump = workdir / "executables"
-    cmd = [find_tool("iree-compile"), str(mlir), *flags, f"--iree-hal-dump-executable-files-to={dump}",
-           "-o", str(vmfb)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Run inside the work directory with relative paths: the module embeds source locations, and an
+    # absolute temporary path there would make two builds of the same inputs differ.
+    src = os.path.relpath(mlir, workdir)
+    cmd = [find_tool("iree-compile"), src, *flags, "--iree-hal-dump-executable-files-to=executables",
+           "-o", "model.vmfb"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     if proc.returncode != 0:
         errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
         first = errors[0] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]

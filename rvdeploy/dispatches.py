@@ -42,6 +42,11 @@ class ContractionRow:
     ukernel: bool  # an iree_uk_mmt4d call exists in this dispatch's function in *.codegen.ll (mmt4d ops only)
     tile: str | None  # "M0xN0xK0" from the ukernel call, else from the mmt4d operand shapes
     macs: int | None  # multiply-adds when all loop dims are static (mmt4d: padded tiles included)
+    # which mmt4d microkernel library the dispatch's ukernel call runs, from the tile functions inlined into
+    # it in *.optimized.ll: "project" (rvdeploy_uk_mmt4d_tile_*, ukernels/), "upstream" (IREE's
+    # iree_uk_mmt4d_tile_*), or None (no ukernel, or no tile function found)
+    library: str | None = None
+    kernel: str | None = None  # the tile function(s) inlined into the dispatch, comma-separated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -413,7 +418,8 @@ def _ukernel_calls(codegen_ll: list[Path]) -> dict[str, list[str | None]]:
 
 
 _MD_RE = re.compile(r"^!(\d+) = (?:distinct )?!\{(.*)\}\s*$")
-_TILE_NAME_RE = re.compile(r"iree_uk_\w*tile\w*")
+_TILE_NAME_RE = re.compile(r"(?:iree|rvdeploy)_uk_\w*tile\w*")
+_PROJECT_TILE_PREFIX = "rvdeploy_uk_"  # rvdeploy.ukernels.KERNEL_PREFIX
 _SCOPE_REF_RE = re.compile(r"(?:!alias\.scope|!noalias|metadata) !(\d+)")
 
 
@@ -421,6 +427,21 @@ def _inlined_tiles(optimized_ll: list[Path]) -> dict[str, int]:
     """Ukernel tile function -> number of functions using it: inlined (seen through the noalias scope
     domains the inliner names after it, or the `<name>.exit` blocks it leaves) or still called."""
     result: Counter = Counter()
+    for names in _tiles_by_function(optimized_ll).values():
+        result.update(names)
+    return dict(sorted(result.items()))
+
+
+def _library_of(tiles: set[str]) -> str | None:
+    if any(t.startswith(_PROJECT_TILE_PREFIX) for t in tiles):
+        return "project"
+    return "upstream" if tiles else None
+
+
+def _tiles_by_function(optimized_ll: list[Path]) -> dict[str, set[str]]:
+    """Dispatch function -> ukernel tile functions inlined into (or called by) it. The ukernel entry
+    (`iree_uk_mmt4d`, left defined when it is also inlined) and tile functions themselves are skipped."""
+    result: dict[str, set[str]] = {}
     for path in optimized_ll:
         md: dict[int, list[str]] = {}
         bodies: list[tuple[str, set[int], set[str]]] = []
@@ -441,7 +462,7 @@ def _inlined_tiles(optimized_ll: list[Path]) -> dict[str, int]:
                         continue
                     if "!alias.scope" in line or "!noalias" in line or "noalias.scope.decl" in line:
                         refs.update(int(x) for x in _SCOPE_REF_RE.findall(line))
-                    if "iree_uk_" in line:  # calls, or labels left by inlining (`<tile fn>.exit`)
+                    if "_uk_" in line:  # calls, or labels left by inlining (`<tile fn>.exit`)
                         direct.update(_TILE_NAME_RE.findall(line))
         # domains named after a tile function; scopes point at their domain; lists hold scopes
         domain: dict[int, str] = {}
@@ -464,15 +485,16 @@ def _inlined_tiles(optimized_ll: list[Path]) -> dict[str, int]:
 
         cache: dict[int, set[str]] = {}
         for fname, frefs, fdirect in bodies:
-            if _TILE_NAME_RE.fullmatch(fname):
-                continue  # a tile function's own (non-inlined) definition
+            if _TILE_NAME_RE.fullmatch(fname) or fname.startswith(("iree_uk_", _PROJECT_TILE_PREFIX)):
+                continue  # a ukernel's own (non-inlined) definition
             names = set(fdirect)
             for r in frefs:
                 if r not in cache:
                     cache[r] = names_of(r)
                 names |= cache[r]
-            result.update(names)
-    return dict(sorted(result.items()))
+            if names:
+                result.setdefault(fname, set()).update(names)
+    return result
 
 
 _ASM_INSN_RE = re.compile(r"^\s+(v[a-z0-9]+(?:\.[a-z0-9]+)*)\b")
@@ -566,6 +588,8 @@ def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
     if not dump.is_dir():
         raise FileNotFoundError(f"no executable dump at {dump}")
     uk_calls = _ukernel_calls(sorted(dump.glob("*.codegen.ll")))
+    optimized = sorted(dump.glob("*.optimized.ll"))
+    tiles_by_func = _tiles_by_function(optimized)
     contractions: list[ContractionRow] = []
     packs: list[PackRow] = []
     for path in _mlir_files(dump):
@@ -592,11 +616,13 @@ def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
                         tile = "x".join("?" if d == DYN else str(d) for d in (lhs[-2], rhs[-2], lhs[-1]))
             shaped_ins = [t for t in rc.ins if t.dims is not None] or rc.ins
             out = rc.outs[0] if rc.outs else _Type((), "?")
+            kernels = tiles_by_func.get(name, set()) if ukernel else set()
             contractions.append(ContractionRow(
                 entry=entry, dispatch=name, op=rc.op,
                 shapes=" * ".join(t.shape for t in shaped_ins) + " -> " + out.shape,
                 types="*".join(t.elt for t in shaped_ins) + "->" + out.elt,
-                mmt4d=is_mmt4d, ukernel=ukernel, tile=tile, macs=rc.macs))
+                mmt4d=is_mmt4d, ukernel=ukernel, tile=tile, macs=rc.macs,
+                library=_library_of(kernels), kernel=", ".join(sorted(kernels)) or None))
         for rp in raw_p:
             name = rp.func if rp.func in exports or not exports else exports[0]
             entry = entry_of(name)
@@ -611,7 +637,7 @@ def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
         contractions=tuple(contractions),
         packs=tuple(packs),
         rvv=_rvv_counts(sorted(dump.glob("*.s"))),
-        ukernel_tiles=_inlined_tiles(sorted(dump.glob("*.optimized.ll"))),
+        ukernel_tiles=_inlined_tiles(optimized),
     )
 
 
@@ -683,6 +709,9 @@ def summarize(report: DispatchReport) -> dict:
         if r.tile:
             kind = f"{r.tile} ({'ukernel' if r.ukernel else 'codegen'})"
             s["tiles"][kind] = s["tiles"].get(kind, 0) + 1
+        if r.mmt4d and r.ukernel:  # which microkernel library the mmt4d dispatches run
+            libs = s.setdefault("ukernel_libraries", {})
+            libs[r.library or "unknown"] = libs.get(r.library or "unknown", 0) + 1
     for p in report.packs:
         s = slot(p.entry)
         pk = s["packs"]

@@ -58,9 +58,13 @@ class LoweredModule:
     skipped: tuple[str, ...]  # why other weight contractions were not
 
 
-def tile_for(target: Target, elt: str) -> Tile | None:
+def tile_for(target: Target, elt: str, library: str = "upstream") -> Tile | None:
+    """The tile for `elt` on `target` with the given microkernel library (rvdeploy.ukernels): tiles.toml's
+    [ARCH.project.ELT] for the project's kernels when it has one, else [ARCH.ELT] (IREE's)."""
     table = tomllib.loads(_TILES.read_text())
-    entry = table.get("host" if target.is_host else target.arch, {}).get(elt)
+    arch = table.get("host" if target.is_host else target.arch, {})
+    entry = arch.get(library, {}).get(elt) if library != "upstream" else None
+    entry = entry or arch.get(elt)
     if entry is None or (not target.is_host and not target.has_vector):
         return None
     n0 = entry["n0"] if "n0" in entry else target.vlen // entry["n0_vlen_divisor"]
@@ -241,7 +245,37 @@ def _create(name, results, operands, attributes=None):
     return ir.Operation.create(name, results=results, operands=operands, attributes=attributes or {}).result
 
 
-def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> LoweredModule:
+def _tied_copies(module, globals_, matmuls, is_transpose) -> dict[str, str]:
+    """lm_head weights that are a stored transposed copy of an embedding table (exporters without
+    `accelerate` store the tied table twice): MatMul global -> the embedding global it duplicates."""
+    tables = {}
+    _walk(module.operation, lambda op: tables.setdefault(op, None) if op.name == "torch.operator"
+          and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather" else None)
+    shapes = {}  # embedding global -> (N, K)
+    for op in tables:
+        conv = op.operands[0].owner
+        if getattr(conv, "name", None) == "torch_c.from_builtin_tensor":
+            load = conv.operands[0].owner
+            if getattr(load, "name", None) == "util.global.load":
+                t = TensorType.parse(str(op.operands[0].type))
+                shapes[ir.FlatSymbolRefAttr(load.attributes["global"]).value] = t.dims
+    aliases = {}
+    for op in matmuls:
+        found = _weight_global(op.operands[1])
+        if found is None or found[1]:
+            continue
+        w = TensorType.parse(str(op.operands[1].type)).dims
+        for emb, (n, k) in shapes.items():
+            if w == (k, n) and found[0] not in aliases and \
+                    is_transpose(_param_key(globals_[found[0]]), _param_key(globals_[emb]), k, n):
+                aliases[found[0]] = emb
+    return aliases
+
+
+def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: str = "upstream",
+                   is_transpose=None) -> LoweredModule:
+    """`is_transpose(w_key, e_key, k, n)`, when given, says whether weight w (KxN) equals table e (NxK)
+    transposed; such copies are dropped and lm_head reads the table (see params.is_transposed_copy)."""
     with ir.Context() as ctx:
         ctx.allow_unregistered_dialects = True
         module = ir.Module.parse(entry.mlir.read_text())
@@ -257,6 +291,7 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
         _walk(module.operation, lambda op: matmuls.append(op) if op.name == "torch.operator"
               and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMul" else None)
 
+        aliases = _tied_copies(module, globals_, matmuls, is_transpose) if is_transpose else {}
         helpers: dict[str, str] = {}
         packed: dict[str, PackedWeight] = {}
         tiles: dict[str, Tile] = {}
@@ -268,10 +303,12 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path) -> Lowered
             if found is None:
                 continue  # activation x activation (attention): left to IREE's code generation
             gname, transposed = found
+            if gname in aliases:  # read the tied embedding table instead of its stored copy
+                gname, transposed = aliases[gname], True
             x = TensorType.parse(str(op.operands[0].type))
             w = TensorType.parse(str(op.operands[1].type))
             y = TensorType.parse(str(op.results[0].type))
-            tile = tile_for(target, x.elt)
+            tile = tile_for(target, x.elt, ukernels)
             where = str(op.location)
             if tile is None:
                 skipped.append(f"{where}: no mmt4d tile for {x.elt} on {target.name}")

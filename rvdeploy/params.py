@@ -52,6 +52,28 @@ def _read(fd: int, offset: int, length: int) -> bytes:
     return bytes(data)
 
 
+def is_transposed_copy(source: Path, w_key: str, e_key: str, k: int, n: int, elt: str = "f32") -> bool:
+    """Whether weight w (KxN) holds exactly table e (NxK) transposed; compared a block of rows at a time."""
+    entries = _entries(source)
+    if w_key not in entries or e_key not in entries or entries[w_key][1] != entries[e_key][1]:
+        return False
+    dtype = np.dtype(_NUMPY[elt])
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        w = np.frombuffer(_read(fd, *entries[w_key]), dtype=dtype).reshape(k, n)
+        rows = max(1, (64 << 20) // (k * dtype.itemsize))
+        e_off = entries[e_key][0]
+        for r in range(0, n, rows):
+            m = min(rows, n - r)
+            block = np.frombuffer(_read(fd, e_off + r * k * dtype.itemsize, m * k * dtype.itemsize),
+                                  dtype=dtype).reshape(m, k)
+            if not np.array_equal(block, w[:, r:r + m].T):
+                return False
+        return True
+    finally:
+        os.close(fd)
+
+
 def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path:
     """The archive a module reads: the source as is (baseline), or packed + untouched weights (mmt4d)."""
     if lowered is None:

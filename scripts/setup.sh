@@ -20,6 +20,17 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
   # Debian packages the toolkit and its tests use (one line per purpose)
   APT_PACKAGES=(
     ca-certificates
+    # the project's mmt4d microkernels: C -> riscv64 LLVM bitcode (rvdeploy build --ukernels project), and
+    # their test harness cross-compiled as a static riscv64 executable (tests/test_ukernels.py, under qemu-user)
+    clang-19 lld-19 llvm-19
+    libc6-dev-riscv64-cross libgcc-12-dev-riscv64-cross linux-libc-dev-riscv64-cross
+    # (the same clang also builds the board probe, rvdeploy/probe/probe.c, and the tests' stand-in runtime)
+    # boards over ssh, and the emulated board's sshd (rvdeploy sim; tests/test_ssh_board.py)
+    openssh-client openssh-server
+    # the emulated board's riscv64 Debian userland (rvdeploy sim up)
+    debootstrap
+    # sha256sum for bundle launchers, mount for binfmt_misc and the tests' tiny tmpfs, pgrep in tests
+    coreutils mount procps
   )
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
   if apt-cache policy qemu-user 2>/dev/null | grep -q "bpo12"; then

@@ -1,5 +1,6 @@
 """riscv64 bundles, checked without a board: every weight contraction runs on an mmt4d microkernel with
-the tile the target's VLEN asks for, decode packs nothing, and the code is RVV."""
+the tile the target's VLEN asks for (the project's kernels by default, IREE's with --ukernels upstream),
+decode packs nothing, and the code is RVV."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ def _weight_contractions(info, entry):
 def test_every_weight_contraction_on_mmt4d_ukernel(built, vlen):
     bundle = built(str(DEMO), f"rv64gcv-vlen{vlen}", "mmt4d")
     info = api.inspect(bundle.path)
-    n0 = vlen // 8
+    n0 = vlen // 4  # the project's tiles (default library): an LMUL-8 group of f32
+    assert bundle.manifest["pipeline"]["ukernels"]["library"] == "project"
+    assert any(f.startswith("--iree-link-bitcode=riscv_64=") for f in bundle.manifest["pipeline"]["compiler_flags"])
     graph = bundle.manifest["model"]["graph"]
     for entry, m0 in (("prefill", 7), ("decode", 1)):
         rows = _weight_contractions(info, entry)
@@ -29,6 +32,8 @@ def test_every_weight_contraction_on_mmt4d_ukernel(built, vlen):
         for r in rows:
             assert r["mmt4d"] and r["ukernel"], r
             assert r["tile"] == f"{m0}x{n0}x1", r
+            assert r["library"] == "project", r
+            assert r["kernel"] == f"rvdeploy_uk_mmt4d_tile_f32f32f32_{m0}xN0x1_rvv_{'m8' if m0 == 1 else 'm4'}", r
     # every weight MatMul of the graph was lowered: 7 per layer (q, k, v, o, gate, up, down) + lm_head
     assert bundle.manifest["pipeline"]["mmt4d"]["lowered_contractions"] == 2 * (7 * graph["num_layers"] + 1)
     assert bundle.manifest["pipeline"]["mmt4d"]["not_lowered"] == []
@@ -47,6 +52,22 @@ def test_riscv_code_is_rvv(built):
     rvv = info["dispatches"]["rvv"]
     fma = sum(v for k, v in rvv.items() if k.startswith(("vfmacc", "vfmadd")))
     assert fma > 0 and rvv.get("vle32.v", 0) > 0, rvv
+    tiles = info["dispatches"]["ukernel_tiles"]
+    assert set(tiles) == {"rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8",
+                          "rvdeploy_uk_mmt4d_tile_f32f32f32_7xN0x1_rvv_m4"}, tiles
+    assert not any(t.startswith("iree_uk_") for t in tiles), tiles  # the builtin kernels are replaced
+
+
+def test_upstream_ukernels(tmp_path):
+    """--ukernels upstream: IREE's own tiles (N0 = VLEN/8), nothing linked, inspect says upstream."""
+    bundle = api.build(str(DEMO), out=tmp_path / "b", target="rv64gcv-vlen256", ukernels="upstream").bundle
+    pipe = bundle.manifest["pipeline"]
+    assert pipe["ukernels"]["library"] == "upstream"
+    assert not any("--iree-link-bitcode" in f for f in pipe["compiler_flags"])
+    info = api.inspect(bundle.path)
+    rows = [r for r in info["dispatches"]["contractions"] if r["mmt4d"]]
+    assert rows and all(r["ukernel"] and r["library"] == "upstream" for r in rows), rows
+    assert {r["tile"] for r in rows} == {"1x32x1", "7x32x1"}
     tiles = info["dispatches"]["ukernel_tiles"]
     # IREE 3.13 names the tile functions with XX for N0 (e.g. iree_uk_mmt4d_tile_f32f32f32_7xXXx1_riscv_64_v)
     assert any("_7xXXx1_riscv_64" in t for t in tiles) and any("_1xXXx1_riscv_64" in t for t in tiles), tiles

@@ -1,12 +1,24 @@
-"""Where a bundle runs. Each board turns (bundle, prompt ids) into generated ids."""
+"""Where a bundle runs. Each board turns (bundle, prompt ids) into generated ids, and can say what it has
+(probe). Boards are context managers: an ssh board holds one shared connection while in use."""
 
 from __future__ import annotations
 
 from .local import LocalBoard
 from ..errors import RvdeployError
 
+BOARD_HELP = ("local (this machine, host bundles), qemu[:TARGET] (riscv64 bundles under qemu-user), or "
+              "[user@]host[:port] / an ssh config alias (a board over ssh)")
+
 
 def get_board(spec: str):
+    if not spec:
+        raise RvdeployError("empty --board", hint=BOARD_HELP)
     if spec == "local":
         return LocalBoard()
-    raise RvdeployError(f"board {spec!r} is not supported yet", hint="use --board local with a host-target bundle")
+    if spec == "qemu" or spec.startswith("qemu:"):
+        from .qemu import QemuBoard
+
+        return QemuBoard(spec.partition(":")[2] or None)
+    from .ssh import SshBoard
+
+    return SshBoard(spec)

@@ -30,6 +30,17 @@ def _host_tool(name: str) -> str:
 class LocalBoard:
     name = "local"
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def probe(self) -> dict:
+        from ..probe import host_probe
+
+        return host_probe()
+
     def check(self, bundle: Bundle) -> None:
         target = bundle.manifest["target"]
         if target["arch"] != "host":

@@ -23,15 +23,26 @@ def build(
                                           "pre-packed) or baseline (upstream IREE defaults).")] = "mmt4d",
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write.")] = Path("out/bundle"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
+    runtime: Annotated[Optional[Path], typer.Option(help="A riscv64 IREE runtime build directory to bundle "
+                                                    "(default: the one `rvdeploy runtime add` registered).")] = None,
+    tar: Annotated[bool, typer.Option("--tar", help="Also write OUTPUT.tar.gz (byte-identical for the same "
+                                      "inputs).")] = False,
+    ukernels: Annotated[Optional[str], typer.Option(help="mmt4d microkernels: project (rvdeploy's RVV kernels, "
+                                                    "ukernels/; default) or upstream (IREE's builtin ones).")] = None,
     json_: Json = False,
 ) -> None:
     """Build a bundle: fetch the model, import it, add prefill/decode/generate, lower to mmt4d, compile."""
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         result = api.build(model, out=output, variant=variant, revision=revision, target=target,
-                           pipeline=pipeline, force=force, on_stage=hook)
+                           pipeline=pipeline, force=force, runtime=runtime, tar=tar, ukernels=ukernels,
+                           on_stage=hook)
     m = result.bundle.manifest
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if json_:
-        print_json({"bundle": str(result.bundle.path), "stage_seconds": result.seconds, "manifest": m})
+        print_json({"bundle": str(result.bundle.path), "stage_seconds": result.seconds, "manifest": m,
+                    "warnings": list(result.warnings),
+                    "archive": str(result.archive) if result.archive else None})
         return
     size = sum(f["size"] for f in m["files"])
     out.print(f"wrote {result.bundle.path}  ({m['model']['id']}, target {m['target']['name']}, "
@@ -42,6 +53,8 @@ def build(
         out.print(f"mmt4d: {mm['lowered_contractions']} weight contractions lowered ({tiles or 'no tile for this type'})")
         for reason in mm["not_lowered"][:5]:
             err.print(f"[yellow]not lowered:[/yellow] {reason}")
+    if result.archive:
+        out.print(f"wrote {result.archive}")
     out.print(f"next: rvdeploy inspect {result.bundle.path}")
 
 

@@ -1,0 +1,92 @@
+"""--board qemu[:TARGET]: this machine, running riscv64 bundles under user-mode qemu-riscv64 with the
+target's `-cpu` string (the bundle's target, or TARGET to emulate a different board).
+
+IREE's riscv64 runtime needs qemu-user 8.1 or newer: 7.2 (Debian 12) lacks the riscv_hwprobe syscall and
+aborts on `vfcvt.rtz.x.f.v`. The bundle's launcher runs here too, with RVDEPLOY_RUN_PREFIX=qemu-riscv64 and
+QEMU_CPU set, so the same checks guard an emulated run as a real one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+
+from ..bundle import Bundle
+from ..errors import RvdeployError
+from ..probe import probe_binary
+from ..runtime import parse_generate_output
+from ..targets import get_target
+from .launch import generate_command, raise_for, require_launcher
+from .local import GenerateResult
+
+MIN_VERSION = (8, 1)
+UPGRADE_HINT = ("install qemu-user 8.1 or newer (Debian 12: add bookworm-backports and "
+                "`apt-get install -t bookworm-backports qemu-user`, as scripts/setup.sh does)")
+
+
+def qemu_path() -> str:
+    path = shutil.which("qemu-riscv64")
+    if path is None:
+        raise RvdeployError("qemu-riscv64 not found", hint=UPGRADE_HINT)
+    return path
+
+
+def qemu_version(path: str) -> tuple[int, int, int]:
+    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", out)
+    if not m:
+        raise RvdeployError(f"cannot tell the version of {path}: {out.strip()[:100]!r}", hint=UPGRADE_HINT)
+    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+
+
+def checked_qemu() -> str:
+    path = qemu_path()
+    v = qemu_version(path)
+    if v[:2] < MIN_VERSION:
+        raise RvdeployError(f"{path} is qemu {'.'.join(map(str, v))}; IREE's riscv64 runtime needs 8.1 or newer "
+                            "(riscv_hwprobe)", hint=UPGRADE_HINT)
+    return path
+
+
+class QemuBoard:
+    def __init__(self, target: str | None = None):
+        self.target = get_target(target) if target else None
+        if self.target is not None and self.target.arch != "riscv64":
+            raise RvdeployError(f"--board qemu:{target}: {target} is not a riscv64 target")
+        self.name = f"qemu:{target}" if target else "qemu"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _cpu(self, bundle: Bundle | None) -> str:
+        if self.target is not None:
+            return self.target.qemu_cpu
+        return bundle.manifest["target"]["qemu_cpu"] if bundle else ""
+
+    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
+        if bundle.manifest["target"]["arch"] != "riscv64":
+            raise RvdeployError(f"{bundle.path} is a {bundle.manifest['target']['name']} bundle; --board qemu runs "
+                                "riscv64 bundles", hint="use --board local for host bundles")
+        require_launcher(bundle)
+        env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
+        start = time.perf_counter()
+        proc = subprocess.run(generate_command(bundle, prompt_ids, max_new_tokens), cwd=bundle.path, env=env,
+                              capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        raise_for(self.name, proc.returncode, proc.stderr, bundle)
+        return GenerateResult(parse_generate_output(proc.stdout), seconds)
+
+    def probe(self) -> dict:
+        cmd = [checked_qemu()]
+        if self._cpu(None):
+            cmd += ["-cpu", self._cpu(None)]
+        proc = subprocess.run([*cmd, str(probe_binary())], capture_output=True, text=True)
+        raise_for(self.name, proc.returncode, proc.stderr)
+        return json.loads(proc.stdout)

@@ -1,0 +1,202 @@
+"""--board [user@]host[:port] or an ssh-config alias: a board reached with the system's OpenSSH.
+
+The user's ssh config, keys, agent, known_hosts and ProxyJump apply unchanged; rvdeploy adds only
+BatchMode (never prompt), timeouts, and connection reuse (one ControlMaster per board session, its
+socket in a private temporary directory that is removed afterwards). Host keys are checked exactly as the
+user's ssh checks them. RVDEPLOY_SSH_CONFIG names an ssh config file to use instead of ~/.ssh/config (the
+emulated board writes one with its host key pinned).
+
+Files go to a content-addressed cache on the board, $HOME/.cache/rvdeploy/blobs/<sha256>, so an unchanged
+file is never sent twice; a bundle is a directory of links to blobs, keyed by its manifest's sha256. Files
+are streamed through `ssh ... cat` rather than scp: that needs nothing on the board but a POSIX shell
+(no sftp-server, works behind a ForceCommand), and each blob's sha256 is checked on arrival before it is
+renamed into place. Every value in a remote command is quoted with shlex.quote; the board sees token
+ids, never the prompt text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from ..bundle import MANIFEST, SUMS, Bundle, sha256_file
+from ..errors import RvdeployError
+from ..probe import describe_unix, probe_binary
+from ..runtime import parse_generate_output
+from .launch import NO_SPACE, generate_command, last_line, raise_for, require_launcher
+from .local import GenerateResult
+
+CONNECT_TIMEOUT = 10  # seconds
+CACHE = '"$HOME"/.cache/rvdeploy'  # expanded by the board's shell
+_HOST_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:%]+$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+SSH_ERRORS = {  # ssh's stderr -> what to do
+    "Host key verification failed": "the board's host key is unknown or changed: check it, then add it to "
+                                    "known_hosts (ssh once by hand)",
+    "Permission denied": "ssh could not log in without a prompt: load a key into ssh-agent or set IdentityFile",
+    "Could not resolve hostname": "check the host name or add an ssh config alias",
+    "Connection refused": "is sshd running on the board, on that port?",
+    "timed out": "the board did not answer: check that it is on and reachable",
+    "No route to host": "the board is not reachable from here",
+}
+
+
+def parse_spec(spec: str) -> tuple[str | None, str, str | None]:
+    """'[user@]host[:port]' -> (user, host, port). A bare name may be an ssh-config alias."""
+    user, _, rest = spec.rpartition("@")
+    host, port = rest, None
+    if rest.count(":") == 1:
+        host, port = rest.split(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise RvdeployError(f"--board {spec}: port {port!r} is not a number from 1 to 65535")
+    # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...)
+    if not host or host.startswith("-") or not _HOST_RE.match(host) or (user and not _USER_RE.match(user)):
+        raise RvdeployError(f"--board {spec!r}: not [user@]host[:port] or an ssh config alias")
+    return user or None, host, port
+
+
+class SshBoard:
+    def __init__(self, spec: str):
+        self.user, self.host, self.port = parse_spec(spec)
+        self.name = spec
+        self._control: Path | None = None
+
+    # ---- connection ---------------------------------------------------------------------------------
+    def __enter__(self):
+        for tool in ("ssh",):
+            if shutil.which(tool) is None:
+                raise RvdeployError(f"{tool} not found", hint="apt-get install openssh-client")
+        self._control = Path(tempfile.mkdtemp(prefix="rvdeploy-ssh-"))  # mode 0700: the socket is private
+        return self
+
+    def __exit__(self, *exc):
+        if self._control is not None:
+            subprocess.run([*self._ssh_base(), "-O", "exit", "--", self.host], capture_output=True, timeout=30)
+            shutil.rmtree(self._control, ignore_errors=True)
+            self._control = None
+        return False
+
+    def _ssh_base(self) -> list[str]:
+        if self._control is None:
+            raise RuntimeError("SshBoard used outside `with`")
+        args = ["ssh"]
+        if os.environ.get("RVDEPLOY_SSH_CONFIG"):
+            args += ["-F", os.environ["RVDEPLOY_SSH_CONFIG"]]
+        args += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
+                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
+                 "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control}/cm", "-o", "ControlPersist=120"]
+        if self.port:
+            args += ["-p", self.port]
+        if self.user:
+            args += ["-l", self.user]
+        return args
+
+    def sh(self, script: str, *, stdin=None, check_connect: bool = True) -> subprocess.CompletedProcess:
+        """Run a POSIX sh script on the board (every value in it already quoted)."""
+        proc = subprocess.run([*self._ssh_base(), "--", self.host, script], stdin=stdin, capture_output=True)
+        proc.stdout = proc.stdout.decode(errors="replace")
+        proc.stderr = proc.stderr.decode(errors="replace")
+        if check_connect and proc.returncode == 255:
+            line = last_line(proc.stderr)
+            hint = next((h for k, h in SSH_ERRORS.items() if k in proc.stderr), None)
+            raise RvdeployError(f"cannot reach board {self.name}: {line}", hint=hint)
+        return proc
+
+    # ---- content-addressed upload ---------------------------------------------------------------------
+    def _missing(self, hashes: list[str]) -> set[str]:
+        script = (f"mkdir -p {CACHE}/blobs && cd {CACHE}/blobs && "
+                  f"for h in {' '.join(shlex.quote(h) for h in sorted(set(hashes)))}; do "
+                  '[ -f "$h" ] || echo "$h"; done')
+        proc = self.sh(script)
+        if proc.returncode != 0:
+            self._fail("cannot prepare the board's cache", proc.stderr)
+        return set(proc.stdout.split())
+
+    def _fail(self, what: str, stderr: str) -> None:
+        if NO_SPACE in stderr:
+            raise RvdeployError(f"board {self.name}: no space left on device in ~/.cache/rvdeploy ({what})",
+                                hint="free space on the board (or remove ~/.cache/rvdeploy there) and run again")
+        raise RvdeployError(f"board {self.name}: {what}: {last_line(stderr)}")
+
+    def upload(self, files: dict[str, Path]) -> dict[str, str]:
+        """Send the files (name -> local path) the board does not have yet; returns name -> sha256."""
+        hashes = {name: sha256_file(path) for name, path in files.items()}
+        missing = self._missing(list(hashes.values()))
+        sent = set()
+        for name, h in sorted(hashes.items()):
+            if h not in missing or h in sent:
+                continue
+            q = shlex.quote(h)
+            script = (f'b={CACHE}/blobs; t="$b/.incoming-$$"; trap \'rm -f "$t"\' EXIT; set -e; cat > "$t"; '
+                      f'[ "$(sha256sum < "$t" | cut -d" " -f1)" = {q} ] || '
+                      f'{{ echo "arrived damaged" >&2; exit 1; }}; mv "$t" "$b"/{q}; trap - EXIT')
+            with open(files[name], "rb") as f:
+                proc = self.sh(script, stdin=f)
+            if proc.returncode != 0:
+                size = files[name].stat().st_size
+                self._fail(f"uploading {name} ({size / 1e6:.1f} MB)", proc.stderr)
+            sent.add(h)
+        return hashes
+
+    def _bundle_files(self, bundle: Bundle) -> dict[str, Path]:
+        names = [MANIFEST, SUMS] + [f["path"] for f in bundle.manifest["files"]]
+        return {n: bundle.path / n for n in names}
+
+    def _materialize(self, bundle: Bundle) -> str:
+        """Upload what is missing and return a shell snippet that lays the bundle out (links to blobs) and
+        cd's into it."""
+        hashes = self.upload(self._bundle_files(bundle))
+        bid = shlex.quote(hashes[MANIFEST])
+        executables = {f["path"] for f in bundle.manifest["files"] if f.get("executable")}
+        lines = [f'c={CACHE}; d="$c/bundles"/{bid}', 'if [ ! -f "$d/.complete" ]; then',
+                 'rm -rf "$d.tmp"; mkdir -p "$d.tmp"']
+        for sub in sorted({str(Path(n).parent) for n in hashes if Path(n).parent != Path(".")}):
+            lines.append(f'mkdir -p "$d.tmp"/{shlex.quote(sub)}')
+        for name, h in sorted(hashes.items()):
+            if name in executables:
+                lines.append(f'chmod 755 "$c/blobs"/{shlex.quote(h)}')
+            lines.append(f'ln -s "$c/blobs"/{shlex.quote(h)} "$d.tmp"/{shlex.quote(name)}')
+        lines += ['touch "$d.tmp/.complete"; rm -rf "$d"; mv "$d.tmp" "$d"', "fi", 'cd "$d"']
+        return "set -e\n" + "\n".join(lines) + "\nset +e\n"
+
+    # ---- board API --------------------------------------------------------------------------------------
+    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
+        require_launcher(bundle)
+        prepare = self._materialize(bundle)
+        start = time.perf_counter()
+        proc = self.sh(prepare + shlex.join(generate_command(bundle, prompt_ids, max_new_tokens)))
+        seconds = time.perf_counter() - start
+        raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
+        return GenerateResult(parse_generate_output(proc.stdout), seconds)
+
+    def check(self, bundle: Bundle) -> str:
+        """Upload and run only the launcher's checks (hashes, ISA, VLEN)."""
+        require_launcher(bundle)
+        proc = self.sh(self._materialize(bundle) + "sh launcher.sh check")
+        raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
+        return proc.stdout.strip()
+
+    def probe(self) -> dict:
+        proc = self.sh("uname -m")
+        arch = proc.stdout.strip()
+        if proc.returncode != 0 or not arch:
+            raise RvdeployError(f"board {self.name}: `uname -m` failed: {last_line(proc.stderr)}")
+        if arch != "riscv64":
+            proc = self.sh("nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; echo ---; cat /proc/meminfo")
+            nproc, _, meminfo = proc.stdout.partition("---")
+            return describe_unix(arch, nproc, meminfo)
+        exe = probe_binary()
+        h = shlex.quote(self.upload({"probe": exe})["probe"])
+        proc = self.sh(f'p={CACHE}/blobs/{h}; chmod 755 "$p" && "$p"')
+        raise_for(f"board {self.name}", proc.returncode, proc.stderr)
+        try:
+            return json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise RvdeployError(f"board {self.name}: the probe printed no JSON: {last_line(proc.stdout)}") from None

@@ -1,0 +1,86 @@
+"""The board probe: rvdeploy's own small C program (probe.c) that reports a riscv64 board's ISA, VLEN,
+cores and memory; and the same facts for a non-RISC-V machine, from Python.
+
+The probe is cross-compiled with clang for rv64gc (static, so it runs on any riscv64 Linux userland) the
+first time it is needed and cached under the user cache directory by the hash of its source and flags:
+building it at wheel-build time would make the wheel depend on a cross toolchain, and a cache keyed by
+content is rebuilt exactly when probe.c or the flags change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ..errors import RvdeployError
+from ..paths import cache_dir
+
+SOURCE = Path(__file__).resolve().parent / "probe.c"
+NAME = "rvdeploy-probe"
+# rv64gc, not rv64gcv: the probe runs on boards without V (and says so) instead of dying with SIGILL
+CFLAGS = ["--target=riscv64-linux-gnu", "-march=rv64gc", "-mabi=lp64d", "-fuse-ld=lld", "-static", "-O2",
+          "-Wall", "-Werror"]
+CLANG_CANDIDATES = ("clang-19", "clang")
+INSTALL_HINT = ("apt-get install clang-19 lld-19 libc6-dev-riscv64-cross libgcc-12-dev-riscv64-cross "
+                "linux-libc-dev-riscv64-cross")
+
+
+def _clang() -> str:
+    for name in CLANG_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise RvdeployError("clang-19 not found: it cross-compiles rvdeploy's riscv64 board probe", hint=INSTALL_HINT)
+
+
+def probe_binary() -> Path:
+    """The riscv64 probe executable, built on first use and cached by source hash."""
+    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(CFLAGS).encode()).hexdigest()[:16]
+    out = cache_dir() / "probe" / key / NAME
+    if out.is_file():
+        return out
+    clang = _clang()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{NAME}-", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([clang, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RvdeployError(f"cross-compiling the riscv64 probe failed: {last[:300]}", hint=INSTALL_HINT)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, out)  # atomic: a concurrent build leaves one complete file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def parse_env(text: str) -> dict:
+    """`rvdeploy-probe --env` output (key=value lines) -> the same fields as the JSON output."""
+    raw = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    exts = raw.get("extensions", "").split()
+    return {"arch": raw.get("arch", "unknown"), "vlen": int(raw.get("vlen", 0) or 0), "vector": "v" in exts,
+            "extensions": exts, "hwprobe": raw.get("hwprobe") == "1", "cpus": int(raw.get("cpus", 0) or 0),
+            "mem_total": int(raw.get("mem_total", 0) or 0)}
+
+
+def describe_unix(uname_m: str, nproc: str, meminfo: str) -> dict:
+    """A non-RISC-V machine: its architecture, cores and memory (no ISA details: bundles for it are host
+    bundles, compiled for the machine that built them)."""
+    total = 0
+    for line in meminfo.splitlines():
+        if line.startswith("MemTotal:"):
+            total = int(line.split()[1]) * 1024
+    return {"arch": uname_m.strip(), "vlen": 0, "vector": False, "extensions": [],
+            "cpus": int(nproc.strip() or 0), "mem_total": total}
+
+
+def host_probe() -> dict:
+    meminfo = Path("/proc/meminfo").read_text() if Path("/proc/meminfo").is_file() else ""
+    return describe_unix(platform.machine(), str(os.cpu_count() or 0), meminfo)

@@ -1,0 +1,183 @@
+"""Registered IREE runtime builds for boards (riscv64), and the host runtime (iree-base-runtime).
+
+No package registry has a riscv64 IREE runtime: users cross-compile IREE's runtime (IREE documents it) or get
+one from a vendor, then `rvdeploy runtime add DIR` registers it here (the directory is recorded with the
+sha256 of each tool, not copied: a changed or moved build is noticed at `build` time). `build` copies the
+registered runtime that matches the target's architecture into the bundle's runtime/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from .bundle import sha256_file
+from .errors import RvdeployError
+from .paths import config_dir
+
+TOOLS = ("iree-run-module", "iree-benchmark-module")
+REGISTRY = "runtimes.json"
+EM_RISCV = 243
+_ELF_MACHINES = {EM_RISCV: "riscv64", 62: "x86_64", 183: "aarch64"}
+_VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?(?:[.\-+]?(?:rc|dev)?\d*)*")
+BUILD_HINT = ("build IREE's runtime for riscv64 from source (IREE's 'RISC-V cross-compilation' guide: "
+              "iree-run-module and iree-benchmark-module), then `rvdeploy runtime add DIR` and rebuild, "
+              "or rebuild with `rvdeploy build --runtime DIR`")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    path: Path
+    arch: str
+    version: str
+    tools: dict  # tool name -> sha256
+
+    def to_dict(self) -> dict:
+        return {"path": str(self.path), "arch": self.arch, "version": self.version, "tools": dict(self.tools)}
+
+
+def elf_arch(path: Path) -> str | None:
+    """The ELF header's machine for a 64-bit little-endian ELF, or None if `path` is not one."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return None
+    if len(head) < 20 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:  # ELFCLASS64, little endian
+        return None
+    machine = int.from_bytes(head[18:20], "little")
+    return _ELF_MACHINES.get(machine, f"machine-{machine}")
+
+
+def _tool_version(exe: Path, arch: str) -> str:
+    """`TOOL --version` (run under qemu-user when the tool is not for this machine). IREE's runtime tools of
+    3.13 have no --version flag: then a VERSION file next to the tools, else 'unknown'."""
+    cmd = [str(exe), "--version"]
+    if arch == "riscv64" and os.uname().machine != "riscv64":
+        qemu = shutil.which("qemu-riscv64")
+        cmd = [qemu, *cmd] if qemu else []
+    if cmd:
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            text = proc.stdout + proc.stderr
+            if proc.returncode == 0:
+                for line in text.splitlines():
+                    m = _VERSION_RE.search(line) if "version" in line.lower() else None
+                    if m:
+                        return m.group(0)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    vfile = exe.parent / "VERSION"
+    if vfile.is_file():
+        return vfile.read_text().strip().splitlines()[0] if vfile.read_text().strip() else "unknown"
+    return "unknown"
+
+
+def inspect_runtime(directory: Path | str) -> Runtime:
+    """Validate a runtime build directory: both tools present, executables, 64-bit ELF for one architecture."""
+    d = Path(directory).expanduser().resolve()
+    if not d.is_dir():
+        raise RvdeployError(f"runtime directory not found: {d}")
+    arches = set()
+    tools = {}
+    for name in TOOLS:
+        exe = d / name
+        if not exe.is_file():
+            # a CMake build tree keeps them under tools/
+            if (d / "tools" / name).is_file():
+                raise RvdeployError(f"{d} has no {name}, but {d / 'tools'} has: pass that directory")
+            raise RvdeployError(f"{d} is not an IREE runtime build: {name} is missing",
+                                hint="pass the directory holding iree-run-module and iree-benchmark-module")
+        arch = elf_arch(exe)
+        if arch is None:
+            raise RvdeployError(f"{exe} is not a 64-bit little-endian ELF executable")
+        if not os.access(exe, os.X_OK):
+            raise RvdeployError(f"{exe} is not executable", hint=f"chmod +x {exe}")
+        arches.add(arch)
+        tools[name] = sha256_file(exe)
+    if len(arches) != 1:
+        raise RvdeployError(f"{d}: the tools are built for different architectures ({', '.join(sorted(arches))})")
+    arch = arches.pop()
+    if arch != "riscv64":
+        raise RvdeployError(f"{d}: the tools are {arch} ELF files, not riscv64",
+                            hint="host bundles use iree-base-runtime's tools; register riscv64 builds only")
+    return Runtime(d, arch, _tool_version(d / TOOLS[0], arch), tools)
+
+
+def _registry_file() -> Path:
+    return config_dir() / REGISTRY
+
+
+def registered() -> list[Runtime]:
+    f = _registry_file()
+    if not f.is_file():
+        return []
+    try:
+        doc = json.loads(f.read_text())
+    except json.JSONDecodeError as exc:
+        raise RvdeployError(f"{f}: invalid JSON ({exc.msg})", hint="remove the file and add the runtimes again")
+    return [Runtime(Path(r["path"]), r["arch"], r["version"], r["tools"]) for r in doc.get("runtimes", [])]
+
+
+def add(directory: Path | str) -> Runtime:
+    """Register (or refresh) a runtime build. The newest registration of an architecture is the default."""
+    rt = inspect_runtime(directory)
+    others = [r for r in registered() if r.path != rt.path]
+    f = _registry_file()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"runtimes": [r.to_dict() for r in others + [rt]]}, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, f)
+    return rt
+
+
+def for_arch(arch: str, explicit: Path | str | None = None) -> Runtime | None:
+    """The runtime a bundle for `arch` gets: `explicit` (--runtime) if given, else the newest registered one
+    for that architecture, re-validated (a rebuilt or deleted directory is an error, not a silent change)."""
+    if explicit is not None:
+        rt = inspect_runtime(explicit)
+        if rt.arch != arch:
+            raise RvdeployError(f"--runtime {explicit}: {rt.arch} tools, the target is {arch}")
+        return rt
+    matches = [r for r in registered() if r.arch == arch]
+    if not matches:
+        return None
+    rt = matches[-1]
+    current = inspect_runtime(rt.path) if rt.path.is_dir() else None
+    if current is None:
+        raise RvdeployError(f"the registered {arch} runtime {rt.path} no longer exists",
+                            hint=f"register it again with `rvdeploy runtime add DIR` ({_registry_file()})")
+    if current.tools != rt.tools:
+        raise RvdeployError(f"the registered {arch} runtime in {rt.path} changed since it was added",
+                            hint=f"run `rvdeploy runtime add {rt.path}` again to record the new build")
+    return rt
+
+
+def host_runtime_version() -> str:
+    try:
+        return metadata.version("iree-base-runtime")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def release(version: str) -> str | None:
+    """'3.13.0rc20261016' -> '3.13.0': the part that must agree between compiler and runtime."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version or "")
+    return ".".join(g or "0" for g in m.groups()) if m else None
+
+
+def version_warning(runtime_version: str, compiler_version: str) -> str | None:
+    rv, cv = release(runtime_version), release(compiler_version)
+    if rv is None:
+        return (f"the runtime's version is unknown; it must match the compiler ({compiler_version}): "
+                "a VM bytecode or HAL ABI mismatch fails at module load")
+    if rv != cv:
+        return (f"runtime version {runtime_version} differs from the compiler's {compiler_version}: "
+                "IREE does not promise that modules load across releases")
+    return None

@@ -1,0 +1,131 @@
+"""Which mmt4d microkernel library a build links, and the project's own one compiled to LLVM bitcode.
+
+Two libraries:
+  upstream  IREE's builtin RVV tiles (iree_uk_mmt4d_tile_*_riscv_64_v): f32 N0 = VLEN/8, LMUL 4.
+  project   ukernels/rvd_mmt4d.c: an `iree_uk_mmt4d` that replaces the builtin one (all element types) with
+            f32 tiles N0 = VLEN/4 (decode: LMUL 8, K unrolled by 4; prefill: 7 rows of LMUL 4 in two column halves)
+            and RVV s16 x s16 / s16 x s8 -> s32 kernels IREE runs as generic C. Measured per multiply-add in
+            benchmarks/ukernel_cost.py (static inner-loop analysis): decode 0.32-0.34x upstream's instructions,
+            prefill 1.0x, hence the default.
+
+The project library is compiled with clang-19 for the target's exact VLEN (the bitcode carries
+vscale_range; a mismatch with the target's +zvl crashes LLVM), its `target-features` / `target-cpu`
+attributes stripped so IREE inlines it into the dispatches, cached under the XDG cache directory keyed by
+the sources, the flags and the clang version, and passed to iree-compile as
+`--iree-link-bitcode=riscv_64=PATH` (user bitcode overrides the builtin `iree_uk_mmt4d`).
+Host and non-vector targets always use upstream (nothing to link: the host has IREE's x86 kernels, and
+without V no mmt4d is generated).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .datafiles import data_dir
+from .errors import RvdeployError
+from .paths import cache_dir
+from .targets import Target
+
+LIBRARIES = {
+    "project": "rvdeploy's RVV mmt4d kernels (ukernels/rvd_mmt4d.c) linked as LLVM bitcode over IREE's",
+    "upstream": "IREE's builtin mmt4d ukernels",
+}
+DEFAULT = "project"
+SOURCES = ("rvd_mmt4d.c", "rvd_mmt4d.h")
+# Function names the project's kernels leave in IREE's *.optimized.ll (inlined `<name>.exit` blocks).
+KERNEL_PREFIX = "rvdeploy_uk_mmt4d_tile_"
+_CLANGS = ("clang-19", "clang")
+_LLVM_AS = ("llvm-as-19", "llvm-as")
+_STRIP_RE = re.compile(r' "target-(?:features|cpu)"="[^"]*"')
+
+
+@dataclass(frozen=True)
+class UkernelChoice:
+    library: str  # what the build uses: "project" | "upstream"
+    requested: str
+    bitcode: Path | None  # project bitcode to link, None for upstream
+    note: str = ""
+    info: dict | None = None  # clang version, flags, source and bitcode hashes (project)
+
+    def to_dict(self) -> dict:
+        d = {"library": self.library, "requested": self.requested, "description": LIBRARIES[self.library]}
+        if self.note:
+            d["note"] = self.note
+        if self.info:
+            d.update(self.info)
+        return d
+
+    def compile_flags(self) -> list[str]:
+        return [f"--iree-link-bitcode=riscv_64={self.bitcode}"] if self.bitcode else []
+
+
+def source_dir() -> Path:
+    return data_dir("ukernels")
+
+
+def _find(names: tuple[str, ...], what: str) -> str:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    raise RvdeployError(f"{what} not found (looked for {', '.join(names)}): needed to build the project's "
+                        "mmt4d microkernels", hint="install clang-19 and llvm-19 (scripts/setup.sh does), or "
+                        "pass --ukernels upstream")
+
+
+def clang_flags(target: Target) -> list[str]:
+    return ["--target=riscv64-unknown-elf", f"-march=rv64gcv_zvl{target.vlen}b", f"-mabi={target.abi}", "-O3",
+            "-ffreestanding", "-fno-builtin", "-fno-jump-tables", "-fvisibility=hidden"]
+
+
+def build_bitcode(target: Target, cache: Path | None = None) -> tuple[Path, dict]:
+    """ukernels/rvd_mmt4d.c -> bitcode for this target's VLEN, cached; returns (path, provenance)."""
+    clang = _find(_CLANGS, "clang")
+    llvm_as = _find(_LLVM_AS, "llvm-as")
+    version = subprocess.run([clang, "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip()
+    flags = clang_flags(target)
+    src = source_dir()
+    h = hashlib.sha256()
+    for name in SOURCES:
+        h.update(name.encode() + b"\0" + (src / name).read_bytes() + b"\0")
+    source_sha = h.hexdigest()
+    key = hashlib.sha256("\n".join([source_sha, version, *flags, "strip-target-attrs"]).encode()).hexdigest()
+    root = (cache or cache_dir()) / "ukernels"
+    out = root / f"rvd_mmt4d-vlen{target.vlen}-{key[:16]}.bc"
+    info = {"clang": version, "clang_flags": flags, "source_sha256": source_sha, "cache_key": key[:16]}
+    if not out.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root) as tmp:
+            ll = Path(tmp) / "rvd_mmt4d.ll"
+            proc = subprocess.run([clang, *flags, "-S", "-emit-llvm", str(src / "rvd_mmt4d.c"), "-o", str(ll)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RvdeployError(f"clang failed on ukernels/rvd_mmt4d.c: {proc.stderr.strip()[:300]}")
+            ll.write_text(_STRIP_RE.sub("", ll.read_text()))
+            bc = Path(tmp) / "rvd_mmt4d.bc"
+            proc = subprocess.run([llvm_as, str(ll), "-o", str(bc)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RvdeployError(f"llvm-as failed on the ukernel IR: {proc.stderr.strip()[:300]}")
+            os.replace(bc, out)  # atomic: concurrent builds never see a partial file
+    info["bitcode_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
+    return out, info
+
+
+def choose(target: Target, requested: str | None) -> UkernelChoice:
+    requested = requested or DEFAULT
+    if requested not in LIBRARIES:
+        raise RvdeployError(f"unknown ukernel library {requested!r}", hint="known: " + ", ".join(LIBRARIES))
+    if requested == "upstream":
+        return UkernelChoice("upstream", requested, None)
+    if target.is_host or target.arch != "riscv64" or not target.has_vector:
+        why = "host target" if target.is_host else "no RVV on this target"
+        return UkernelChoice("upstream", requested, None, note=f"{why}: the project's RVV kernels do not apply")
+    bitcode, info = build_bitcode(target)
+    return UkernelChoice("project", requested, bitcode, info=info)

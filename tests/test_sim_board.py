@@ -1,0 +1,147 @@
+"""The emulated riscv64 board (`rvdeploy sim`) and --board qemu: the probe reports the VLEN the board was
+started with, a VLEN-256 bundle is refused on a VLEN-128 board before anything runs, and on a matching
+board the launcher's checks pass and the bundle's riscv64 runtime is executed with token ids only (a
+stand-in ELF: no riscv64 IREE runtime exists here, so the run itself is not claimed).
+
+The userland is debootstrapped once (1-2 minutes) into the user cache directory and reused by later runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from boards import fake_runtime
+from conftest import DEMO, TINY
+from rvdeploy import sim, sshd
+from rvdeploy.boards.qemu import MIN_VERSION, qemu_version
+
+pytestmark = pytest.mark.slow
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (debootstrap, chroot, binfmt_misc)"
+    for tool in ("debootstrap", "clang-19", "qemu-riscv64"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (scripts/setup.sh)"
+    if not os.path.exists(sshd.SSHD):
+        return "needs openssh-server (scripts/setup.sh)"
+    if qemu_version(shutil.which("qemu-riscv64"))[:2] < MIN_VERSION:
+        return "needs qemu-user >= 8.1 (scripts/setup.sh installs it from bookworm-backports)"
+    return None
+
+
+if _why_not():
+    pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=_why_not())]
+
+
+def rvdeploy(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode != 0, proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rvdeploy: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def boards(tmp_path_factory):
+    """Two emulated boards on the same cached userland: VLEN 128 and VLEN 256."""
+    old = os.environ.get("RVDEPLOY_STATE_DIR")
+    os.environ["RVDEPLOY_STATE_DIR"] = str(tmp_path_factory.mktemp("simstate"))
+    started = {}
+    try:
+        for vlen in (128, 256):
+            name = f"sim{vlen}"
+            started[vlen] = sim.up(vlen=vlen, name=name)
+        yield {vlen: {"name": s.board, "env": {"RVDEPLOY_SSH_CONFIG": str(s.ssh_config)}, "pid": s.pid}
+               for vlen, s in started.items()}
+    finally:
+        for s in started.values():
+            sim.down(s.name)
+        if old is None:
+            os.environ.pop("RVDEPLOY_STATE_DIR", None)
+        else:
+            os.environ["RVDEPLOY_STATE_DIR"] = old
+    for s in started.values():  # down stopped what up started, by pid
+        assert not os.path.exists(f"/proc/{s.pid}") or b"sshd" not in open(f"/proc/{s.pid}/cmdline", "rb").read()
+
+
+@pytest.fixture(scope="module")
+def runtime_dir(tmp_path_factory):
+    return fake_runtime(tmp_path_factory.mktemp("fake-runtime"))
+
+
+def test_sessions_run_in_the_riscv64_userland(boards):
+    b = boards[256]
+    out = subprocess.run(["ssh", "-F", b["env"]["RVDEPLOY_SSH_CONFIG"], b["name"], "uname -m; command -v sha256sum"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["riscv64", "/usr/bin/sha256sum"]
+
+
+@pytest.mark.parametrize("vlen", [128, 256])
+def test_probe_reports_the_vlen_it_was_started_with(boards, vlen):
+    b = boards[vlen]
+    proc = rvdeploy("probe", "--board", b["name"], "--json", env=b["env"])
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["arch"] == "riscv64" and info["vector"] is True and info["vlen"] == vlen
+    assert info["hwprobe"] is True and {"v", "zba", "zbb", "zbs"} <= set(info["extensions"])
+
+
+def test_vlen256_bundle_refused_on_vlen128_board(boards, built, runtime_dir):
+    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", runtime=runtime_dir)
+    b = boards[128]
+    proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "-n", "2", env=b["env"])
+    one_line_error(proc, "refused", "VLEN: bundle needs 256, board has 128")
+    assert "fake-iree-tool" not in proc.stderr  # refused before the runtime ran
+
+
+def test_matching_board_runs_the_bundled_runtime_with_ids_only(boards, built, runtime_dir):
+    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", runtime=runtime_dir)
+    b = boards[256]
+    prompt = "Beautiful is $(reboot)"
+    proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "--prompt", prompt, "-n", "2", env=b["env"])
+    # the launcher's checks passed and the riscv64 stand-in ran on the emulated board; it runs no module
+    line = one_line_error(proc, "iree-run-module failed on board", "runs no IREE module")
+    assert "reboot" not in line
+
+
+def test_bundle_without_runtime_says_what_to_supply(boards, built):
+    bundle = built(str(DEMO), "rv64gcv-vlen256", "mmt4d")
+    b = boards[256]
+    proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "-n", "2", env=b["env"])
+    one_line_error(proc, "has no riscv64 IREE runtime", "rvdeploy runtime add DIR")
+
+
+def test_qemu_board(built, runtime_dir):
+    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", runtime=runtime_dir)
+    one_line_error(rvdeploy("run", str(bundle.path), "--board", "qemu:rv64gcv-vlen128", "-n", "2"),
+                   "refused", "VLEN: bundle needs 256, board has 128")
+    one_line_error(rvdeploy("run", str(bundle.path), "--board", "qemu", "-n", "2"),
+                   "iree-run-module failed on qemu", "runs no IREE module")
+    info = json.loads(rvdeploy("probe", "--board", "qemu:rv64gcv-vlen512", "--json").stdout)
+    assert info["vlen"] == 512
+
+
+def test_probe_without_vector_unit_does_not_crash():
+    info = json.loads(rvdeploy("probe", "--board", "qemu:rv64gc", "--json").stdout)
+    assert info["vector"] is False and info["vlen"] == 0 and "v" not in info["extensions"]
+
+
+def test_sim_status_and_down_cleanup(boards):
+    proc = rvdeploy("sim", "status", "--name", "sim128", "--json",
+                    env={"RVDEPLOY_STATE_DIR": os.environ["RVDEPLOY_STATE_DIR"]})
+    info = json.loads(proc.stdout)
+    assert info["running"] is True and info["vlen"] == 128 and info["board"] == "sim128"
