@@ -10,7 +10,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -27,8 +27,12 @@ from .importer import import_graphs
 from .mmt4d import lower_to_mmt4d
 from .onnx_shapes import split_phases
 from .params import is_transposed_copy, write_params
+from .qgraph import normalize as normalize_quantized
+from .quantize import FORMATS as QUANT_FORMATS
+from .quantize import quantize_file
 from .pipeline import PIPELINES, compile_flags
 from .ukernels import LIBRARIES as UKERNEL_LIBRARIES
+from .ukernels import DEFAULT as DEFAULT_UKERNELS
 from .ukernels import choose as choose_ukernels
 from .probe import NAME as PROBE_NAME, probe_binary
 from .source import DEFAULT_MODEL, materialize, resolve_model
@@ -99,15 +103,18 @@ def _max_context(config: Path | None) -> int | None:
 def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revision: str | None = None,
           target: str = "host", pipeline: str = "mmt4d", force: bool = False, workdir: Path | None = None,
           runtime: Path | str | None = None, tar: bool = False, ukernels: str | None = None,
-          on_stage: StageHook = _noop) -> BuildResult:
+          quantize: str | None = None, on_stage: StageHook = _noop) -> BuildResult:
     """`ukernels`: the mmt4d microkernel library, "project" or "upstream" (rvdeploy.ukernels; default
-    rvdeploy.ukernels.DEFAULT). Only the mmt4d pipeline on a riscv64 RVV target links the project's."""
+    rvdeploy.ukernels.DEFAULT). Only the mmt4d pipeline on a riscv64 RVV target links the project's.
+    `quantize`: "int8" or "q4" quantizes the (fp32) graph first with rvdeploy.quantize."""
     import time
 
     if pipeline not in PIPELINES:
         raise RvdeployError(f"unknown pipeline {pipeline!r}", hint="known pipelines: " + ", ".join(PIPELINES))
     if ukernels is not None and ukernels not in UKERNEL_LIBRARIES:
         raise RvdeployError(f"unknown ukernel library {ukernels!r}", hint="known: " + ", ".join(UKERNEL_LIBRARIES))
+    if quantize is not None and quantize not in QUANT_FORMATS:
+        raise RvdeployError(f"unknown quantization {quantize!r}", hint="known: " + ", ".join(QUANT_FORMATS))
     tgt = get_target(target)
     out = Path(out)
     if out.exists() and not force:  # fail before minutes of work, not after
@@ -132,6 +139,12 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         stage("check")
         graph = inspect_graph(files.onnx)
         onnx_path = materialize(files.onnx, work / "source")
+        quantized = None
+        if quantize:
+            count = quantize_file(onnx_path, work / "quantized" / "model.onnx", quantize)
+            onnx_path = work / "quantized" / "model.onnx"
+            quantized = {"format": quantize, "by": "rvdeploy.quantize", "matmuls": count}
+        onnx_path, normalized = normalize_quantized(onnx_path, work / "normalized")
         done("check")
         stage("import")
         phases = split_phases(onnx_path, work)
@@ -148,6 +161,14 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             uk = choose_ukernels(tgt, ukernels)  # the tiles depend on the library
             lowered = lower_to_mmt4d(entry, tgt, work, uk.library,
                                      is_transpose=partial(is_transposed_copy, imported.params))
+            if ukernels is None and uk.library == "project" and "i8" in lowered.tiles:
+                # the project library replaces IREE's iree_uk_mmt4d entirely and has no RVV s8 kernel yet (its
+                # portable C tile would run the int8 matmuls): an int8 model is better off on IREE's RVV s8 tiles
+                uk = replace(choose_ukernels(tgt, "upstream"), requested=DEFAULT_UKERNELS,
+                             note="int8 matmuls: IREE's RVV s8s8s32 kernels (the project library has no RVV s8 "
+                                  "kernel; --ukernels project forces its portable C one)")
+                lowered = lower_to_mmt4d(entry, tgt, work, uk.library,
+                                         is_transpose=partial(is_transposed_copy, imported.params))
             module_mlir = lowered.mlir
             done("mmt4d lowering")
         stage("pack weights")
@@ -155,6 +176,10 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         done("pack weights")
         stage("compile")
         flags = compile_flags(tgt, pipeline) + (uk.compile_flags() if uk else [])
+        if lowered is not None and lowered.q4:
+            # IREE 3.13's CPU tile heuristic picks vector_reduction [.., 4, 64] for some block-of-32 contractions
+            # with a fused elementwise consumer (tiny-random's gate/up at K=96) and then refuses the large vector
+            flags.append("--iree-llvmcpu-fail-on-large-vector=false")
         compiled = compile_module(module_mlir, flags, work)
         done("compile")
         stage("inspect")
@@ -183,6 +208,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         manifest = {
             "rvdeploy_version": __version__,
             "model": {"id": files.model_id, "revision": files.revision, "variant": files.variant,
+                      "quantized": quantized, "quantized_ops_rewritten": normalized or None,
                       "source": files.kind, "graph": graph.to_dict() | {"path": files.onnx.name}},
             "target": tgt.to_dict(),
             "pipeline": {"name": pipeline, "description": PIPELINES[pipeline], "compiler_flags": list(flags),
@@ -191,6 +217,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
                              "tiles": {elt: {"prefill": f"{t.m0}x{t.n0}x{t.k0}", "decode": f"1x{t.n0}x{t.k0}"}
                                        for elt, t in lowered.tiles.items()},
                              "lowered_contractions": lowered.lowered,
+                             "q4_contractions": lowered.q4,
                              "packed_weights": [{"key": pw.key, "k": pw.k, "n": pw.n,
                                                  "packed_shape": list(pw.packed_shape)} for pw in lowered.packed],
                              "not_lowered": list(lowered.skipped)}},
@@ -252,6 +279,13 @@ def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32)
     with get_board(board) as b:
         result = b.generate(bundle, ids, max_new_tokens)
     return RunResult(prompt, ids, result.ids, codec.decode(result.ids), result.seconds, b.name)
+
+
+def bench(bundle_path: Path, **kwargs):
+    """pp/tg on a board, the baseline beside it, estimates, emulated cost: rvdeploy.bench.bench."""
+    from .bench import bench as _bench
+
+    return _bench(bundle_path, **kwargs)
 
 
 def probe(board: str) -> dict:

@@ -283,6 +283,9 @@ def _is_contraction_body(body: list[str], n_ins: int) -> bool:
             a, b = root.get(mm.group(2)), root.get(mm.group(3))
             if a is not None and b is not None and a != b and a < n_ins and b < n_ins:
                 products.add(mm.group(1))
+            elif (a is not None and a < n_ins and mm.group(3) in products) or \
+                    (b is not None and b < n_ins and mm.group(2) in products):
+                products.add(mm.group(1))  # x * (q * scale): a weight dequantized inside the contraction
         elif ad := _ADD.match(line):
             x, y = ad.group(2), ad.group(3)
             if (x in products and root.get(y) in out_args) or (y in products and root.get(x) in out_args):

@@ -42,9 +42,13 @@ class PackedWeight:
     n0: int
     k0: int
     transposed: bool = False  # the source is stored NxK (a tied embedding used through Transpose)
+    colsum_key: str | None = None  # int8 weights: parameter key of the i32 column sums (zero-point correction)
+    shape: tuple[int, ...] | None = None  # stored as is in this shape (4-bit blocks: N x G x block), not tiled
 
     @property
-    def packed_shape(self) -> tuple[int, int, int, int]:
+    def packed_shape(self) -> tuple[int, ...]:
+        if self.shape is not None:
+            return self.shape
         return (-(-self.n // self.n0), self.k // self.k0, self.n0, self.k0)
 
 
@@ -56,6 +60,7 @@ class LoweredModule:
     tiles: dict  # element type -> Tile
     lowered: int  # contractions rewritten
     skipped: tuple[str, ...]  # why other weight contractions were not
+    q4: int = 0  # 4-bit weight contractions (dequantized inside a generated contraction, not mmt4d)
 
 
 def tile_for(target: Target, elt: str, library: str = "upstream") -> Tile | None:
@@ -125,6 +130,95 @@ def _helper(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, opset
         f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
         f"tensor<?x?x{n}x{elt}>",
         f"  return %y : tensor<?x?x{n}x{elt}>",
+        "}",
+    ])
+
+
+def _int8_helper(name: str, k: int, n: int, tile: Tile, decode: bool, opset: int) -> str:
+    """MatMulInteger(x uint8, W int8, x_zero_point uint8) -> i32 on an s8 x s8 -> s32 mmt4d:
+    sum_k (x - zp) W = sum_k (x - 128) W - (zp - 128) colsum(W), and x - 128 is x's bits with the top one
+    flipped (xor 0x80), so the kernel reads int8 activations and the correction is one multiply-add per
+    output with the column sums stored beside the packed weight."""
+    n1, k1, n0, k0 = -(-n // tile.n0), k // tile.k0, tile.n0, tile.k0
+    w = f"tensor<{n1}x{k1}x{n0}x{k0}xi8>"
+    attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
+    xor = ("  ^bb0(%xa: i8, %xo: i8):\n    %flip = arith.constant -128 : i8\n    %xr = arith.xori %xa, %flip : i8\n"
+           "    linalg.yield %xr : i8\n")
+    fix = ("  ^bb0(%ya: i32, %ycs: i32, %yo: i32):\n    %yt = arith.muli %za, %ycs : i32\n    %yr = arith.subi %ya, %yt : i32\n"
+           "    linalg.yield %yr : i32\n")
+    head = [
+        "  %c0i = arith.constant 0 : i32",
+        "  %c128 = arith.constant 128 : i32",
+        "  %zpv = tensor.extract %zp[] : tensor<i8>",
+        "  %zpi = arith.extui %zpv : i8 to i32",
+        "  %za = arith.subi %zpi, %c128 : i32",
+    ]
+    if decode:
+        acc = f"tensor<1x{n1}x1x{n0}xi32>"
+        lines = [
+            f"func.func private @{name}(%x: tensor<1x1x{k}xi8>, %zp: tensor<i8>, %w: {w}, %colsum: tensor<{n}xi32>) "
+            f"-> tensor<1x1x{n}xi32> {attrs} {{",
+            *head,
+            f"  %xf = tensor.collapse_shape %x [[0, 1, 2]] : tensor<1x1x{k}xi8> into tensor<{k}xi8>",
+            f"  %xe = tensor.empty() : tensor<{k}xi8>",
+            "  %xs = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>], "
+            f"iterator_types = [\"parallel\"]}} ins(%xf : tensor<{k}xi8>) outs(%xe : tensor<{k}xi8>) {{\n{xor}"
+            f"  }} -> tensor<{k}xi8>",
+            f"  %xp = tensor.expand_shape %xs [[0, 1, 2, 3]] output_shape [1, {k1}, 1, {k0}] : "
+            f"tensor<{k}xi8> into tensor<1x{k1}x1x{k0}xi8>",
+            f"  %oe = tensor.empty() : {acc}",
+            f"  %of = linalg.fill ins(%c0i : i32) outs(%oe : {acc}) -> {acc}",
+            f"  %o = linalg.mmt4d ins(%xp, %w : tensor<1x{k1}x1x{k0}xi8>, {w}) outs(%of : {acc}) -> {acc}",
+            f"  %flat = tensor.collapse_shape %o [[0, 1, 2, 3]] : {acc} into tensor<{n1 * n0}xi32>",
+            f"  %y1 = tensor.extract_slice %flat[0] [{n}] [1] : tensor<{n1 * n0}xi32> to tensor<{n}xi32>",
+            f"  %ye = tensor.empty() : tensor<{n}xi32>",
+            "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>, "
+            "affine_map<(d0) -> (d0)>], iterator_types = [\"parallel\"]} "
+            f"ins(%y1, %colsum : tensor<{n}xi32>, tensor<{n}xi32>) outs(%ye : tensor<{n}xi32>) {{\n{fix}"
+            f"  }} -> tensor<{n}xi32>",
+            f"  %y = tensor.expand_shape %y2 [[0, 1, 2]] output_shape [1, 1, {n}] : tensor<{n}xi32> into "
+            f"tensor<1x1x{n}xi32>",
+            f"  return %y : tensor<1x1x{n}xi32>",
+            "}",
+        ]
+        return "\n".join(lines)
+    m0 = tile.m0
+    lhs = f"tensor<?x{k1}x{m0}x{k0}xi8>"
+    acc = f"tensor<?x{n1}x{m0}x{n0}xi32>"
+    return "\n".join([
+        f"func.func private @{name}(%x: tensor<?x?x{k}xi8>, %zp: tensor<i8>, %w: {w}, %colsum: tensor<{n}xi32>) "
+        f"-> tensor<?x?x{n}xi32> {attrs} {{",
+        *head,
+        "  %c0 = arith.constant 0 : index",
+        "  %c1 = arith.constant 1 : index",
+        f"  %cm0 = arith.constant {m0} : index",
+        "  %zero8 = arith.constant 0 : i8",
+        f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}xi8>",
+        f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}xi8>",
+        f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}xi8> into tensor<?x{k}xi8>",
+        f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}xi8>",
+        f"  %xe = tensor.empty(%m) : tensor<?x{k}xi8>",
+        "  %xs = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>], "
+        f"iterator_types = [\"parallel\", \"parallel\"]}} ins(%x2 : tensor<?x{k}xi8>) outs(%xe : tensor<?x{k}xi8>) "
+        f"{{\n{xor}  }} -> tensor<?x{k}xi8>",
+        "  %m1 = arith.ceildivui %m, %cm0 : index",
+        f"  %pe = tensor.empty(%m1) : {lhs}",
+        f"  %xp = linalg.pack %xs padding_value(%zero8 : i8) inner_dims_pos = [0, 1] inner_tiles = [{m0}, {k0}] "
+        f"into %pe : tensor<?x{k}xi8> -> {lhs}",
+        f"  %oe = tensor.empty(%m1) : {acc}",
+        f"  %of = linalg.fill ins(%c0i : i32) outs(%oe : {acc}) -> {acc}",
+        f"  %o = linalg.mmt4d ins(%xp, %w : {lhs}, {w}) outs(%of : {acc}) -> {acc}",
+        f"  %ue = tensor.empty(%m) : tensor<?x{n}xi32>",
+        f"  %y1 = linalg.unpack %o inner_dims_pos = [0, 1] inner_tiles = [{m0}, {n0}] into %ue : {acc} -> "
+        f"tensor<?x{n}xi32>",
+        f"  %ye = tensor.empty(%m) : tensor<?x{n}xi32>",
+        "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d1)>, "
+        "affine_map<(d0, d1) -> (d0, d1)>], iterator_types = [\"parallel\", \"parallel\"]} "
+        f"ins(%y1, %colsum : tensor<?x{n}xi32>, tensor<{n}xi32>) outs(%ye : tensor<?x{n}xi32>) {{\n{fix}"
+        f"  }} -> tensor<?x{n}xi32>",
+        f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}xi32> into "
+        f"tensor<?x?x{n}xi32>",
+        f"  return %y : tensor<?x?x{n}xi32>",
         "}",
     ])
 
@@ -272,6 +366,215 @@ def _tied_copies(module, globals_, matmuls, is_transpose) -> dict[str, str]:
     return aliases
 
 
+def _q4_helper(name: str, k: int, n: int, g: int, bs: int, elt: str, per_block_zero: bool, opset: int) -> str:
+    """Y = X W^T with W [N, K] held as signed 4-bit blocks (q - 8) [N, G, bs], a scale per block and (asymmetric
+    exports) a zero point per block. One linalg.generic does both the dequantization and the contraction, so
+    IREE can neither split the dequantization into its own dispatch (fp32 weights written to memory each
+    call) nor hoist it out of generate's decode loop (fp32 weights kept for the whole loop): every step reads
+    the 4-bit weights."""
+    attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
+    st = f"tensor<{n}x{g}x1x{elt}>"
+    zt = st if per_block_zero else f"tensor<{elt}>"
+    zmap = "affine_map<(d0, d1, d2, d3) -> (d1, d2, 0)>" if per_block_zero else "affine_map<(d0, d1, d2, d3) -> ()>"
+    wt = f"tensor<{n}x{g}x{bs}xi4>"
+    if per_block_zero:  # (q - z) s = ((q - 8) - (z - 8)) s
+        deq = [f"    %c8 = arith.constant 8.0 : {elt}", f"    %zc = arith.subf %qz, %c8 : {elt}",
+               f"    %qd = arith.subf %qf, %zc : {elt}", f"    %qr = arith.mulf %qd, %qs : {elt}"]
+    else:
+        deq = [f"    %qr = arith.mulf %qf, %qs : {elt}"]
+    return "\n".join([
+        f"func.func private @{name}(%x: tensor<?x?x{k}x{elt}>, %w: {wt}, %sc: {st}, %z: {zt}) -> tensor<?x?x{n}x{elt}> "
+        f"{attrs} {{",
+        "  %c0 = arith.constant 0 : index",
+        "  %c1 = arith.constant 1 : index",
+        f"  %zero = arith.constant 0.0 : {elt}",
+        f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}x{elt}>",
+        f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}x{elt}>",
+        f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}x{elt}> into tensor<?x{k}x{elt}>",
+        f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}x{elt}>",
+        f"  %x3 = tensor.expand_shape %x2 [[0], [1, 2]] output_shape [%m, {g}, {bs}] : tensor<?x{k}x{elt}> into "
+        f"tensor<?x{g}x{bs}x{elt}>",
+        f"  %oe = tensor.empty(%m) : tensor<?x{n}x{elt}>",
+        f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : tensor<?x{n}x{elt}>) -> tensor<?x{n}x{elt}>",
+        "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3) -> (d0, d2, d3)>, "
+        "affine_map<(d0, d1, d2, d3) -> (d1, d2, d3)>, affine_map<(d0, d1, d2, d3) -> (d1, d2, 0)>, "
+        f"{zmap}, affine_map<(d0, d1, d2, d3) -> (d0, d1)>], "
+        "iterator_types = [\"parallel\", \"parallel\", \"reduction\", \"reduction\"]} "
+        f"ins(%x3, %w, %sc, %z : tensor<?x{g}x{bs}x{elt}>, {wt}, {st}, {zt}) outs(%of : tensor<?x{n}x{elt}>) {{",
+        f"  ^bb0(%ma: {elt}, %q: i4, %qs: {elt}, %qz: {elt}, %mo: {elt}):",
+        "    %qi = arith.extsi %q : i4 to i32",
+        f"    %qf = arith.sitofp %qi : i32 to {elt}",
+        *deq,
+        f"    %mp = arith.mulf %ma, %qr : {elt}",
+        f"    %ms = arith.addf %mo, %mp : {elt}",
+        f"    linalg.yield %ms : {elt}",
+        f"  }} -> tensor<?x{n}x{elt}>",
+        f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
+        f"tensor<?x?x{n}x{elt}>",
+        f"  return %y : tensor<?x?x{n}x{elt}>",
+        "}",
+    ])
+
+
+def _onnx_name(op) -> str | None:
+    if getattr(op, "name", None) != "torch.operator":
+        return None
+    return ir.StringAttr(op.attributes["name"]).value
+
+
+def _erase_dead(op) -> None:
+    """Erase op and then its producers, as long as nothing else uses them."""
+    work = [op]
+    while work:
+        cur = work.pop()
+        if not hasattr(cur, "results") or any(list(r.uses) for r in cur.results):
+            continue
+        producers = [v.owner for v in cur.operands if hasattr(v.owner, "name")]
+        cur.erase()
+        work.extend(producers)
+
+
+def _lower_q4(module, globals_, opset, helpers, packed, skipped) -> int:
+    """The 4-bit chain rvdeploy.qgraph writes for MatMulNBits -> one call of _q4_helper on the i4 weights."""
+    ops = []
+    _walk(module.operation, lambda op: ops.append(op) if _onnx_name(op) == "onnx.MatMul" else None)
+    chain = ["onnx.Transpose", "onnx.Reshape", "onnx.Mul", "onnx.Sub", "onnx.Cast", "onnx.Reshape", "onnx.Concat"]
+    count = 0
+    for op in ops:
+        cur, seen = op.operands[1].owner, []
+        for name in chain:
+            if _onnx_name(cur) != name:
+                break
+            seen.append(cur)
+            cur = cur.operands[0].owner
+        else:
+            hi = seen[-1].operands[1].owner  # Unsqueeze(BitShift(B, 4, RIGHT))
+            shift = hi.operands[0].owner if _onnx_name(hi) == "onnx.Unsqueeze" else None
+            if _onnx_name(shift) != "onnx.BitShift":
+                continue
+            found = _weight_global(shift.operands[0])
+            if found is None:
+                continue
+            gname = found[0]
+            scale_v, zero_v = seen[2].operands[1], seen[3].operands[1]
+            x = TensorType.parse(str(op.operands[0].type))
+            b = TensorType.parse(str(shift.operands[0].type))
+            st = TensorType.parse(str(scale_v.type))
+            zt = TensorType.parse(str(zero_v.type))
+            y = TensorType.parse(str(op.results[0].type))
+            if len(x.dims) != 3 or len(b.dims) != 3 or st.dims != (b.dims[0], b.dims[1], 1) or \
+                    zt.dims not in ((), st.dims) or x.elt not in ("f32", "f16"):
+                skipped.append(f"{op.location}: unsupported 4-bit MatMul shapes {x.dims} x {b.dims}")
+                continue
+            n, g, half = b.dims
+            bs, k = half * 2, g * half * 2
+            per_block = zt.dims != ()
+            helper = f"rvd_q4_{k}x{n}_b{bs}_{x.elt}{'_zp' if per_block else ''}"
+            helpers.setdefault(helper, _q4_helper(helper, k, n, g, bs, x.elt, per_block, opset))
+            source_key = _param_key(globals_[gname])
+            key = f"{source_key}.i4"
+            packed.setdefault(key, PackedWeight(key, source_key, k, n, "i4", bs, 1, shape=(n, g, bs)))
+            sym = "rvd_q4." + gname
+            wt = f"tensor<{n}x{g}x{bs}xi4>"
+            hx, hy = f"tensor<?x?x{k}x{x.elt}>", f"tensor<?x?x{n}x{x.elt}>"
+            with ir.InsertionPoint(op), op.location:
+                xb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(x.builtin)], [op.operands[0]])
+                if x.builtin != hx:
+                    xb = _create("tensor.cast", [ir.Type.parse(hx)], [xb])
+                sb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(st.builtin)], [scale_v])
+                zb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(zt.builtin)], [zero_v])
+                wv = _create("util.global.load", [ir.Type.parse(wt)], [], {"global": ir.FlatSymbolRefAttr.get(sym)})
+                yb = _create("func.call", [ir.Type.parse(hy)], [xb, wv, sb, zb],
+                             {"callee": ir.FlatSymbolRefAttr.get(helper)})
+                if y.builtin != hy:
+                    yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
+                yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
+            op.results[0].replace_all_uses_with(yv)
+            head = op.operands[1].owner
+            op.erase()
+            _erase_dead(head)
+            if sym not in globals_:
+                new = ir.Operation.parse(f'util.global private @"{sym}" = #stream.parameter.named<"model"::"{key}"> : {wt}')
+                ir.InsertionPoint(globals_[gname]).insert(new)
+                globals_[sym] = new
+            count += 1
+    return count
+
+
+def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped) -> int:
+    """MatMulInteger(x uint8, W int8 global, x_zero_point) -> s8 x s8 -> s32 mmt4d (see _int8_helper).
+    rvdeploy.qgraph has already dropped zero weight zero points and turned uint8 weights into int8 ones."""
+    ops = []
+    _walk(module.operation, lambda op: ops.append(op) if op.name == "torch.operator"
+          and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMulInteger" else None)
+    count = 0
+    for op in ops:
+        where = str(op.location)
+        found = _weight_global(op.operands[1]) if len(op.operands) >= 2 else None
+        if found is None or found[1]:
+            continue  # activation x activation: left to IREE's code generation
+        gname = found[0]
+        x = TensorType.parse(str(op.operands[0].type))
+        w = TensorType.parse(str(op.operands[1].type))
+        y = TensorType.parse(str(op.results[0].type))
+        if len(op.operands) != 3:
+            skipped.append(f"{where}: MatMulInteger with a weight zero point (not normalized)")
+            continue
+        zp = TensorType.parse(str(op.operands[2].type))
+        if x.torch_elt != "ui8" or w.torch_elt != "si8" or zp.dims not in ((), (1,)) or zp.torch_elt != "ui8":
+            skipped.append(f"{where}: MatMulInteger {x.torch_elt} x {w.torch_elt} (want ui8 x si8)")
+            continue
+        tile = tile_for(target, "i8", ukernels)
+        if tile is None:
+            skipped.append(f"{where}: no mmt4d tile for i8 on {target.name}")
+            continue
+        if len(x.dims) != 3 or len(w.dims) != 2 or w.dims[0] % tile.k0:
+            skipped.append(f"{where}: unsupported MatMulInteger shapes {x.dims} x {w.dims}")
+            continue
+        tiles["i8"] = tile
+        k, n = w.dims
+        decode = x.dims[:2] == (1, 1)
+        helper = f"rvd_mmt4d_s8_{'decode' if decode else 'prefill'}_{k}x{n}"
+        helpers.setdefault(helper, _int8_helper(helper, k, n, tile, decode, opset))
+        source_key = _param_key(globals_[gname])
+        key = f"{source_key}.mmt4d_{tile.n0}x{tile.k0}"
+        pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, "i8", tile.n0, tile.k0,
+                                                 colsum_key=f"{source_key}.colsum"))
+        packed_sym, colsum_sym = "rvd_packed." + gname, "rvd_colsum." + gname
+        hx = f"tensor<1x1x{k}xi8>" if decode else f"tensor<?x?x{k}xi8>"
+        hy = f"tensor<1x1x{n}xi32>" if decode else f"tensor<?x?x{n}xi32>"
+        wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + "xi8>"
+        ct = f"tensor<{n}xi32>"
+        with ir.InsertionPoint(op), op.location:
+            xb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(x.builtin)], [op.operands[0]])
+            if x.builtin != hx:
+                xb = _create("tensor.cast", [ir.Type.parse(hx)], [xb])
+            zb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(zp.builtin)], [op.operands[2]])
+            if zp.dims:
+                zb = _create("tensor.collapse_shape", [ir.Type.parse("tensor<i8>")], [zb],
+                             {"reassociation": ir.ArrayAttr.get([])})
+            wv = _create("util.global.load", [ir.Type.parse(wt)], [], {"global": ir.FlatSymbolRefAttr.get(packed_sym)})
+            cv = _create("util.global.load", [ir.Type.parse(ct)], [], {"global": ir.FlatSymbolRefAttr.get(colsum_sym)})
+            yb = _create("func.call", [ir.Type.parse(hy)], [xb, zb, wv, cv], {"callee": ir.FlatSymbolRefAttr.get(helper)})
+            if y.builtin != hy:
+                yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
+            yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
+        op.results[0].replace_all_uses_with(yv)
+        chain = op.operands[1].owner
+        op.erase()
+        while chain is not None and not list(chain.results[0].uses):  # conversion, load
+            up = chain.operands[0].owner if len(chain.operands) else None
+            chain.erase()
+            chain = up
+        for sym, pkey, typ in ((packed_sym, key, wt), (colsum_sym, pw.colsum_key, ct)):
+            if sym not in globals_:
+                new = ir.Operation.parse(f'util.global private @"{sym}" = #stream.parameter.named<"model"::"{pkey}"> : {typ}')
+                ir.InsertionPoint(globals_[gname]).insert(new)
+                globals_[sym] = new
+        count += 1
+    return count
+
+
 def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: str = "upstream",
                    is_transpose=None) -> LoweredModule:
     """`is_transpose(w_key, e_key, k, n)`, when given, says whether weight w (KxN) equals table e (NxK)
@@ -356,6 +659,8 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
                 globals_[packed_sym] = new
             lowered += 1
 
+        q4 = _lower_q4(module, globals_, opset, helpers, packed, skipped)
+        lowered += _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped)
         packed_syms = {"rvd_packed." + pw_sym: pw for pw_sym, pw in sym_to_packed.items()}
         _gathers_from_packed(module, globals_, packed_syms, helpers, opset)
 
@@ -366,7 +671,7 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
         for name, g in globals_.items():
             if name not in used:
                 g.erase()  # a weight now read only in its packed form
-            elif not name.startswith("rvd_packed."):
+            elif not name.startswith(("rvd_packed.", "rvd_colsum.", "rvd_q4.")):
                 plain.append(_param_key(g))
         if helpers:
             added = ir.Module.parse("\n".join(helpers.values()))
@@ -377,4 +682,4 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
         out = workdir / "module.mmt4d.mlir"
         out.write_text(str(module))
     return LoweredModule(mlir=out, packed=tuple(packed.values()), plain_keys=tuple(plain), tiles=tiles,
-                         lowered=lowered, skipped=tuple(skipped))
+                         lowered=lowered, skipped=tuple(skipped), q4=q4)

@@ -89,12 +89,23 @@ def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path
                 if pw.source_key not in entries:
                     raise RvdeployError(f"parameter {pw.source_key!r} missing from {source.name}")
                 offset, length = entries[pw.source_key]
+                if pw.elt == "i4":  # 4-bit blocks stored as they are: nibbles q in 0..15 -> signed q - 8
+                    raw = np.frombuffer(_read(src_fd, offset, length), dtype=np.uint8) ^ np.uint8(0x88)
+                    f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
+                    placed.append((pw.key, f.tell(), raw.nbytes))
+                    f.write(raw.tobytes())
+                    continue
                 w = np.frombuffer(_read(src_fd, offset, length), dtype=_NUMPY[pw.elt])
                 w = w.reshape(pw.n, pw.k).T if pw.transposed else w.reshape(pw.k, pw.n)
                 packed = pack_weight(w, pw)
                 f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
                 placed.append((pw.key, f.tell(), packed.nbytes))
                 f.write(packed.tobytes())
+                if pw.colsum_key:  # int8: column sums for the activation zero-point correction
+                    colsum = w.astype(np.int32).sum(axis=0, dtype=np.int32)
+                    f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
+                    placed.append((pw.colsum_key, f.tell(), colsum.nbytes))
+                    f.write(colsum.tobytes())
                 del w, packed
         scratch_fd = os.open(scratch, os.O_RDONLY)
         try:

@@ -29,6 +29,9 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
     openssh-client openssh-server
     # the emulated board's riscv64 Debian userland (rvdeploy sim up)
     debootstrap
+    # rvdeploy bench --cost: a plugin-capable qemu-riscv64 built from Debian's qemu source package
+    # (scripts/build_qemu_plugins.sh) and rvdeploy's counting plugin (gcc against qemu-plugin.h, which includes glib.h)
+    dpkg-dev flex bison libglib2.0-dev pkg-config ninja-build gcc
     # sha256sum for bundle launchers, mount for binfmt_misc and the tests' tiny tmpfs, pgrep in tests
     coreutils mount procps
   )
@@ -41,3 +44,8 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# once (cached under ~/.cache/rvdeploy/qemu-plugins; ~2-4 min on 2 cores): the qemu that `bench --cost` uses
+if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
+  bash scripts/build_qemu_plugins.sh >/dev/null
+fi

@@ -130,3 +130,17 @@ def matmulnbits_node(name: str = "/model/layers.0/mlp/gate_proj/MatMulNBits") ->
         K=k, N=n, bits=4, block_size=block, name=name,
     )
     return node, inits
+
+
+def matmulbnb4_node(name: str = "/model/layers.0/mlp/gate_proj/MatMulBnb4") -> tuple[onnx.NodeProto, list]:
+    """A com.microsoft MatMulBnb4 node (bitsandbytes 4-bit weights, still unsupported) on h, with its initializers."""
+    k, n, block = HIDDEN, 8, 16
+    inits = [
+        numpy_helper.from_array(np.zeros((n * k // 2,), dtype=np.uint8), "bnb4.weight"),
+        numpy_helper.from_array(np.ones((n * k // block,), dtype=np.float32), "bnb4.absmax"),
+    ]
+    node = helper.make_node(
+        "MatMulBnb4", ["h", "bnb4.weight", "bnb4.absmax"], ["bnb4.out"], domain="com.microsoft",
+        K=k, N=n, block_size=block, quant_type=1, name=name,
+    )
+    return node, inits

@@ -56,14 +56,14 @@ def test_not_a_causal_lm(tmp_path):
 
 def test_unsupported_op_named(tmp_path):
     model = onnx.load(str(TINY / "model.onnx"))
-    node = helper.make_node("MatMulNBits", ["logits", "logits"], ["unused"], domain="com.microsoft",
-                            name="q4_matmul_7")
+    node = helper.make_node("MatMulBnb4", ["logits", "logits"], ["unused"], domain="com.microsoft",
+                            name="bnb4_matmul_7")
     model.graph.node.append(node)
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    path = tmp_path / "model_q4.onnx"
+    path = tmp_path / "model_bnb4.onnx"
     onnx.save(model, str(path))
     proc = rvdeploy("build", "--model", str(path), "-o", str(tmp_path / "out"))
-    assert_one_line_error(proc, "MatMulNBits", "q4_matmul_7")
+    assert_one_line_error(proc, "MatMulBnb4", "bnb4_matmul_7")
 
 
 def test_unknown_target(tmp_path):

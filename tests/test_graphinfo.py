@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from hubcache_graphs import HEAD_DIM, HIDDEN, KV_HEADS, VOCAB, llm_model, matmulnbits_node, save_model
+from hubcache_graphs import HEAD_DIM, HIDDEN, KV_HEADS, VOCAB, llm_model, matmulbnb4_node, save_model
 from rvdeploy.errors import RvdeployError
 from rvdeploy.graphinfo import LlmGraph, inspect_graph, unsupported_ops
 
@@ -96,18 +96,19 @@ def test_present_outputs_must_match_past_inputs(tmp_path):
     assert "past_key_values.1.value" in msg and "present.1.value" in msg
 
 
-def test_matmulnbits_names_op_domain_node_and_fix(tmp_path):
-    node, inits = matmulnbits_node()
+def test_matmulbnb4_names_op_domain_node_and_fix(tmp_path):
+    # (MatMulNBits, the q4 exports' op, is handled: rvdeploy.qgraph rewrites it; see test_quantized.py)
+    node, inits = matmulbnb4_node()
     m = llm_model(extra_nodes=[node], extra_inits=inits, extra_opsets={"com.microsoft": 1})
-    msg = _err(save_model(m, tmp_path / "model_q4.onnx"))
-    assert "model_q4.onnx" in msg
-    assert "com.microsoft MatMulNBits" in msg
-    assert "'/model/layers.0/mlp/gate_proj/MatMulNBits'" in msg
+    msg = _err(save_model(m, tmp_path / "model_bnb4.onnx"))
+    assert "model_bnb4.onnx" in msg
+    assert "com.microsoft MatMulBnb4" in msg
+    assert "'/model/layers.0/mlp/gate_proj/MatMulBnb4'" in msg
     assert "--variant fp32, fp16 or int8" in msg
 
 
 def test_unsupported_op_inside_if_subgraph_is_found(tmp_path):
-    node, inits = matmulnbits_node(name="inner_q4")
+    node, inits = matmulbnb4_node(name="inner_q4")
     out = helper.make_tensor_value_info("branch.out", TensorProto.FLOAT, None)
     node.output[0] = "branch.out"
     then_g = helper.make_graph([node], "then", [], [out])
@@ -118,7 +119,7 @@ def test_unsupported_op_inside_if_subgraph_is_found(tmp_path):
     if_node = helper.make_node("If", ["use_q4"], ["if.out"], then_branch=then_g, else_branch=else_g, name="maybe_q4")
     m = llm_model(extra_nodes=[if_node], extra_inits=inits + [cond], extra_opsets={"com.microsoft": 1})
     msg = _err(save_model(m, tmp_path / "model.onnx"))
-    assert "MatMulNBits" in msg and "'inner_q4'" in msg and "If node 'maybe_q4' then_branch" in msg
+    assert "MatMulBnb4" in msg and "'inner_q4'" in msg and "If node 'maybe_q4' then_branch" in msg
 
 
 def test_unsupported_op_inside_loop_body_and_counts(tmp_path):
@@ -152,6 +153,7 @@ def test_unreadable_and_missing_files(tmp_path):
 
 def test_unsupported_ops_table():
     table = unsupported_ops()
-    assert "com.microsoft::MatMulNBits" in table and "::RMSNormalization" in table
+    assert "com.microsoft::MatMulBnb4" in table and "::RMSNormalization" in table
+    assert "com.microsoft::MatMulNBits" not in table  # rewritten by rvdeploy.qgraph
     assert "com.microsoft::GroupQueryAttention" not in table and "com.microsoft::RotaryEmbedding" not in table
     assert all(op.reason and op.hint for op in table.values())

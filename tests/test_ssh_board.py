@@ -173,3 +173,13 @@ def test_probe_over_ssh_on_a_host_board(board):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert info["arch"] == os.uname().machine and info["cpus"] >= 1 and info["mem_total"] > 0
+
+
+def test_bench_over_ssh_uses_the_launcher(board, host_bundle):
+    """bench on an ssh board: the bundle's launcher runs the board's iree-benchmark-module."""
+    proc = rvdeploy("bench", str(host_bundle.path), "--board", board["name"], "-p", "8", "-n", "4", "-r", "2",
+                    "--min-time", "0.02", "--json", env=board["env"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [r["test"] for r in doc["results"]] == ["pp8", "tg4"]
+    assert all(r["t/s"] > 0 and len(r["samples"]) == 2 for r in doc["results"])

@@ -21,12 +21,19 @@ def generate_command(bundle: Bundle, prompt_ids: list[int], max_new_tokens: int)
             *generate_args("model.vmfb", "model.irpa", prompt_ids, max_new_tokens)]
 
 
+def tool_command(tool: str, args: list[str]) -> list[str]:
+    """The launcher invocation of any IREE tool (iree-run-module, iree-benchmark-module) with ARGS whose
+    paths are relative to the bundle directory."""
+    return ["sh", "launcher.sh", "run", tool, *args]
+
+
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no output"
 
 
-def raise_for(where: str, returncode: int, stderr: str, bundle: Bundle | None = None) -> None:
+def raise_for(where: str, returncode: int, stderr: str, bundle: Bundle | None = None,
+              tool: str = "iree-run-module") -> None:
     """Turn a failed launcher/runtime run into one RvdeployError (nothing when it succeeded)."""
     if returncode == 0:
         return
@@ -42,7 +49,7 @@ def raise_for(where: str, returncode: int, stderr: str, bundle: Bundle | None = 
         arch = bundle.manifest.get("requirements", {}).get("arch", "") if bundle else ""
         raise RvdeployError(f"{name} has no {arch} IREE runtime to run on {where}",
                             hint=last_line(stderr).split(": no runtime: ", 1)[-1])
-    raise RvdeployError(f"iree-run-module failed on {where}: {last_line(stderr)}")
+    raise RvdeployError(f"{tool} failed on {where}: {last_line(stderr)}")
 
 
 def require_launcher(bundle: Bundle) -> None:

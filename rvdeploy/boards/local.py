@@ -49,6 +49,16 @@ class LocalBoard:
                 f"host-target bundles on this {platform.machine()} machine",
                 hint="build with --target host, or run it on a board: --board qemu or --board user@host")
 
+    def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> str:
+        """Run an IREE tool (iree-run-module, iree-benchmark-module) with ARGS relative to the bundle
+        directory; returns its stdout."""
+        self.check(bundle)
+        proc = subprocess.run([_host_tool(tool), *args], cwd=bundle.path, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RvdeployError(f"{tool} failed on {bundle.path}: {last[:300]}")
+        return proc.stdout
+
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)
         cmd = [_host_tool("iree-run-module"),

@@ -20,7 +20,7 @@ from ..errors import RvdeployError
 from ..probe import probe_binary
 from ..runtime import parse_generate_output
 from ..targets import get_target
-from .launch import generate_command, raise_for, require_launcher
+from .launch import generate_command, raise_for, require_launcher, tool_command
 from .local import GenerateResult
 
 MIN_VERSION = (8, 1)
@@ -70,11 +70,25 @@ class QemuBoard:
             return self.target.qemu_cpu
         return bundle.manifest["target"]["qemu_cpu"] if bundle else ""
 
-    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
+    def check(self, bundle: Bundle) -> None:
         if bundle.manifest["target"]["arch"] != "riscv64":
             raise RvdeployError(f"{bundle.path} is a {bundle.manifest['target']['name']} bundle; --board qemu runs "
                                 "riscv64 bundles", hint="use --board local for host bundles")
         require_launcher(bundle)
+
+    def run_tool(self, bundle: Bundle, tool: str, args: list[str], *, qemu: str | None = None,
+                 env: dict | None = None) -> str:
+        """Run an IREE tool through the bundle's launcher under qemu (`qemu`: another qemu-riscv64, such as the
+        plugin-capable one of `bench --cost`; `env`: extra environment, e.g. QEMU_PLUGIN); returns stdout."""
+        self.check(bundle)
+        full_env = {**os.environ, "RVDEPLOY_RUN_PREFIX": qemu or checked_qemu(), "QEMU_CPU": self._cpu(bundle),
+                    **(env or {})}
+        proc = subprocess.run(tool_command(tool, args), cwd=bundle.path, env=full_env, capture_output=True, text=True)
+        raise_for(self.name, proc.returncode, proc.stderr, bundle, tool=tool)
+        return proc.stdout
+
+    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
+        self.check(bundle)
         env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
         start = time.perf_counter()
         proc = subprocess.run(generate_command(bundle, prompt_ids, max_new_tokens), cwd=bundle.path, env=env,

@@ -30,7 +30,7 @@ from ..bundle import MANIFEST, SUMS, Bundle, sha256_file
 from ..errors import RvdeployError
 from ..probe import describe_unix, probe_binary
 from ..runtime import parse_generate_output
-from .launch import NO_SPACE, generate_command, last_line, raise_for, require_launcher
+from .launch import NO_SPACE, generate_command, last_line, raise_for, require_launcher, tool_command
 from .local import GenerateResult
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -175,6 +175,13 @@ class SshBoard:
         seconds = time.perf_counter() - start
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
         return GenerateResult(parse_generate_output(proc.stdout), seconds)
+
+    def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> str:
+        """Run an IREE tool through the bundle's launcher on the board (ARGS relative to the bundle); stdout."""
+        require_launcher(bundle)
+        proc = self.sh(self._materialize(bundle) + shlex.join(tool_command(tool, args)))
+        raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle, tool=tool)
+        return proc.stdout
 
     def check(self, bundle: Bundle) -> str:
         """Upload and run only the launcher's checks (hashes, ISA, VLEN)."""

@@ -8,7 +8,7 @@ import sys
 import typer
 
 from ..errors import RvdeployError
-from . import build, inspect, pack, probe, run, runtime, sim, targets
+from . import bench, build, inspect, pack, probe, run, runtime, sim, targets
 
 app = typer.Typer(
     name="rvdeploy",
@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (build, inspect, run, pack, probe, runtime, sim, targets):
+for module in (build, inspect, run, bench, pack, probe, runtime, sim, targets):
     module.register(app)
 
 

@@ -29,13 +29,16 @@ def build(
                                       "inputs).")] = False,
     ukernels: Annotated[Optional[str], typer.Option(help="mmt4d microkernels: project (rvdeploy's RVV kernels, "
                                                     "ukernels/; default) or upstream (IREE's builtin ones).")] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Quantize an fp32 model's weight matmuls first: int8 "
+                                                    "(per-channel int8 weights, dynamic int8 activations) or q4 "
+                                                    "(4-bit blocks of 32, one scale each, like llama.cpp Q4_0).")] = None,
     json_: Json = False,
 ) -> None:
     """Build a bundle: fetch the model, import it, add prefill/decode/generate, lower to mmt4d, compile."""
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         result = api.build(model, out=output, variant=variant, revision=revision, target=target,
                            pipeline=pipeline, force=force, runtime=runtime, tar=tar, ukernels=ukernels,
-                           on_stage=hook)
+                           quantize=quantize, on_stage=hook)
     m = result.bundle.manifest
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
@@ -51,6 +54,9 @@ def build(
     if mm:
         tiles = ", ".join(f"{elt}: prefill {t['prefill']}, decode {t['decode']}" for elt, t in mm["tiles"].items())
         out.print(f"mmt4d: {mm['lowered_contractions']} weight contractions lowered ({tiles or 'no tile for this type'})")
+        if mm.get("q4_contractions"):
+            out.print(f"q4: {mm['q4_contractions']} weight contractions read 4-bit weights, dequantized inside the "
+                      "contraction (generated code, no mmt4d microkernel for 4-bit)")
         for reason in mm["not_lowered"][:5]:
             err.print(f"[yellow]not lowered:[/yellow] {reason}")
     if result.archive:

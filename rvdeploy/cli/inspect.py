@@ -16,7 +16,9 @@ def inspect(bundle: BundleArg, json_: Json = False) -> None:
         print_json(info)
         return
     m = info["manifest"]
-    out.print(f"{bundle}: {m['model']['id']} ({m['model']['variant']}) for {m['target']['name']}, "
+    q = (m["model"].get("quantized") or {}).get("format")
+    variant = m["model"]["variant"] + (f", quantized {q} by rvdeploy" if q else "")
+    out.print(f"{bundle}: {m['model']['id']} ({variant}) for {m['target']['name']}, "
               f"pipeline {m['pipeline']['name']}, IREE {m['compiler']['version']}")
     rows = [(r["entry"], r["op"], r["shapes"], r["types"], "yes" if r["mmt4d"] else "no",
              r["tile"] or "-" if r["ukernel"] else "codegen", (r.get("library") or "-") if r["ukernel"] else "-",

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Make a random-weight Llama of a named shape, exported like onnx-community's fp32 models.
+
+  python benchmarks/make_llama.py {llama-3.2-1b|mid} DIR [--validate] [--force]
+
+The model is a seeded LlamaForCausalLM (never trained), saved as an HF checkpoint in a temporary
+directory and exported with optimum's `main_export(task="text-generation-with-past")`, i.e. what
+`optimum-cli export onnx --task text-generation-with-past` does. DIR receives model.onnx (+ model.onnx_data
+when optimum puts the weights in external data, i.e. above 2 GB), config.json and generation_config.json.
+No tokenizer: the benchmarks feed token ids. A `make_llama.json` stamp (shape, seed, sizes) is written
+last; if DIR already has a stamp for the same shape and seed, nothing is done (use --force to redo).
+
+Shapes:
+  llama-3.2-1b  hidden 2048, 16 layers, 32 heads / 8 KV heads (head_dim 64), intermediate 8192,
+                vocab 128256, tied embeddings, rope_theta 500000 with Llama-3 rope scaling,
+                max_position_embeddings 2048 (the real model has 131072; only the rope table differs;
+                transformers then warns that original_max_position_embeddings 8192 exceeds it: harmless).
+  mid           hidden 512, 4 layers, 8 heads / 4 KV heads (head_dim 64), intermediate 1408,
+                vocab 8192, tied embeddings, rope_theta 10000, max_position_embeddings 512.
+
+Without `accelerate` installed, optimum stores the tied lm_head a second time (transposed) in the
+export: the file sizes printed at the end show it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEED = 0
+SHAPES = {
+    "llama-3.2-1b": dict(
+        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+        intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
+        rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        max_position_embeddings=2048, bos_token_id=128000, eos_token_id=128001),
+    "mid": dict(
+        hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+        intermediate_size=1408, vocab_size=8192, tie_word_embeddings=True, rope_theta=10000.0,
+        max_position_embeddings=512, bos_token_id=1, eos_token_id=2),
+}
+KEEP = ("model.onnx", "model.onnx_data", "config.json", "generation_config.json")
+STAMP = "make_llama.json"
+
+
+def _peak_rss_gb() -> float:
+    # ru_maxrss is in KiB on Linux; this process only (the export runs in-process).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def cached(out: Path, shape: str) -> dict | None:
+    try:
+        stamp = json.loads((out / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if stamp.get("shape") != shape or stamp.get("seed") != SEED:
+        return None
+    if not all((out / f).is_file() for f in stamp.get("sizes", {})):
+        return None
+    return stamp
+
+
+def make(shape: str, out: Path, validate: bool) -> dict:
+    import numpy as np
+    import torch
+    from optimum.exporters.onnx import main_export
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    cfg = LlamaConfig(rms_norm_eps=1e-5, hidden_act="silu", use_cache=True, torch_dtype="float32",
+                      attention_bias=False, mlp_bias=False, **SHAPES[shape])
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="make_llama-", dir=parent) as tmp:
+        hf, onnx_dir = Path(tmp, "hf"), Path(tmp, "onnx")
+        model = LlamaForCausalLM(cfg).eval()
+        n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+        n_embed = model.model.embed_tokens.weight.numel()
+        model.save_pretrained(hf)
+        del model  # main_export loads the checkpoint again, as optimum-cli would
+        t_model = time.perf_counter() - t0
+        print(f"{shape}: {n_params / 1e6:.2f}M parameters ({(n_params - n_embed) / 1e6:.2f}M outside the "
+              f"embedding), checkpoint written in {t_model:.1f} s", file=sys.stderr)
+        main_export(str(hf), output=str(onnx_dir), task="text-generation-with-past", device="cpu",
+                    do_validation=validate)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        for name in KEEP:
+            if (onnx_dir / name).exists():
+                os.replace(onnx_dir / name, out / name)
+    sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
+    stamp = {"shape": shape, "seed": SEED, "config": SHAPES[shape], "parameters": n_params,
+             "parameters_outside_embedding": n_params - n_embed, "sizes": sizes,
+             "export_seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
+             "validated": validate}
+    (out / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
+    return stamp
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("shape", choices=sorted(SHAPES))
+    ap.add_argument("dir", type=Path, help="output directory (model.onnx, model.onnx_data, config.json)")
+    ap.add_argument("--validate", action="store_true",
+                    help="let optimum compare onnxruntime against torch (slow and memory-hungry at 1B)")
+    ap.add_argument("--force", action="store_true", help="re-export even if DIR already has this model")
+    args = ap.parse_args()
+    stamp = None if args.force else cached(args.dir, args.shape)
+    if stamp:
+        print(f"cached: {args.dir} already holds {args.shape} (seed {SEED}); --force to redo", file=sys.stderr)
+    else:
+        stamp = make(args.shape, args.dir, args.validate)
+        print(f"exported in {stamp['export_seconds']} s, peak RSS {stamp['peak_rss_gb']} GB "
+              "(this process, ru_maxrss)", file=sys.stderr)
+    print(f"{args.dir}: {args.shape}, {stamp['parameters'] / 1e6:.2f}M parameters (seed {stamp['seed']})")
+    for name, size in stamp["sizes"].items():
+        print(f"  {name:24s} {size / 1e6:12.1f} MB")
+    print(f"  {'total':24s} {sum(stamp['sizes'].values()) / 1e6:12.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

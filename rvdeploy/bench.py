@@ -1,0 +1,433 @@
+"""rvdeploy bench: prompt processing (ppP) and text generation (tgN) speed of a bundle on a board, next to the
+baseline pipeline; upper bounds from a target's published figures (estimate); executed guest instructions
+under emulation (cost, rvdeploy.qemu_cost). Everything here returns values and prints nothing.
+
+Timing uses the bundle's own `iree-benchmark-module` on the board (through the same board plumbing as
+`run`), one process per phase:
+- ppP: `prefill` on a P-token prompt (batch 1, input_ids/attention_mask 1xP, position_ids 0..P-1, an empty
+  KV cache 1xHx0xD per past input): P / time per call.
+- tgN: one `decode` step with a KV cache of length P (zeros: the values do not change the work): 1 / time
+  per call. N names the test as llama-bench does; the cost method uses it (N+1 minus 1 generated tokens).
+Each of `--benchmark_repetitions=R` repetitions gives one tokens/s figure; the report is mean +- sample
+standard deviation over them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .boards import get_board
+from .bundle import Bundle
+from .errors import RvdeployError
+from .targets import get_target
+
+_TENSOR = re.compile(r"tensor<([^>]*)>")
+_DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i8": 1}
+TOOL = "iree-benchmark-module"
+
+
+# ---- inputs --------------------------------------------------------------------------------------------
+def _signature_types(manifest: dict, entry: str) -> list[tuple[list[str], str]]:
+    """Input types of an entry point as (dims, element type), from the manifest's signature text."""
+    sig = manifest.get("entry_points", {}).get(entry)
+    if not sig:
+        raise RvdeployError(f"the bundle's manifest has no `{entry}` entry point", hint="rebuild the bundle")
+    inputs = sig.split("->")[0]
+    types = []
+    for body in _TENSOR.findall(inputs):
+        *dims, elt = body.split("x")
+        types.append((dims, elt))
+    return types
+
+
+def _iree_input(dims: list[int], elt: str, values: list[int] | int) -> str:
+    shape = "x".join(str(d) for d in dims)
+    if isinstance(values, int):  # a splat
+        return f"--input={shape}x{elt}={values}"
+    return f"--input={shape}x{elt}=" + ",".join(str(v) for v in values)
+
+
+def phase_inputs(manifest: dict, entry: str, prompt_tokens: int) -> list[str]:
+    """--input flags for `prefill` on a P-token prompt or for one `decode` step after P tokens."""
+    names = manifest["model"]["graph"]["inputs"]
+    types = _signature_types(manifest, entry)
+    if len(types) != len(names):
+        raise RvdeployError(f"{entry}: the signature has {len(types)} inputs, the graph {len(names)}")
+    p = prompt_tokens
+    flags = []
+    for name, (dims, elt) in zip(names, types):
+        if name.startswith("past_key_values."):
+            if len(dims) != 4:
+                raise RvdeployError(f"{entry}: {name} is not a 4-D KV tensor: {'x'.join(dims)}")
+            heads, hdim = int(dims[1]), int(dims[3])
+            if entry == "prefill":  # an empty cache: no values to give
+                flags.append(f"--input=1x{heads}x0x{hdim}x{elt}")
+            else:
+                flags.append(_iree_input([1, heads, p, hdim], elt, 0))
+        elif entry == "prefill":
+            values = list(range(p)) if name == "position_ids" else 1
+            flags.append(_iree_input([1, p], elt, values))
+        elif name == "attention_mask":
+            flags.append(_iree_input([1, p + 1], elt, 1))
+        elif name == "position_ids":
+            flags.append(_iree_input([1, 1], elt, p))
+        else:
+            flags.append(_iree_input([1, 1], elt, 1))
+    return flags
+
+
+def device_flags(threads: int) -> list[str]:
+    if threads < 1:
+        raise RvdeployError(f"--threads must be at least 1 (got {threads})")
+    if threads == 1:
+        return ["--device=local-sync"]
+    return ["--device=local-task", f"--task_topology_max_group_count={threads}"]
+
+
+def benchmark_args(manifest: dict, entry: str, prompt_tokens: int, reps: int, threads: int,
+                   min_time: float | None = None) -> list[str]:
+    """iree-benchmark-module's arguments (paths relative to the bundle directory)."""
+    scope = manifest.get("parameters", {}).get("scope", "model")
+    params = manifest.get("parameters", {}).get("file", "model.irpa")
+    args = ["--module=model.vmfb", f"--parameters={scope}={params}", *device_flags(threads),
+            f"--function={entry}", *phase_inputs(manifest, entry, prompt_tokens),
+            f"--benchmark_repetitions={reps}", "--benchmark_format=json"]
+    if min_time is not None:
+        args.append(f"--benchmark_min_time={min_time}s")
+    return args
+
+
+def parse_benchmark_json(stdout: str) -> list[float]:
+    """Seconds per call, one per repetition, from iree-benchmark-module's --benchmark_format=json output."""
+    start = stdout.find("{")
+    try:
+        doc = json.loads(stdout[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        doc = None
+    if not doc or "benchmarks" not in doc:
+        raise RvdeployError(f"{TOOL} printed no JSON report: " + (stdout.strip().splitlines() or ["(nothing)"])[-1][:200])
+    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
+    times = [b["real_time"] * scale[b.get("time_unit", "ns")] for b in doc["benchmarks"]
+             if b.get("run_type", "iteration") == "iteration"]
+    if not times:
+        raise RvdeployError(f"{TOOL} reported no iterations")
+    return times
+
+
+# ---- model facts -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelFacts:
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    vocab: int
+    dtype: str
+    weight_macs: int  # multiply-adds of the weight contractions per token (projections, MLP, lm_head)
+    embedding_params: int  # the token embedding table when not shared with lm_head, else 0
+    parameter_bytes: int  # the parameter archive(s) as stored in the bundle
+
+    @property
+    def dtype_bytes(self) -> int:
+        return _DTYPE_BYTES.get(self.dtype, 4)
+
+    @property
+    def params(self) -> int:
+        return self.weight_macs + self.embedding_params
+
+
+def model_facts(bundle: Bundle) -> ModelFacts:
+    """Shapes from the manifest (graph facts, the mmt4d pipeline's packed weights) and config.json."""
+    m = bundle.manifest
+    graph = m["model"]["graph"]
+    config = {}
+    if m.get("files") and any(f["path"] == "config.json" for f in m["files"]):
+        config = json.loads(bundle.file("config.json").read_text())
+    layers, kvh, hd = graph["num_layers"], graph["num_kv_heads"], graph["head_dim"]
+    heads = config.get("num_attention_heads", kvh)
+    hidden = config.get("hidden_size", heads * hd)
+    vocab = graph.get("vocab_size") or config.get("vocab_size", 0)
+    packed = (m["pipeline"].get("mmt4d") or {}).get("packed_weights") or []
+    if packed:
+        weight_macs = sum(pw["k"] * pw["n"] for pw in packed)
+    elif config.get("intermediate_size"):
+        inter = config["intermediate_size"]
+        per_layer = 2 * hidden * heads * hd + 2 * hidden * kvh * hd + 3 * hidden * inter
+        weight_macs = layers * per_layer + hidden * vocab
+    else:
+        raise RvdeployError(f"{bundle.path}: no packed weights and no config.json intermediate_size: cannot count "
+                            "the model's weight contractions")
+    tied = bool(config.get("tie_word_embeddings", False))
+    param_files = [f for f in m["files"] if f["path"].endswith(".irpa")]
+    return ModelFacts(layers=layers, heads=heads, kv_heads=kvh, head_dim=hd, hidden=hidden, vocab=vocab,
+                      dtype=graph.get("dtype", "f32"), weight_macs=weight_macs,
+                      embedding_params=0 if tied else vocab * hidden,
+                      parameter_bytes=sum(f["size"] for f in param_files))
+
+
+def bundle_label(bundle: Bundle) -> dict:
+    m = bundle.manifest
+    facts = model_facts(bundle)
+    size = sum(f["size"] for f in m["files"] if f["path"] in ("model.vmfb",) or f["path"].endswith(".irpa"))
+    return {"model": f"{m['model']['id']} {m['model'].get('variant') or ''}".strip(), "size_bytes": size,
+            "params": facts.params, "pipeline": m["pipeline"]["name"], "target": m["target"]["name"],
+            "bundle": str(bundle.path)}
+
+
+# ---- measurement ----------------------------------------------------------------------------------------
+@dataclass
+class Measurement:
+    pipeline: str
+    test: str  # "pp64", "tg32"
+    tokens_per_s: float  # mean over repetitions
+    stddev: float
+    samples: list[float]  # tokens/s, one per repetition
+    seconds_per_call: list[float]
+
+    def to_dict(self) -> dict:
+        return {"pipeline": self.pipeline, "test": self.test, "t/s": round(self.tokens_per_s, 3),
+                "stddev": round(self.stddev, 3), "samples": [round(s, 3) for s in self.samples],
+                "seconds_per_call": self.seconds_per_call}
+
+
+def _stats(samples: list[float]) -> tuple[float, float]:
+    return statistics.fmean(samples), statistics.stdev(samples) if len(samples) > 1 else 0.0
+
+
+def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
+    if prompt_tokens < 1 or gen_tokens < 1:
+        raise RvdeployError("-p and -n must be at least 1")
+    limit = bundle.manifest.get("max_context")
+    if limit and prompt_tokens + gen_tokens > limit:
+        raise RvdeployError(f"-p {prompt_tokens} + -n {gen_tokens} exceeds the model's context of {limit} tokens")
+
+
+def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32, reps: int = 5,
+            threads: int = 1, min_time: float | None = None) -> list[Measurement]:
+    """ppP and tgN of one bundle on an open board (a board object inside `with`)."""
+    check_lengths(bundle, prompt_tokens, gen_tokens)
+    if reps < 1:
+        raise RvdeployError(f"-r must be at least 1 (got {reps})")
+    rows = []
+    for entry, test, tokens in (("prefill", f"pp{prompt_tokens}", prompt_tokens), ("decode", f"tg{gen_tokens}", 1)):
+        out = board.run_tool(bundle, TOOL, benchmark_args(bundle.manifest, entry, prompt_tokens, reps, threads,
+                                                          min_time))
+        seconds = parse_benchmark_json(out)
+        samples = [tokens / s for s in seconds]
+        mean, sd = _stats(samples)
+        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples, seconds))
+    return rows
+
+
+# ---- the baseline bundle ----------------------------------------------------------------------------------
+def _same_model(a: dict, b: dict) -> bool:
+    keys = lambda m: (m["model"]["id"], m["model"].get("variant"), m["model"].get("revision"), m["target"]["name"],
+                      m["compiler"]["version"])
+    return keys(a) == keys(b)
+
+
+def default_baseline_path(bundle: Bundle) -> Path:
+    return bundle.path.with_name(bundle.path.name + "-baseline")
+
+
+def baseline_bundle(bundle: Bundle, path: Path | None = None, on_stage=None) -> tuple[Bundle, bool]:
+    """The same model built with --pipeline baseline: `path` if given (it must be one), else BUNDLE-baseline
+    next to the bundle, reused when it matches (model, variant, revision, target, compiler) and built
+    otherwise. Returns (bundle, built_now)."""
+    m = bundle.manifest
+    if m["pipeline"]["name"] == "baseline":
+        raise RvdeployError(f"{bundle.path} is itself a baseline bundle: --compare baseline compares an mmt4d bundle "
+                            "with it")
+    if path is not None:
+        other = Bundle.open(path)
+        if other.manifest["pipeline"]["name"] != "baseline" or not _same_model(m, other.manifest):
+            raise RvdeployError(f"--baseline-bundle {path}: not a baseline build of the same model, target and "
+                                "compiler as {bundle.path}")
+        return other, False
+    path = default_baseline_path(bundle)
+    if (path / "manifest.json").is_file():
+        other = Bundle.open(path)
+        if other.manifest["pipeline"]["name"] == "baseline" and _same_model(m, other.manifest):
+            return other, False
+        if other.manifest["pipeline"]["name"] != "baseline":
+            raise RvdeployError(f"{path} exists and is not a baseline bundle", hint="pass --baseline-bundle DIR")
+    elif path.exists():
+        raise RvdeployError(f"{path} exists and is not a bundle", hint="remove it or pass --baseline-bundle DIR")
+    source = m["model"].get("source")
+    model = "demo" if source == "demo" else m["model"]["id"]
+    if source in ("dir", "file") and not Path(model).exists():
+        raise RvdeployError(f"cannot rebuild {bundle.path}'s model with the baseline pipeline: {model} is not here",
+                            hint="build it with --pipeline baseline and pass --baseline-bundle DIR")
+    from . import api
+
+    kwargs = {"on_stage": on_stage} if on_stage else {}
+    result = api.build(model, out=path, variant=m["model"].get("variant") or "fp32",
+                       revision=m["model"].get("revision"), target=m["target"]["name"], pipeline="baseline",
+                       force=True, **kwargs)
+    return result.bundle, True
+
+
+# ---- the whole run ------------------------------------------------------------------------------------------
+@dataclass
+class BenchReport:
+    board: str | None
+    threads: int
+    prompt_tokens: int
+    gen_tokens: int
+    reps: int
+    bundles: list[dict] = field(default_factory=list)  # bundle_label per pipeline
+    results: list[Measurement] = field(default_factory=list)
+    ratios: dict = field(default_factory=dict)  # test -> mmt4d / baseline
+    estimate: dict | None = None
+    cost: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k != "results"}
+        d["results"] = [r.to_dict() for r in self.results]
+        d["method"] = {"pp": f"P / time of one prefill call on a {self.prompt_tokens}-token prompt (batch 1, empty KV)",
+                       "tg": f"1 / time of one decode step with a KV cache of {self.prompt_tokens} tokens",
+                       "stat": "mean and sample stddev over --benchmark_repetitions"}
+        return d
+
+
+def ratios(results: list[Measurement]) -> dict:
+    by = {(r.pipeline, r.test): r.tokens_per_s for r in results}
+    out = {}
+    for (pipe, test), value in by.items():
+        base = by.get(("baseline", test))
+        if pipe != "baseline" and base:
+            out[test] = round(value / base, 3)
+    return out
+
+
+def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 64, gen_tokens: int = 32,
+          reps: int = 5, threads: int = 1, compare: str | None = None, baseline: Path | None = None,
+          estimate_target: str | None = None, estimate_only: bool = False, cost: bool = False,
+          min_time: float | None = None, on_stage=None) -> BenchReport:
+    bundle = Bundle.open(bundle_path)
+    bundle.verify()
+    check_lengths(bundle, prompt_tokens, gen_tokens)
+    report = BenchReport(board, threads, prompt_tokens, gen_tokens, reps, bundles=[bundle_label(bundle)])
+    if compare not in (None, "baseline", "llama.cpp"):
+        raise RvdeployError(f"unknown --compare {compare!r}", hint="baseline or llama.cpp")
+    if compare == "llama.cpp":
+        raise RvdeployError("--compare llama.cpp is not implemented yet",
+                            hint="it also needs the model's Hugging Face weights (an ONNX-only model cannot be "
+                                 "converted to GGUF)")
+    if estimate_only or estimate_target:
+        report.estimate = estimate(bundle, estimate_target or bundle.manifest["target"]["name"], prompt_tokens)
+    if estimate_only:
+        return report
+    if not board:
+        raise RvdeployError("--board is required (or --estimate for bounds without a board)")
+    bundles = [bundle]
+    if compare == "baseline":
+        other, built_now = baseline_bundle(bundle, baseline, on_stage)
+        if built_now:
+            report.notes.append(f"built the baseline bundle {other.path}")
+        bundles.append(other)
+        report.bundles.append(bundle_label(other))
+    if cost:
+        from .qemu_cost import measure_cost
+
+        if not board.startswith("qemu"):
+            raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET]")
+        report.cost = {b.manifest["pipeline"]["name"]: measure_cost(b, board, prompt_tokens, gen_tokens)
+                       for b in bundles}
+        return report
+    with get_board(board) as b:
+        for bd in bundles:
+            report.results += measure(bd, b, prompt_tokens, gen_tokens, reps, threads, min_time)
+    report.ratios = ratios(report.results)
+    return report
+
+
+# ---- estimate ---------------------------------------------------------------------------------------------
+def estimate(bundle: Bundle, target: str, prompt_tokens: int = 64) -> dict:
+    """Bytes read and FLOPs per token, and roofline upper bounds for `target` from its public figures:
+      FLOPs/token = 2 x (multiply-adds of the weight contractions + attention at context P, i.e. QK^T and AV:
+                    2 x layers x heads x head_dim x P)
+      bytes/token = weight-contraction parameters x dtype bytes + one embedding row + the KV cache read at
+                    context P (2 x layers x kv_heads x head_dim x P x dtype bytes)
+      pp <= cores x peak GFLOP/s (of the model's dtype) / FLOPs per token;  tg <= DRAM GB/s / bytes per token."""
+    tgt = get_target(target)
+    f = model_facts(bundle)
+    p = prompt_tokens
+    attention_macs = 2 * f.layers * f.heads * f.head_dim * p
+    flops = 2 * (f.weight_macs + attention_macs)
+    kv_bytes = 2 * f.layers * f.kv_heads * f.head_dim * p * f.dtype_bytes
+    bytes_per_token = f.weight_macs * f.dtype_bytes + f.hidden * f.dtype_bytes + kv_bytes
+    peak_key = "peak_gflops_f16" if f.dtype in ("f16", "bf16") else "peak_gflops_f32"
+    figures = tgt.figures
+    missing = [k for k in (peak_key, "dram_gbps") if k not in figures]
+    if missing or not tgt.cores:
+        raise RvdeployError(f"target {tgt.name} has no {', '.join(missing) or 'core count'} figure to estimate with",
+                            hint="pass --target with a board profile, e.g. --target spacemit-k1")
+    pp_bound = tgt.cores * figures[peak_key] * 1e9 / flops
+    tg_bound = figures["dram_gbps"] * 1e9 / bytes_per_token
+    return {"target": tgt.name, "prompt_tokens": p, "dtype": f.dtype, "params": f.params,
+            "parameter_bytes": f.parameter_bytes, "weight_macs_per_token": f.weight_macs,
+            "attention_macs_per_token": attention_macs, "flops_per_token": flops,
+            "kv_bytes_per_token": kv_bytes, "bytes_per_token": bytes_per_token,
+            "cores": tgt.cores, peak_key: figures[peak_key], "dram_gbps": figures["dram_gbps"],
+            "pp_max_tokens_per_s": pp_bound, "tg_max_tokens_per_s": tg_bound,
+            "sources": {k: tgt.sources.get(k) for k in (peak_key, "dram_gbps")}}
+
+
+# ---- plot -------------------------------------------------------------------------------------------------------
+def plot(report: BenchReport, path: Path) -> Path:
+    """A bar chart of tokens/s per test and pipeline, with stddev error bars (matplotlib: the `bench` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RvdeployError("--plot needs matplotlib", hint='pip install "rvdeploy[bench]"') from None
+    if not report.results:
+        raise RvdeployError("--plot needs measurements (not --estimate or --cost alone)")
+    tests = list(dict.fromkeys(r.test for r in report.results))
+    pipes = list(dict.fromkeys(r.pipeline for r in report.results))
+    by = {(r.pipeline, r.test): r for r in report.results}
+    fig, axes = plt.subplots(1, len(tests), figsize=(4.2 * len(tests), 3.8), squeeze=False)
+    colors = ["#2a7ab9", "#b0b0b0", "#e08a2c", "#5aa85a"]
+    for ax, test in zip(axes[0], tests):
+        vals = [by[(p, test)].tokens_per_s if (p, test) in by else 0 for p in pipes]
+        errs = [by[(p, test)].stddev if (p, test) in by else 0 for p in pipes]
+        bars = ax.bar(pipes, vals, yerr=errs, capsize=6, color=colors[:len(pipes)])
+        for bar, v, e in zip(bars, vals, errs):  # the value above its error bar
+            ax.annotate(f"{v:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height() + e), ha="center",
+                        va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
+        ax.set_title(test + (f"  (x{report.ratios[test]:.2f} vs baseline)" if test in report.ratios else ""))
+        ax.set_ylabel("tokens/s")
+        ax.margins(y=0.15)
+    label = report.bundles[0]
+    fig.suptitle(f"{label['model']} on {report.board}, {report.threads} thread(s), {report.reps} reps")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)
+

@@ -1,0 +1,94 @@
+"""rvdeploy bench: pp/tg tokens per second on a board (llama-bench's table), the baseline pipeline beside it,
+roofline bounds without a board (--estimate), executed instructions under emulation (--cost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import api
+from ..bench import BenchReport, human_count, human_size, plot
+from ._options import BundleArg, Json
+from ._output import err, out, print_json, print_table, stage_progress
+
+
+def bench(
+    bundle: BundleArg,
+    board: Annotated[Optional[str], typer.Option("--board", "-b", help="Where to measure: local, qemu[:TARGET], "
+                                                 "[user@]host[:port] (as for `run`).")] = None,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, help="Prompt length P (ppP).")] = 64,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, help="Generated tokens N (tgN; "
+                                            "timed as one decode step after P tokens).")] = 32,
+    reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions (mean +- stddev over them).")] = 5,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="1: local-sync; T>1: local-task with T "
+                                         "worker groups.")] = 1,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="baseline: also the same model built with "
+                                                   "--pipeline baseline (built next to BUNDLE if absent); "
+                                                   "llama.cpp: not yet.")] = None,
+    baseline_bundle: Annotated[Optional[Path], typer.Option("--baseline-bundle", help="An existing baseline "
+                                                            "bundle of the same model for --compare baseline.")] = None,
+    estimate: Annotated[bool, typer.Option("--estimate", help="Bytes and FLOPs per token and upper bounds on "
+                                           "pp/tg from the target's figures (no board).")] = False,
+    target: Annotated[Optional[str], typer.Option("--target", help="Target whose figures --estimate uses "
+                                                  "(default: the bundle's).")] = None,
+    cost: Annotated[bool, typer.Option("--cost", help="Executed guest instructions per prompt/generated token "
+                                       "under --board qemu (plugin-capable qemu, one thread).")] = False,
+    plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a bar chart (PNG) of the results "
+                                                      "(needs matplotlib: the `bench` extra).")] = None,
+    min_time: Annotated[Optional[float], typer.Option("--min-time", help="Minimum seconds per repetition "
+                                                      "(iree-benchmark-module's default: 0.5).")] = None,
+    json_: Json = False,
+) -> None:
+    """Measure prompt processing (ppP) and generation (tgN) speed of a bundle on a board."""
+    with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
+        report = api.bench(bundle, board=board, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, reps=reps,
+                           threads=threads, compare=compare, baseline=baseline_bundle, estimate_target=target,
+                           estimate_only=estimate, cost=cost, min_time=min_time, on_stage=hook)
+    if plot_file is not None:
+        path = plot(report, plot_file)
+        err.print(f"wrote {path}")
+    for note in report.notes:
+        err.print(note)
+    if json_:
+        print_json(report.to_dict())
+        return
+    _print(report)
+
+
+def _print(report: BenchReport) -> None:
+    labels = {b["pipeline"]: b for b in report.bundles}
+    if report.results:
+        rows = []
+        for r in report.results:
+            b = labels[r.pipeline]
+            rows.append((b["model"], human_size(b["size_bytes"]), human_count(b["params"]),
+                         f"IREE {r.pipeline}", report.threads, r.test, f"{r.tokens_per_s:,.2f} ± {r.stddev:,.2f}"))
+        print_table(None, ["model", "size", "params", "backend", "threads", "test", "t/s"], rows)
+        for test, ratio in report.ratios.items():
+            out.print(f"{test}: mmt4d / baseline = {ratio:.2f}x")
+        out.print(f"[dim]board {report.board}, {report.reps} repetitions; tg = one decode step after "
+                  f"{report.prompt_tokens} tokens[/dim]")
+    if report.estimate:
+        e = report.estimate
+        peak = next(k for k in e if k.startswith("peak_gflops"))
+        print_table(f"estimate for {e['target']} (upper bounds, context {e['prompt_tokens']})", ["quantity", "value"], [
+            ("FLOPs per token", f"{e['flops_per_token']:,}"),
+            ("bytes read per generated token", f"{e['bytes_per_token']:,}"),
+            (f"pp <= {e['cores']} cores x {e[peak]:g} GFLOP/s / FLOPs", f"{e['pp_max_tokens_per_s']:,.1f} t/s"),
+            (f"tg <= {e['dram_gbps']:g} GB/s / bytes", f"{e['tg_max_tokens_per_s']:,.1f} t/s"),
+        ])
+    if report.cost:
+        rows = []
+        for pipe, c in report.cost.items():
+            rows.append((pipe, f"pp{report.prompt_tokens}", f"{c['per_prompt_token']['instructions']:,.0f}",
+                         f"{c['per_prompt_token']['vector_instructions']:,.0f}"))
+            rows.append((pipe, f"tg{report.gen_tokens}", f"{c['per_generated_token']['instructions']:,.0f}",
+                         f"{c['per_generated_token']['vector_instructions']:,.0f}"))
+        print_table("executed guest instructions per token (qemu, one thread, by difference)",
+                    ["pipeline", "test", "instructions", "vector instructions"], rows)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)
