@@ -87,6 +87,17 @@ def _sums(entries: list[dict]) -> str:
     return "".join(f"{e['sha256']}  {e['path']}\n" for e in entries)
 
 
+def _move_into_place(staging: Path, out: Path) -> None:
+    """Rename a finished directory to its name; an old bundle there is moved aside first, then deleted."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, trash / "bundle")
+        os.rename(staging, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+
+
 def write_bundle(out: Path, files: dict[str, Path], manifest: dict, force: bool = False,
                  executables: frozenset[str] | set[str] = frozenset()) -> Bundle:
     """Copy `files` (bundle name -> source path) and write the manifest and SHA256SUMS, atomically.
@@ -110,13 +121,7 @@ def write_bundle(out: Path, files: dict[str, Path], manifest: dict, force: bool 
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         (staging / SUMS).write_text(_sums(entries))
         os.chmod(staging, 0o755)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "bundle")
-            os.rename(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, out)
+        _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -200,13 +205,7 @@ def unpack_bundle(tar_path: Path | str, out: Path | str, force: bool = False) ->
             raise RvdeployError(f"{tar_path}: not a readable .tar.gz ({exc})") from exc
         os.chmod(staging, 0o755)
         Bundle.open(staging).verify()
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "bundle")
-            os.rename(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, out)
+        _move_into_place(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -118,7 +118,8 @@ def _walk_nodes(graph: onnx.GraphProto, where: str = "") -> Iterator[_NodeRef]:
             yield from _walk_nodes(sub, f"{where} > {inner}" if where else inner)
 
 
-def _walk_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+def walk_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
+    """Every tensor a graph stores: initializers, Constant values, sparse parts, subgraphs included."""
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
@@ -133,7 +134,7 @@ def _walk_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
                 yield attr.sparse_tensor.values
                 yield attr.sparse_tensor.indices
         for _, sub in _subgraphs(node):
-            yield from _walk_tensors(sub)
+            yield from walk_tensors(sub)
 
 
 def external_data_locations(model: onnx.ModelProto) -> list[str]:
@@ -143,7 +144,7 @@ def external_data_locations(model: onnx.ModelProto) -> list[str]:
         onnx.helper.make_graph(list(f.node), f.name, [], []) for f in model.functions
     ]
     for graph in graphs:
-        for t in _walk_tensors(graph):
+        for t in walk_tensors(graph):
             if t.data_location == TensorProto.EXTERNAL:
                 loc = next((e.value for e in t.external_data if e.key == "location"), "")
                 seen.setdefault(loc, None)

@@ -20,6 +20,7 @@ import onnx
 from onnx import TensorProto
 
 from .errors import RvdeployError
+from .graphinfo import walk_tensors
 
 # optimum's dim names; anything else symbolic is left alone.
 _BATCH = "batch_size"
@@ -46,26 +47,10 @@ def _fix_dims(model: onnx.ModelProto) -> None:
                 dim.dim_param = "total_sequence_length"
 
 
-def _tensors(graph: onnx.GraphProto):
-    """Initializers and Constant-node values (exporters put rope tables in either), subgraphs included."""
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _tensors(g)
-
-
 def _inline_small_external(model: onnx.ModelProto, data_dir: Path) -> bool:
     """Read small external tensors into the graph; True when large external tensors remain."""
     large = False
-    for t in _tensors(model.graph):
+    for t in walk_tensors(model.graph):
         if t.data_location != TensorProto.EXTERNAL:
             continue
         info = {e.key: e.value for e in t.external_data}

@@ -47,5 +47,6 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 
 # once (cached under ~/.cache/rvdeploy/qemu-plugins; ~2-4 min on 2 cores): the qemu that `bench --cost` uses
 if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
-  bash scripts/build_qemu_plugins.sh >/dev/null
+  # not fatal: only `bench --cost` needs it (its tests skip, saying why, when it is missing)
+  bash scripts/build_qemu_plugins.sh >/dev/null || echo "setup: warning: plugin-capable qemu not built; rvdeploy bench --cost is unavailable" >&2
 fi
