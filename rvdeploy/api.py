@@ -91,6 +91,23 @@ def _board_side(tgt, runtime_dir: Path | str | None) -> tuple[dict, dict, set, l
     return files, entries, executables, warnings
 
 
+def _pipeline_manifest(pipeline: str, flags: list[str], uk, lowered) -> dict:
+    """The manifest's pipeline section: exact flags, microkernel library, and what the mmt4d lowering did."""
+    mmt4d = None
+    if lowered is not None:
+        mmt4d = {
+            "tiles": {elt: {"prefill": f"{t.m0}x{t.n0}x{t.k0}", "decode": f"1x{t.n0}x{t.k0}"}
+                      for elt, t in lowered.tiles.items()},
+            "lowered_contractions": lowered.lowered,
+            "q4_contractions": lowered.q4,
+            "packed_weights": [{"key": pw.key, "k": pw.k, "n": pw.n, "packed_shape": list(pw.packed_shape)}
+                               for pw in lowered.packed],
+            "not_lowered": list(lowered.skipped),
+        }
+    return {"name": pipeline, "description": PIPELINES[pipeline], "compiler_flags": list(flags),
+            "ukernels": uk.to_dict() if uk else None, "mmt4d": mmt4d}
+
+
 def _max_context(config: Path | None) -> int | None:
     if config is None or not config.is_file():
         return None
@@ -211,16 +228,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
                       "quantized": quantized, "quantized_ops_rewritten": normalized or None,
                       "source": files.kind, "graph": graph.to_dict() | {"path": files.onnx.name}},
             "target": tgt.to_dict(),
-            "pipeline": {"name": pipeline, "description": PIPELINES[pipeline], "compiler_flags": list(flags),
-                         "ukernels": uk.to_dict() if uk else None,
-                         "mmt4d": None if lowered is None else {
-                             "tiles": {elt: {"prefill": f"{t.m0}x{t.n0}x{t.k0}", "decode": f"1x{t.n0}x{t.k0}"}
-                                       for elt, t in lowered.tiles.items()},
-                             "lowered_contractions": lowered.lowered,
-                             "q4_contractions": lowered.q4,
-                             "packed_weights": [{"key": pw.key, "k": pw.k, "n": pw.n,
-                                                 "packed_shape": list(pw.packed_shape)} for pw in lowered.packed],
-                             "not_lowered": list(lowered.skipped)}},
+            "pipeline": _pipeline_manifest(pipeline, flags, uk, lowered),
             "compiler": {"name": "iree-compile", "version": compiler},
             "entry_points": entry.entry_points,
             "tokenizer": "tokenizer.json" if files.tokenizer else None,
