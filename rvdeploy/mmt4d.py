@@ -90,29 +90,14 @@ def _gathers_from_packed(module, globals_, packed_syms: dict, helpers: dict, ops
         if pw is None or pw.k0 != 1 or axis != 0:
             continue
         ids = TensorType.parse(str(op.operands[1].type))
-        y = TensorType.parse(str(op.results[0].type))
         if len(ids.dims) != 2 or ids.elt != "i64":
             continue
         helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}"
         helpers.setdefault(helper, embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, opset))
         wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{pw.elt}>"
         with ir.InsertionPoint(op), op.location:
-            ib = _create("torch_c.to_builtin_tensor", [ir.Type.parse(ids.builtin)], [op.operands[1]])
-            if ids.builtin != "tensor<?x?xi64>":
-                ib = _create("tensor.cast", [ir.Type.parse("tensor<?x?xi64>")], [ib])
-            pv = _create("util.global.load", [ir.Type.parse(wt)], [],
-                         {"global": ir.FlatSymbolRefAttr.get("rvd_packed." + gname + ".T")})
-            hy = f"tensor<?x?x{pw.k}x{pw.elt}>"
-            yb = _create("func.call", [ir.Type.parse(hy)], [ib, pv], {"callee": ir.FlatSymbolRefAttr.get(helper)})
-            if y.builtin != hy:
-                yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
-            yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
-        op.results[0].replace_all_uses_with(yv)
-        op.erase()
-        if not list(conv.results[0].uses):
-            conv.erase()
-            if not list(load.results[0].uses):
-                load.erase()
+            args = [_builtin(op.operands[1], ids, "tensor<?x?xi64>"), _load("rvd_packed." + gname + ".T", wt)]
+        _replace_with_call(op, helper, args, f"tensor<?x?x{pw.k}x{pw.elt}>")
         count += 1
     return count
 
@@ -154,6 +139,37 @@ def _param_key(global_op) -> str:
 
 def _create(name, results, operands, attributes=None):
     return ir.Operation.create(name, results=results, operands=operands, attributes=attributes or {}).result
+
+
+def _builtin(value, t: TensorType, want: str):
+    """A torch value as the builtin tensor type a helper function takes (converted, then cast if needed)."""
+    b = _create("torch_c.to_builtin_tensor", [ir.Type.parse(t.builtin)], [value])
+    return b if t.builtin == want else _create("tensor.cast", [ir.Type.parse(want)], [b])
+
+
+def _load(sym: str, typ: str):
+    return _create("util.global.load", [ir.Type.parse(typ)], [], {"global": ir.FlatSymbolRefAttr.get(sym)})
+
+
+def _replace_with_call(op, helper: str, args: list, result: str) -> None:
+    """Replace op by `func.call @helper(args)` (built at op's place by the caller's args) returning the builtin
+    `result` type, cast back to op's torch type; op and whatever only it used are erased."""
+    with ir.InsertionPoint(op), op.location:
+        y = TensorType.parse(str(op.results[0].type))
+        yb = _create("func.call", [ir.Type.parse(result)], args, {"callee": ir.FlatSymbolRefAttr.get(helper)})
+        if y.builtin != result:
+            yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
+        yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
+    op.results[0].replace_all_uses_with(yv)
+    _erase_dead(op)
+
+
+def _declare_global(globals_: dict, beside: str, sym: str, key: str, typ: str) -> None:
+    """A new parameter-backed global (once), placed beside the one it replaces."""
+    if sym not in globals_:
+        new = ir.Operation.parse(f'util.global private @"{sym}" = #stream.parameter.named<"model"::"{key}"> : {typ}')
+        ir.InsertionPoint(globals_[beside]).insert(new)
+        globals_[sym] = new
 
 
 def _tied_copies(module, globals_, matmuls, is_transpose) -> dict[str, str]:
@@ -228,7 +244,6 @@ def _lower_q4(module, globals_, opset, helpers, packed, skipped) -> int:
             b = TensorType.parse(str(shift.operands[0].type))
             st = TensorType.parse(str(scale_v.type))
             zt = TensorType.parse(str(zero_v.type))
-            y = TensorType.parse(str(op.results[0].type))
             if len(x.dims) != 3 or len(b.dims) != 3 or st.dims != (b.dims[0], b.dims[1], 1) or \
                     zt.dims not in ((), st.dims) or x.elt not in ("f32", "f16"):
                 skipped.append(f"{op.location}: unsupported 4-bit MatMul shapes {x.dims} x {b.dims}")
@@ -243,27 +258,11 @@ def _lower_q4(module, globals_, opset, helpers, packed, skipped) -> int:
             packed.setdefault(key, PackedWeight(key, source_key, k, n, "i4", bs, 1, shape=(n, g, bs)))
             sym = "rvd_q4." + gname
             wt = f"tensor<{n}x{g}x{bs}xi4>"
-            hx, hy = f"tensor<?x?x{k}x{x.elt}>", f"tensor<?x?x{n}x{x.elt}>"
             with ir.InsertionPoint(op), op.location:
-                xb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(x.builtin)], [op.operands[0]])
-                if x.builtin != hx:
-                    xb = _create("tensor.cast", [ir.Type.parse(hx)], [xb])
-                sb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(st.builtin)], [scale_v])
-                zb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(zt.builtin)], [zero_v])
-                wv = _create("util.global.load", [ir.Type.parse(wt)], [], {"global": ir.FlatSymbolRefAttr.get(sym)})
-                yb = _create("func.call", [ir.Type.parse(hy)], [xb, wv, sb, zb],
-                             {"callee": ir.FlatSymbolRefAttr.get(helper)})
-                if y.builtin != hy:
-                    yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
-                yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
-            op.results[0].replace_all_uses_with(yv)
-            head = op.operands[1].owner
-            op.erase()
-            _erase_dead(head)
-            if sym not in globals_:
-                new = ir.Operation.parse(f'util.global private @"{sym}" = #stream.parameter.named<"model"::"{key}"> : {wt}')
-                ir.InsertionPoint(globals_[gname]).insert(new)
-                globals_[sym] = new
+                args = [_builtin(op.operands[0], x, f"tensor<?x?x{k}x{x.elt}>"), _load(sym, wt),
+                        _builtin(scale_v, st, st.builtin), _builtin(zero_v, zt, zt.builtin)]
+            _replace_with_call(op, helper, args, f"tensor<?x?x{n}x{x.elt}>")
+            _declare_global(globals_, gname, sym, key, wt)
             count += 1
     return count
 
@@ -283,7 +282,6 @@ def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, pa
         gname = found[0]
         x = TensorType.parse(str(op.operands[0].type))
         w = TensorType.parse(str(op.operands[1].type))
-        y = TensorType.parse(str(op.results[0].type))
         if len(op.operands) != 3:
             skipped.append(f"{where}: MatMulInteger with a weight zero point (not normalized)")
             continue
@@ -309,35 +307,17 @@ def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, pa
                                                  colsum_key=f"{source_key}.colsum"))
         packed_sym, colsum_sym = "rvd_packed." + gname, "rvd_colsum." + gname
         hx = f"tensor<1x1x{k}xi8>" if decode else f"tensor<?x?x{k}xi8>"
-        hy = f"tensor<1x1x{n}xi32>" if decode else f"tensor<?x?x{n}xi32>"
         wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + "xi8>"
         ct = f"tensor<{n}xi32>"
         with ir.InsertionPoint(op), op.location:
-            xb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(x.builtin)], [op.operands[0]])
-            if x.builtin != hx:
-                xb = _create("tensor.cast", [ir.Type.parse(hx)], [xb])
-            zb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(zp.builtin)], [op.operands[2]])
+            zb = _builtin(op.operands[2], zp, zp.builtin)
             if zp.dims:
                 zb = _create("tensor.collapse_shape", [ir.Type.parse("tensor<i8>")], [zb],
                              {"reassociation": ir.ArrayAttr.get([])})
-            wv = _create("util.global.load", [ir.Type.parse(wt)], [], {"global": ir.FlatSymbolRefAttr.get(packed_sym)})
-            cv = _create("util.global.load", [ir.Type.parse(ct)], [], {"global": ir.FlatSymbolRefAttr.get(colsum_sym)})
-            yb = _create("func.call", [ir.Type.parse(hy)], [xb, zb, wv, cv], {"callee": ir.FlatSymbolRefAttr.get(helper)})
-            if y.builtin != hy:
-                yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
-            yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
-        op.results[0].replace_all_uses_with(yv)
-        chain = op.operands[1].owner
-        op.erase()
-        while chain is not None and not list(chain.results[0].uses):  # conversion, load
-            up = chain.operands[0].owner if len(chain.operands) else None
-            chain.erase()
-            chain = up
-        for sym, pkey, typ in ((packed_sym, key, wt), (colsum_sym, pw.colsum_key, ct)):
-            if sym not in globals_:
-                new = ir.Operation.parse(f'util.global private @"{sym}" = #stream.parameter.named<"model"::"{pkey}"> : {typ}')
-                ir.InsertionPoint(globals_[gname]).insert(new)
-                globals_[sym] = new
+            args = [_builtin(op.operands[0], x, hx), zb, _load(packed_sym, wt), _load(colsum_sym, ct)]
+        _replace_with_call(op, helper, args, f"tensor<1x1x{n}xi32>" if decode else f"tensor<?x?x{n}xi32>")
+        _declare_global(globals_, gname, packed_sym, key, wt)
+        _declare_global(globals_, gname, colsum_sym, pw.colsum_key, ct)
         count += 1
     return count
 
@@ -377,7 +357,6 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
                 gname, transposed = aliases[gname], True
             x = TensorType.parse(str(op.operands[0].type))
             w = TensorType.parse(str(op.operands[1].type))
-            y = TensorType.parse(str(op.results[0].type))
             tile = tile_for(target, x.elt, ukernels)
             where = str(op.location)
             if tile is None:
@@ -401,29 +380,9 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
             hy = f"tensor<1x1x{n}x{x.elt}>" if decode else f"tensor<?x?x{n}x{x.elt}>"
             wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{x.elt}>"
             with ir.InsertionPoint(op), op.location:
-                xb = _create("torch_c.to_builtin_tensor", [ir.Type.parse(x.builtin)], [op.operands[0]])
-                if x.builtin != hx:
-                    xb = _create("tensor.cast", [ir.Type.parse(hx)], [xb])
-                wv = _create("util.global.load", [ir.Type.parse(wt)], [],
-                             {"global": ir.FlatSymbolRefAttr.get(packed_sym)})
-                yb = _create("func.call", [ir.Type.parse(hy)], [xb, wv],
-                             {"callee": ir.FlatSymbolRefAttr.get(helper)})
-                if y.builtin != hy:
-                    yb = _create("tensor.cast", [ir.Type.parse(y.builtin)], [yb])
-                yv = _create("torch_c.from_builtin_tensor", [op.results[0].type], [yb])
-            op.results[0].replace_all_uses_with(yv)
-            chain = op.operands[1].owner
-            op.erase()
-            while chain is not None and not list(chain.results[0].uses):  # Transpose, conversion, load
-                up = chain.operands[0].owner if len(chain.operands) else None
-                chain.erase()
-                chain = up
-            if packed_sym not in globals_:
-                ip = ir.InsertionPoint(globals_[gname])
-                new = ir.Operation.parse(
-                    f'util.global private @"{packed_sym}" = #stream.parameter.named<"model"::"{key}"> : {wt}')
-                ip.insert(new)
-                globals_[packed_sym] = new
+                args = [_builtin(op.operands[0], x, hx), _load(packed_sym, wt)]
+            _replace_with_call(op, helper, args, hy)  # drops the Transpose/conversion/load it alone used
+            _declare_global(globals_, gname, packed_sym, key, wt)
             lowered += 1
 
         q4 = _lower_q4(module, globals_, opset, helpers, packed, skipped)
