@@ -22,3 +22,22 @@ class HostModule:
         out = getattr(self.module, name)(*args)
         out = out if isinstance(out, (tuple, list)) else [out]
         return [np.array(o.to_host(), copy=True) for o in out]  # device memory is reused by the next call
+
+
+def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
+    """prefill on `prompt`, then `steps` decode steps fed the module's own KV cache and its argmax tokens:
+    (the tokens fed to decode, the last-position logits of prefill and of each decode step)."""
+    graph = bundle.manifest["model"]["graph"]
+    m = HostModule(bundle.path)
+    n = len(prompt)
+    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+    out = m.call("prefill", np.array([prompt], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)
+    logits, kv, tokens = [out[0][0, -1]], out[1:], []
+    for step in range(steps):
+        tokens.append(int(np.argmax(logits[-1])))
+        past = n + step
+        out = m.call("decode", np.array([[tokens[-1]]], np.int64), np.ones((1, past + 1), np.int64),
+                     np.array([[past]], np.int64), *kv)
+        logits.append(out[0][0, -1])
+        kv = out[1:]
+    return tokens, logits

@@ -4,19 +4,14 @@ hand calculation, the plot, and the emulated-cost plumbing (plugin-capable qemu,
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from cli_run import rvdeploy
 from conftest import DEMO
 from rvdeploy import bench, qemu_cost
 from rvdeploy.bundle import Bundle
 from rvdeploy.errors import RvdeployError
-
-
-def rvdeploy(*args):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")

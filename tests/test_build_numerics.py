@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import DEMO, TINY
-from iree_host import HostModule
+from iree_host import greedy_logits
 from ort_reference import greedy_tokens
 from rvdeploy import api
 from rvdeploy.tokenizer import TextCodec
@@ -35,21 +35,8 @@ def test_logits_close_to_onnxruntime(built, model, pipeline):
     bundle = built(model, "host", pipeline)
     prompt = [3, 7, 11, 13, 17, 19, 23]  # 7 tokens: not a multiple of the host's 8-row prefill tile
     expected_ids, expected_logits = greedy_tokens(f"{model}/model.onnx", prompt, 4)
-    graph = bundle.manifest["model"]["graph"]
-    m = HostModule(bundle.path)
-    n = len(prompt)
-    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
-    out = m.call("prefill", np.array([prompt], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)
-    logits = [out[0][0, -1]]
-    kv = out[1:]
-    for step in range(3):
-        tok = int(np.argmax(logits[-1]))
-        assert tok == expected_ids[step]
-        past = n + step
-        out = m.call("decode", np.array([[tok]], np.int64), np.ones((1, past + 1), np.int64),
-                     np.array([[past]], np.int64), *kv)
-        logits.append(out[0][0, -1])
-        kv = out[1:]
+    tokens, logits = greedy_logits(bundle, prompt, 3)
+    assert tokens == expected_ids[:3]
     for got, want in zip(logits, expected_logits):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
 

@@ -7,18 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from cli_run import rvdeploy
 from conftest import TINY
-
-
-def rvdeploy(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def assert_one_line_error(proc, *needles):

@@ -16,7 +16,7 @@ import onnx
 import pytest
 
 from conftest import DEMO, TINY
-from iree_host import HostModule
+from iree_host import greedy_logits
 from ort_reference import greedy_tokens
 from rvdeploy import api
 from rvdeploy.quantize import dequantize_q4, quantize_file, quantize_int8_weight, quantize_q4_weight
@@ -175,20 +175,8 @@ def test_logits_close_to_onnxruntime(cases, build, name):
     _, ref, fmt = cases[name]
     prompt = [3, 7, 11, 13, 17, 19, 23]
     expected_ids, expected_logits = greedy_tokens(ref, prompt, 4)
-    graph = bundle.manifest["model"]["graph"]
-    m = HostModule(bundle.path)
-    n = len(prompt)
-    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
-    out = m.call("prefill", np.array([prompt], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)
-    logits, kv = [out[0][0, -1]], out[1:]
-    for step in range(3):
-        tok = int(np.argmax(logits[-1]))
-        assert tok == expected_ids[step]
-        past = n + step
-        out = m.call("decode", np.array([[tok]], np.int64), np.ones((1, past + 1), np.int64),
-                     np.array([[past]], np.int64), *kv)
-        logits.append(out[0][0, -1])
-        kv = out[1:]
+    tokens, logits = greedy_logits(bundle, prompt, 3)
+    assert tokens == expected_ids[:3]
     diff = max(float(np.abs(g - w).max()) for g, w in zip(logits, expected_logits))
     assert diff <= ATOL[fmt], f"{name}: max |logit difference| {diff:.2e} > {ATOL[fmt]}"
 

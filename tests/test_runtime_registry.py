@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
 from boards import fake_runtime
+from cli_run import rvdeploy
 from conftest import TINY
 from rvdeploy import api, runtimes
 from rvdeploy.errors import RvdeployError
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/bin/clang-19"), reason="needs clang-19 (scripts/setup.sh)")
-
-
-def rvdeploy(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
 
 
 def test_add_and_show(tmp_path):

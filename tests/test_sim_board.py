@@ -11,11 +11,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from boards import fake_runtime
+from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, TINY
 from rvdeploy import sim, sshd
 from rvdeploy.boards.qemu import MIN_VERSION, qemu_version
@@ -38,20 +38,6 @@ def _why_not() -> str | None:
 
 if _why_not():
     pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=_why_not())]
-
-
-def rvdeploy(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode != 0, proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("rvdeploy: error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

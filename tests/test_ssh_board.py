@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from pathlib import Path
@@ -16,26 +15,13 @@ from pathlib import Path
 import pytest
 
 from boards import start_host_board
+from cli_run import one_line_error, rvdeploy
 from conftest import DEMO
 from rvdeploy import sshd
 
 pytestmark = pytest.mark.skipif(not os.path.exists(sshd.SSHD) or os.geteuid() != 0,
                                 reason="needs openssh-server and root (scripts/setup.sh)")
 PROMPT = "Beautiful is"
-
-
-def rvdeploy(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-
-
-def one_line_error(proc, *needles):
-    assert proc.returncode != 0, proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("rvdeploy: error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,22 @@
+"""Run the real CLI in a subprocess, and check the one-line error contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def rvdeploy(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+
+
+def one_line_error(proc, *needles):
+    """stderr is exactly one `rvdeploy: error:` line naming every needle; returns that line."""
+    assert proc.returncode != 0, proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("rvdeploy: error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
