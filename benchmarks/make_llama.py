@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Make a random-weight Llama of a named shape, exported like onnx-community's fp32 models.
 
-  python benchmarks/make_llama.py {llama-3.2-1b|mid} DIR [--validate] [--force]
+  python benchmarks/make_llama.py {llama-3.2-1b|mid|tiny} DIR [--validate] [--force]
 
-The model is a seeded LlamaForCausalLM (never trained), saved as an HF checkpoint in a temporary
-directory and exported with optimum's `main_export(task="text-generation-with-past")`, i.e. what
-`optimum-cli export onnx --task text-generation-with-past` does. DIR receives model.onnx (+ model.onnx_data
-when optimum puts the weights in external data, i.e. above 2 GB), config.json and generation_config.json.
-No tokenizer: the benchmarks feed token ids. A `make_llama.json` stamp (shape, seed, sizes) is written
-last; if DIR already has a stamp for the same shape and seed, nothing is done (use --force to redo).
+The model is a seeded LlamaForCausalLM (never trained), saved as an HF checkpoint and exported with
+optimum's `main_export(task="text-generation-with-past")`, i.e. what `optimum-cli export onnx --task
+text-generation-with-past` does. DIR receives model.onnx (+ model.onnx_data when optimum puts the weights
+in external data, i.e. above 2 GB), config.json, generation_config.json, and the HF checkpoint beside them
+(model.safetensors, fp32) with a small SentencePiece tokenizer (tokenizer.model, trained on the Zen of
+Python, up to 320 pieces with byte fallback): what llama.cpp's convert_hf_to_gguf.py needs for the same weights
+(it pads the vocabulary to vocab_size). The benchmarks feed token ids, so the tokenizer's size does not
+matter. A `make_llama.json` stamp (shape, seed, sizes) is written last; if DIR already has a stamp for the
+same shape and seed, nothing is done (use --force to redo).
 
 Shapes:
   llama-3.2-1b  hidden 2048, 16 layers, 32 heads / 8 KV heads (head_dim 64), intermediate 8192,
@@ -17,6 +20,8 @@ Shapes:
                 transformers then warns that original_max_position_embeddings 8192 exceeds it: harmless).
   mid           hidden 512, 4 layers, 8 heads / 4 KV heads (head_dim 64), intermediate 1408,
                 vocab 8192, tied embeddings, rope_theta 10000, max_position_embeddings 512.
+  tiny          hidden 64, 2 layers, 4 heads / 2 KV heads (head_dim 16), intermediate 128, vocab 320, tied;
+                the test fixture tests/fixtures/tiny-hf (about 1 MB).
 
 Without `accelerate` installed, optimum stores the tied lm_head a second time (transposed) in the
 export: the file sizes printed at the end show it.
@@ -47,14 +52,45 @@ SHAPES = {
         hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
         intermediate_size=1408, vocab_size=8192, tie_word_embeddings=True, rope_theta=10000.0,
         max_position_embeddings=512, bos_token_id=1, eos_token_id=2),
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        intermediate_size=128, vocab_size=320, tie_word_embeddings=True, rope_theta=10000.0,
+        max_position_embeddings=256, bos_token_id=1, eos_token_id=2, initializer_range=0.2),
 }
 KEEP = ("model.onnx", "model.onnx_data", "config.json", "generation_config.json")
+HF_KEEP = ("model.safetensors",)
+TOKENIZER_PIECES = 320
 STAMP = "make_llama.json"
 
 
 def _peak_rss_gb() -> float:
     # ru_maxrss is in KiB on Linux; this process only (the export runs in-process).
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def write_tokenizer(out: Path) -> None:
+    """A SentencePiece model (the Llama 2 kind: tokenizer.model, BOS 1, EOS 2) trained on the Zen of Python;
+    deterministic (one thread, fixed seed sentence order)."""
+    import codecs
+    import contextlib
+    import io
+
+    import sentencepiece as spm
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints the Zen
+        import this
+    text = codecs.decode(this.s, "rot13")
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp, "zen.txt")
+        corpus.write_text(text)
+        spm.SentencePieceTrainer.train(
+            input=str(corpus), model_prefix=str(Path(tmp, "tok")), vocab_size=TOKENIZER_PIECES, model_type="bpe",
+            byte_fallback=True, hard_vocab_limit=False, num_threads=1, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            minloglevel=2)
+        shutil.copyfile(Path(tmp, "tok.model"), out / "tokenizer.model")
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "legacy": True}, indent=1) + "\n")
 
 
 def cached(out: Path, shape: str) -> dict | None:
@@ -64,8 +100,8 @@ def cached(out: Path, shape: str) -> dict | None:
         return None
     if stamp.get("shape") != shape or stamp.get("seed") != SEED:
         return None
-    if not all((out / f).is_file() for f in stamp.get("sizes", {})):
-        return None
+    if not all((out / f).is_file() for f in [*stamp.get("sizes", {}), *HF_KEEP, "tokenizer.model"]):
+        return None  # also an export made before the HF checkpoint was kept
     return stamp
 
 
@@ -102,6 +138,9 @@ def make(shape: str, out: Path, validate: bool) -> dict:
         for name in KEEP:
             if (onnx_dir / name).exists():
                 os.replace(onnx_dir / name, out / name)
+        for name in HF_KEEP:  # the same weights as an HF checkpoint, for llama.cpp's converter
+            os.replace(hf / name, out / name)
+        write_tokenizer(out)
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
     stamp = {"shape": shape, "seed": SEED, "config": SHAPES[shape], "parameters": n_params,
              "parameters_outside_embedding": n_params - n_embed, "sizes": sizes,

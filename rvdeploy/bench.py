@@ -188,11 +188,12 @@ class Measurement:
     stddev: float
     samples: list[float]  # tokens/s, one per repetition
     seconds_per_call: list[float]
+    peak_rss_bytes: int | None = None  # where this machine sees the process (qemu board): emulator included
 
     def to_dict(self) -> dict:
         return {"pipeline": self.pipeline, "test": self.test, "t/s": round(self.tokens_per_s, 3),
                 "stddev": round(self.stddev, 3), "samples": [round(s, 3) for s in self.samples],
-                "seconds_per_call": self.seconds_per_call}
+                "seconds_per_call": self.seconds_per_call, "peak_rss_bytes": self.peak_rss_bytes}
 
 
 def _stats(samples: list[float]) -> tuple[float, float]:
@@ -282,9 +283,10 @@ class BenchReport:
     reps: int
     bundles: list[dict] = field(default_factory=list)  # bundle_label per pipeline
     results: list[Measurement] = field(default_factory=list)
-    ratios: dict = field(default_factory=dict)  # test -> mmt4d / baseline
+    ratios: dict = field(default_factory=dict)  # test -> {other: bundle t/s / other t/s}
     estimate: dict | None = None
-    cost: dict | None = None
+    cost: dict | None = None  # pipeline or llama.cpp backend -> per-token counts
+    cost_ratios: dict = field(default_factory=dict)  # phase -> {other: bundle instructions / other's}
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -296,18 +298,78 @@ class BenchReport:
         return d
 
 
-def ratios(results: list[Measurement]) -> dict:
+def ratios(results: list[Measurement], main: str) -> dict:
+    """test -> {other pipeline: main's t/s / other's t/s} (above 1: the bundle is faster)."""
     by = {(r.pipeline, r.test): r.tokens_per_s for r in results}
-    out = {}
+    out: dict = {}
     for (pipe, test), value in by.items():
-        base = by.get(("baseline", test))
-        if pipe != "baseline" and base:
-            out[test] = round(value / base, 3)
+        mine = by.get((main, test))
+        if pipe != main and mine and value:
+            out.setdefault(test, {})[pipe] = round(mine / value, 3)
     return out
+
+
+def cost_ratios(cost: dict, main: str) -> dict:
+    """phase -> {other: main's instructions per token / other's} (below 1: the bundle executes fewer)."""
+    out: dict = {}
+    if main not in cost:
+        return out
+    for phase in ("per_prompt_token", "per_generated_token"):
+        mine = cost[main][phase]["instructions"]
+        for other, c in cost.items():
+            if other != main and c[phase]["instructions"]:
+                out.setdefault(phase, {})[other] = round(mine / c[phase]["instructions"], 3)
+    return out
+
+
+@dataclass
+class LlamaCppSide:
+    """What --compare llama.cpp runs: the tools built for the board's ISA and one GGUF per type."""
+    tools: Path
+    ggufs: dict[str, Path]  # gguf type -> file
+    target: str
+    cpu: str  # the qemu -cpu string the tools run with under emulation
+
+
+def _board_target(bundle: Bundle, board: str) -> tuple[str, str]:
+    """(target name, qemu cpu) the board stands for: qemu:TARGET's, else the bundle's."""
+    if board.startswith("qemu:"):
+        t = get_target(board.partition(":")[2])
+        return t.name, t.qemu_cpu
+    return bundle.manifest["target"]["name"], bundle.manifest["target"].get("qemu_cpu", "")
+
+
+def llama_cpp_side(bundle: Bundle, board: str, hf_model: str | None, gguf_types: list[str] | None,
+                   step=None) -> LlamaCppSide:
+    """Build llama.cpp for the board's ISA (once) and convert the bundle's weights to the GGUF types (the
+    matching one by default)."""
+    from .peers import gguf, llamacpp_build
+
+    step = step or (lambda _: None)
+    if board == "local":
+        raise RvdeployError("--compare llama.cpp runs on riscv64 boards: --board qemu[:TARGET] or an ssh board")
+    target_name, cpu = _board_target(bundle, board)
+    target = get_target(target_name)
+    types = [gguf.check_type(t) for t in gguf_types] if gguf_types else [gguf.matching_type(bundle)]
+    checkpoint = gguf.hf_checkpoint(bundle, hf_model)  # first: an ONNX-only model stops here, before any build
+    tools = llamacpp_build.build(target, step)
+    files = {t: gguf.convert(checkpoint, t, target, step) for t in dict.fromkeys(types)}
+    return LlamaCppSide(tools, files, target.name, cpu)
+
+
+def iree_runnable(bundle: Bundle) -> str | None:
+    """None when the bundle can run on a board of its architecture; else why not (a riscv64 bundle without
+    an IREE runtime: none exists on any package registry, the user supplies one)."""
+    rt = bundle.manifest.get("runtime", {})
+    if rt.get("kind") == "none":
+        return (f"IREE rows skipped: {bundle.path} has no {rt.get('arch', '')} IREE runtime "
+                f"({rt.get('hint') or 'register one with `rvdeploy runtime add DIR` and rebuild'})")
+    return None
 
 
 def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 64, gen_tokens: int = 32,
           reps: int = 5, threads: int = 1, compare: str | None = None, baseline: Path | None = None,
+          hf_model: str | None = None, gguf_types: list[str] | None = None,
           estimate_target: str | None = None, estimate_only: bool = False, cost: bool = False,
           min_time: float | None = None, on_stage=None) -> BenchReport:
     bundle = Bundle.open(bundle_path)
@@ -316,16 +378,17 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
     report = BenchReport(board, threads, prompt_tokens, gen_tokens, reps, bundles=[bundle_label(bundle)])
     if compare not in (None, "baseline", "llama.cpp"):
         raise RvdeployError(f"unknown --compare {compare!r}", hint="baseline or llama.cpp")
-    if compare == "llama.cpp":
-        raise RvdeployError("--compare llama.cpp is not implemented yet",
-                            hint="it also needs the model's Hugging Face weights (an ONNX-only model cannot be "
-                                 "converted to GGUF)")
+    if (hf_model or gguf_types) and compare != "llama.cpp":
+        raise RvdeployError("--hf-model and --gguf-type belong to --compare llama.cpp")
     if estimate_only or estimate_target:
         report.estimate = estimate(bundle, estimate_target or bundle.manifest["target"]["name"], prompt_tokens)
     if estimate_only:
         return report
     if not board:
         raise RvdeployError("--board is required (or --estimate for bounds without a board)")
+    if cost and not board.startswith("qemu"):
+        raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET]")
+    llama = llama_cpp_side(bundle, board, hf_model, gguf_types, on_stage) if compare == "llama.cpp" else None
     bundles = [bundle]
     if compare == "baseline":
         other, built_now = baseline_bundle(bundle, baseline, on_stage)
@@ -333,18 +396,38 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
             report.notes.append(f"built the baseline bundle {other.path}")
         bundles.append(other)
         report.bundles.append(bundle_label(other))
+    why_not = iree_runnable(bundle)
+    if why_not:
+        if llama is None:
+            raise RvdeployError(why_not.removeprefix("IREE rows skipped: "))
+        report.notes.append(why_not)
+        bundles = []
+    main = bundle.manifest["pipeline"]["name"]
     if cost:
+        from .peers import llamabench
         from .qemu_cost import measure_cost
 
-        if not board.startswith("qemu"):
-            raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET]")
         report.cost = {b.manifest["pipeline"]["name"]: measure_cost(b, board, prompt_tokens, gen_tokens)
                        for b in bundles}
+        if llama:
+            with get_board(board) as b:
+                for t, path in llama.ggufs.items():
+                    report.cost[llamabench.backend(t)] = llamabench.measure_cost(
+                        b, llama.tools, path, llama.cpu, prompt_tokens, gen_tokens)
+        report.cost_ratios = cost_ratios(report.cost, main)
         return report
     with get_board(board) as b:
         for bd in bundles:
             report.results += measure(bd, b, prompt_tokens, gen_tokens, reps, threads, min_time)
-    report.ratios = ratios(report.results)
+        if llama:
+            from .peers import llamabench
+
+            for t, path in llama.ggufs.items():
+                label, rows = llamabench.measure(b, llama.tools, path, t, llama.cpu, prompt_tokens, gen_tokens,
+                                                 reps, threads)
+                report.bundles.append(label)
+                report.results += rows
+    report.ratios = ratios(report.results, main)
     return report
 
 
@@ -396,15 +479,17 @@ def plot(report: BenchReport, path: Path) -> Path:
     pipes = list(dict.fromkeys(r.pipeline for r in report.results))
     by = {(r.pipeline, r.test): r for r in report.results}
     fig, axes = plt.subplots(1, len(tests), figsize=(4.2 * len(tests), 3.8), squeeze=False)
-    colors = ["#2a7ab9", "#b0b0b0", "#e08a2c", "#5aa85a"]
+    colors = ["#2a7ab9", "#b0b0b0", "#e08a2c", "#5aa85a", "#9467bd", "#c44e52"]
     for ax, test in zip(axes[0], tests):
         vals = [by[(p, test)].tokens_per_s if (p, test) in by else 0 for p in pipes]
         errs = [by[(p, test)].stddev if (p, test) in by else 0 for p in pipes]
-        bars = ax.bar(pipes, vals, yerr=errs, capsize=6, color=colors[:len(pipes)])
+        bars = ax.bar(pipes, vals, yerr=errs, capsize=6, color=[colors[i % len(colors)] for i in range(len(pipes))])
+        ax.tick_params(axis="x", labelrotation=20 if len(pipes) > 2 else 0, labelsize=8)
         for bar, v, e in zip(bars, vals, errs):  # the value above its error bar
             ax.annotate(f"{v:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height() + e), ha="center",
                         va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
-        ax.set_title(test + (f"  (x{report.ratios[test]:.2f} vs baseline)" if test in report.ratios else ""))
+        vs = ", ".join(f"x{r:.2f} vs {other}" for other, r in report.ratios.get(test, {}).items())
+        ax.set_title(test + (f"  ({vs})" if vs else ""), fontsize=10)
         ax.set_ylabel("tokens/s")
         ax.margins(y=0.15)
     label = report.bundles[0]

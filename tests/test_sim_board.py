@@ -17,8 +17,10 @@ import pytest
 from boards import fake_runtime
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, TINY
+from test_llamacpp import TINY_HF
 from rvdeploy import sim, sshd
 from rvdeploy.boards.qemu import MIN_VERSION, qemu_version
+from rvdeploy.targets import get_target
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +44,7 @@ if _why_not():
 
 @pytest.fixture(scope="module")
 def boards(tmp_path_factory):
-    """Two emulated boards on the same cached userland: VLEN 128 and VLEN 256."""
+    """Three emulated boards on the same cached userland: VLEN 128, VLEN 256, and a SpacemiT K1's ISA."""
     old = os.environ.get("RVDEPLOY_STATE_DIR")
     os.environ["RVDEPLOY_STATE_DIR"] = str(tmp_path_factory.mktemp("simstate"))
     started = {}
@@ -50,6 +52,7 @@ def boards(tmp_path_factory):
         for vlen in (128, 256):
             name = f"sim{vlen}"
             started[vlen] = sim.up(vlen=vlen, name=name)
+        started["k1"] = sim.up(cpu=get_target("spacemit-k1").qemu_cpu, name="simk1")
         yield {vlen: {"name": s.board, "env": {"RVDEPLOY_SSH_CONFIG": str(s.ssh_config)}, "pid": s.pid}
                for vlen, s in started.items()}
     finally:
@@ -109,6 +112,23 @@ def test_bundle_without_runtime_says_what_to_supply(boards, built):
     b = boards[256]
     proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "-n", "2", env=b["env"])
     one_line_error(proc, "has no riscv64 IREE runtime", "rvdeploy runtime add DIR")
+
+
+def test_llama_cpp_on_the_emulated_ssh_board(boards, built):
+    """--compare llama.cpp over ssh: llama-bench and the GGUF go to the board's blob cache and run there
+    (under the board's own emulation); the IREE rows are skipped for want of a runtime."""
+    bundle = built(str(TINY_HF), "spacemit-k1")
+    b = boards["k1"]
+    proc = rvdeploy("bench", str(bundle.path), "--board", b["name"], "--compare", "llama.cpp", "--gguf-type", "q8_0",
+                    "-p", "8", "-n", "4", "-r", "2", "--json", env=b["env"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [(r["pipeline"], r["test"]) for r in doc["results"]] == [("llama.cpp Q8_0", "pp8"), ("llama.cpp Q8_0", "tg4")]
+    for r in doc["results"]:
+        assert r["t/s"] > 0 and len(r["samples"]) == 2 and r["peak_rss_bytes"] is None  # measured elsewhere
+    # instruction counting is emulation here, not over ssh
+    one_line_error(rvdeploy("bench", str(bundle.path), "--board", b["name"], "--compare", "llama.cpp", "--cost",
+                            env=b["env"]), "--cost", "--board qemu")
 
 
 def test_qemu_board(built, runtime_dir):

@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import RvdeployError
@@ -22,6 +23,7 @@ from ..runtime import parse_generate_output
 from ..targets import get_target
 from .launch import generate_command, raise_for, require_launcher, tool_command
 from .local import GenerateResult
+from .program import ProgramRun, run_measured
 
 MIN_VERSION = (8, 1)
 UPGRADE_HINT = ("install qemu-user 8.1 or newer (Debian 12: add bookworm-backports and "
@@ -86,6 +88,16 @@ class QemuBoard:
         proc = subprocess.run(tool_command(tool, args), cwd=bundle.path, env=full_env, capture_output=True, text=True)
         raise_for(self.name, proc.returncode, proc.stderr, bundle, tool=tool)
         return proc.stdout
+
+    def run_program(self, exe: Path, args: list[str | Path], *, cpu: str, qemu: str | None = None,
+                    env: dict | None = None) -> ProgramRun:
+        """Run a static riscv64 program (not a bundle's) under qemu with this board's CPU, or `cpu` when the
+        board names no target; Path arguments are files here. Raises on a non-zero exit."""
+        cpu = self.target.qemu_cpu if self.target is not None else cpu
+        full_env = {**os.environ, "QEMU_CPU": cpu, **(env or {})}
+        run = run_measured([qemu or checked_qemu(), str(exe), *map(str, args)], env=full_env)
+        raise_for(self.name, run.returncode, run.stderr, tool=exe.name)
+        return run
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)

@@ -32,6 +32,7 @@ from ..probe import describe_unix, probe_binary
 from ..runtime import parse_generate_output
 from .launch import NO_SPACE, generate_command, last_line, raise_for, require_launcher, tool_command
 from .local import GenerateResult
+from .program import ProgramRun
 
 CONNECT_TIMEOUT = 10  # seconds
 CACHE = '"$HOME"/.cache/rvdeploy'  # expanded by the board's shell
@@ -182,6 +183,24 @@ class SshBoard:
         proc = self.sh(self._materialize(bundle) + shlex.join(tool_command(tool, args)))
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle, tool=tool)
         return proc.stdout
+
+    def run_program(self, exe: Path, args: list[str | Path], *, cpu: str = "", qemu: str | None = None,
+                    env: dict | None = None) -> ProgramRun:
+        """Run a program that is not a bundle's (llama.cpp's tools) on the board: EXE and every Path argument
+        go to the board's blob cache first and are named by their blob path. `cpu` (a qemu -cpu string) does
+        not apply to a real board; `qemu` and `env` are for emulation here and are refused."""
+        if qemu is not None or env:
+            raise RvdeployError(f"board {self.name}: instruction counting runs under qemu on this machine",
+                                hint="use --board qemu[:TARGET] for --cost")
+        files = {"exe": exe, **{f"arg{i}": a for i, a in enumerate(args) if isinstance(a, Path)}}
+        hashes = self.upload(files)
+        words = ['"$b"/' + shlex.quote(hashes[f"arg{i}"]) if isinstance(a, Path) else shlex.quote(a)
+                 for i, a in enumerate(args)]
+        script = (f'b={CACHE}/blobs; chmod 755 "$b"/{shlex.quote(hashes["exe"])} && '
+                  f'"$b"/{shlex.quote(hashes["exe"])} {" ".join(words)}')
+        proc = self.sh(script)
+        raise_for(f"board {self.name}", proc.returncode, proc.stderr, tool=exe.name)
+        return ProgramRun(proc.stdout, proc.stderr, proc.returncode, None)
 
     def check(self, bundle: Bundle) -> str:
         """Upload and run only the launcher's checks (hashes, ISA, VLEN)."""

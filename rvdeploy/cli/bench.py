@@ -25,10 +25,19 @@ def bench(
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="1: local-sync; T>1: local-task with T "
                                          "worker groups.")] = 1,
     compare: Annotated[Optional[str], typer.Option("--compare", help="baseline: also the same model built with "
-                                                   "--pipeline baseline (built next to BUNDLE if absent); "
-                                                   "llama.cpp: not yet.")] = None,
+                                                   "--pipeline baseline (built next to BUNDLE if absent). "
+                                                   "llama.cpp: llama.cpp's llama-bench on the same board and "
+                                                   "threads, the same weights as GGUF (llama.cpp built for the "
+                                                   "board's ISA once, ~3 min; needs the model's HF weights).")] = None,
     baseline_bundle: Annotated[Optional[Path], typer.Option("--baseline-bundle", help="An existing baseline "
                                                             "bundle of the same model for --compare baseline.")] = None,
+    hf_model: Annotated[Optional[str], typer.Option("--hf-model", help="--compare llama.cpp: the model's Hugging "
+                                                    "Face checkpoint (DIR or REPO with config.json and "
+                                                    "*.safetensors); default: beside the ONNX the bundle was "
+                                                    "built from, or the same hub repo.")] = None,
+    gguf_type: Annotated[Optional[list[str]], typer.Option("--gguf-type", help="--compare llama.cpp: GGUF "
+                                                           "type(s) to run, repeatable: f32, f16, q8_0, q4_0 "
+                                                           "(default: the bundle's precision).")] = None,
     estimate: Annotated[bool, typer.Option("--estimate", help="Bytes and FLOPs per token and upper bounds on "
                                            "pp/tg from the target's figures (no board).")] = False,
     target: Annotated[Optional[str], typer.Option("--target", help="Target whose figures --estimate uses "
@@ -44,13 +53,14 @@ def bench(
     """Measure prompt processing (ppP) and generation (tgN) speed of a bundle on a board."""
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         report = api.bench(bundle, board=board, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, reps=reps,
-                           threads=threads, compare=compare, baseline=baseline_bundle, estimate_target=target,
+                           threads=threads, compare=compare, baseline=baseline_bundle, hf_model=hf_model,
+                           gguf_types=gguf_type, estimate_target=target,
                            estimate_only=estimate, cost=cost, min_time=min_time, on_stage=hook)
     if plot_file is not None:
         path = plot(report, plot_file)
         err.print(f"wrote {path}")
     for note in report.notes:
-        err.print(note)
+        err.print(note, soft_wrap=True, markup=False)
     if json_:
         print_json(report.to_dict())
         return
@@ -59,15 +69,18 @@ def bench(
 
 def _print(report: BenchReport) -> None:
     labels = {b["pipeline"]: b for b in report.bundles}
+    main = report.bundles[0]["pipeline"]
     if report.results:
         rows = []
         for r in report.results:
             b = labels[r.pipeline]
-            rows.append((b["model"], human_size(b["size_bytes"]), human_count(b["params"]),
-                         f"IREE {r.pipeline}", report.threads, r.test, f"{r.tokens_per_s:,.2f} ± {r.stddev:,.2f}"))
-        print_table(None, ["model", "size", "params", "backend", "threads", "test", "t/s"], rows)
-        for test, ratio in report.ratios.items():
-            out.print(f"{test}: mmt4d / baseline = {ratio:.2f}x")
+            backend = r.pipeline if r.pipeline.startswith("llama.cpp") else f"IREE {r.pipeline}"
+            rows.append((b["model"], human_size(b["size_bytes"]), human_count(b["params"]), backend,
+                         report.threads, r.test, f"{r.tokens_per_s:,.2f} ± {r.stddev:,.2f}", _rss(r.peak_rss_bytes)))
+        print_table(None, ["model", "size", "params", "backend", "threads", "test", "t/s", "peak RSS"], rows)
+        for test, by in report.ratios.items():
+            for other, ratio in by.items():
+                out.print(f"{test}: {main} / {other} = {ratio:.2f}x (t/s)")
         out.print(f"[dim]board {report.board}, {report.reps} repetitions; tg = one decode step after "
                   f"{report.prompt_tokens} tokens[/dim]")
     if report.estimate:
@@ -82,12 +95,17 @@ def _print(report: BenchReport) -> None:
     if report.cost:
         rows = []
         for pipe, c in report.cost.items():
-            rows.append((pipe, f"pp{report.prompt_tokens}", f"{c['per_prompt_token']['instructions']:,.0f}",
-                         f"{c['per_prompt_token']['vector_instructions']:,.0f}"))
-            rows.append((pipe, f"tg{report.gen_tokens}", f"{c['per_generated_token']['instructions']:,.0f}",
-                         f"{c['per_generated_token']['vector_instructions']:,.0f}"))
+            for phase, test in (("per_prompt_token", f"pp{report.prompt_tokens}"),
+                                ("per_generated_token", f"tg{report.gen_tokens}")):
+                ratio = report.cost_ratios.get(phase, {}).get(pipe)
+                rows.append((pipe, test, f"{c[phase]['instructions']:,.0f}", f"{c[phase]['vector_instructions']:,.0f}",
+                             f"{ratio:.2f}x" if ratio else "", _rss(c.get("peak_rss_bytes"))))
         print_table("executed guest instructions per token (qemu, one thread, by difference)",
-                    ["pipeline", "test", "instructions", "vector instructions"], rows)
+                    ["backend", "test", "instructions", "vector instructions", f"{main} / this", "peak RSS"], rows)
+
+
+def _rss(n: int | None) -> str:
+    return human_size(n) if n else "-"
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""Executed riscv64 instructions per token on the emulated board: rvdeploy's mmt4d pipeline, the baseline
+pipeline and llama.cpp f32 / f16 / Q8_0 / Q4_0, one thread, one table.
+
+  python benchmarks/make_llama.py mid /tmp/bench/models/mid        # once: ONNX + HF checkpoint, same weights
+  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--json]
+
+Method (rvdeploy.qemu_cost, rvdeploy.peers.llamabench): counts from rvdeploy's TCG plugin in the
+plugin-capable qemu-riscv64 (scripts/build_qemu_plugins.sh), by difference so that start-up cancels:
+  per prompt token    = (P-token prompt - 1-token prompt) / (P - 1)
+  per generated token = (N+1 - 1 generated tokens after a P-token context) / N
+IREE bundles run their `generate` entry point with the bundle's riscv64 IREE runtime; llama.cpp runs
+llama-bench (`-p P -n 0` / `-p 0 -n N -d P`, --no-warmup -r 1 -t 1), built for the target's ISA from the
+llama-cpp-python sdist, on GGUFs converted from the same checkpoint by llama.cpp's convert_hf_to_gguf.py
+(Q4_0 by llama-quantize). Peak RSS is the qemu process's maximum resident set (emulator included).
+
+No riscv64 IREE runtime exists on any package registry: the IREE rows are measured when one is registered
+(`rvdeploy runtime add DIR`), and say so when not. The goal columns are the issue's targets on a 12M-parameter
+Llama (hidden 512, 4 layers): mmt4d decode <= 0.8x and prefill <= 0.6x llama.cpp f32, never worse than baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from rvdeploy import api  # noqa: E402
+from rvdeploy.bench import iree_runnable  # noqa: E402
+from rvdeploy.boards import get_board  # noqa: E402
+from rvdeploy.errors import RvdeployError  # noqa: E402
+from rvdeploy.peers import gguf, llamabench, llamacpp_build  # noqa: E402
+from rvdeploy.qemu_cost import measure_cost  # noqa: E402
+from rvdeploy.targets import get_target  # noqa: E402
+
+TYPES = ("f32", "f16", "q8_0", "q4_0")
+# the issue's anchors on the 12M model (VLEN 256, one thread): instructions per prompt / generated token
+ANCHORS = {"llama.cpp F32": (1.42e6, 3.28e6), "llama.cpp F16": (1.34e6, 8.94e6), "llama.cpp Q8_0": (4.28e6, 6.02e6),
+           "llama.cpp Q4_0": (2.52e6, 4.39e6)}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
+    rows = {}
+    for pipeline in ("mmt4d", "baseline"):
+        log(f"building the {pipeline} bundle")
+        bundle = api.build(str(model), out=out / f"mid-{target}-{pipeline}", target=target, pipeline=pipeline,
+                           force=True).bundle
+        why = iree_runnable(bundle)
+        if why:
+            rows[pipeline] = {"skipped": why.removeprefix("IREE rows skipped: ")}
+            continue
+        log(f"counting {pipeline} under qemu")
+        rows[pipeline] = measure_cost(bundle, f"qemu:{target}", p, n)
+    return rows
+
+
+def llama_rows(model: Path, target: str, p: int, n: int) -> dict:
+    tgt = get_target(target)
+    tools = llamacpp_build.build(tgt, log)
+    rows = {}
+    with get_board(f"qemu:{target}") as board:
+        for t in TYPES:
+            path = gguf.convert(model, t, tgt, log)
+            log(f"counting llama.cpp {t} under qemu")
+            rows[llamabench.backend(t)] = llamabench.measure_cost(board, tools, path, tgt.qemu_cpu, p, n)
+            rows[llamabench.backend(t)]["gguf_bytes"] = path.stat().st_size
+    return rows
+
+
+def fmt_m(x: float | None) -> str:
+    return f"{x / 1e6:.2f}M" if x is not None else "-"
+
+
+def table(rows: dict) -> str:
+    ref = rows.get("llama.cpp F32")
+    lines = ["| backend | prefill instr/token | decode instr/token | prefill vector | decode vector | "
+             "vs llama.cpp f32 (prefill / decode) | peak RSS | issue's anchor (prefill / decode) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, c in rows.items():
+        if "skipped" in c:
+            lines.append(f"| IREE {name} | needs a riscv64 IREE runtime: {c['skipped']} | | | | | | |")
+            continue
+        pp, tg = c["per_prompt_token"], c["per_generated_token"]
+        vs = (f"{pp['instructions'] / ref['per_prompt_token']['instructions']:.2f}x / "
+              f"{tg['instructions'] / ref['per_generated_token']['instructions']:.2f}x") if ref else "-"
+        anchor = ANCHORS.get(name)
+        rss = c.get("peak_rss_bytes")
+        label = name if name.startswith("llama.cpp") else f"IREE {name}"
+        lines.append(f"| {label} | {fmt_m(pp['instructions'])} | {fmt_m(tg['instructions'])} | "
+                     f"{fmt_m(pp['vector_instructions'])} | {fmt_m(tg['vector_instructions'])} | {vs} | "
+                     f"{f'{rss / 2**20:.0f} MiB' if rss else '-'} | "
+                     f"{f'{fmt_m(anchor[0])} / {fmt_m(anchor[1])}' if anchor else '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--model", type=Path, default=Path("/tmp/bench/models/mid"),
+                    help="directory from make_llama.py (model.onnx + model.safetensors)")
+    ap.add_argument("--target", default="spacemit-k1")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/bench/bundles"))
+    ap.add_argument("-p", type=int, default=64)
+    ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if not gguf.is_checkpoint(args.model):
+        sys.exit(f"{args.model}: no model.safetensors + config.json: run benchmarks/make_llama.py mid {args.model}")
+    t0 = time.perf_counter()
+    try:
+        rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n),
+                **llama_rows(args.model, args.target, args.p, args.n)}
+    except RvdeployError as e:
+        sys.exit(f"error: {e}")
+    if args.json:
+        print(json.dumps({"target": args.target, "prompt_tokens": args.p, "gen_tokens": args.n, "rows": rows},
+                         indent=1))
+        return
+    print(f"{args.model.name}: {args.target}, one thread, P={args.p}, N={args.n} "
+          f"(executed guest instructions per token, by difference; {time.perf_counter() - t0:.0f} s)")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

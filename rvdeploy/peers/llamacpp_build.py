@@ -1,0 +1,200 @@
+"""llama.cpp for a board: its source from the llama-cpp-python sdist on PyPI (vendor/llama.cpp), built once
+per ISA flavour into the cache (static riscv64 executables, cross-compiled with clang-19 and lld; RVV and
+the scalar/vector fp16 extensions on exactly when the target has them: llamacpp.toml).
+
+  python -m rvdeploy.peers.llamacpp_build [--target spacemit-k1]     (scripts/build_llama_cpp.sh)
+
+The sdist is fetched with pip (so pip's index settings apply); about 1 minute the first time, since pip
+prepares its metadata. The build takes about 3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+from ..errors import RvdeployError
+from ..paths import cache_dir
+from ..targets import Target, get_target
+
+CONFIG = tomllib.loads(Path(__file__).with_name("llamacpp.toml").read_text())
+SOURCE = CONFIG["source"]
+TOOLS = tuple(CONFIG["build"]["tools"])
+APT_HINT = "apt-get install cmake ninja-build clang-19 lld-19 libc6-dev-riscv64-cross libstdc++-12-dev-riscv64-cross"
+# LLVM 19's assembler wants the tail/mask policy on every vsetvli/vsetivli; some of ggml's riscv64 inline
+# asm omits it. The omitted policy means undisturbed (tu, mu), so adding it changes nothing else.
+_VSET_NO_POLICY = re.compile(r'(vseti?vli\s+[^,"\n]+,\s*[^,"\n]+,\s*e\d+\s*,\s*mf?\d+)(?=\s*\\n)')
+Step = Callable[[str], None]
+
+
+def _noop(_: str) -> None:
+    pass
+
+
+def version() -> str:
+    return f"{SOURCE['package']}-{SOURCE['version']}"
+
+
+def root() -> Path:
+    return cache_dir() / "llama.cpp" / version()
+
+
+def _last(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def fetch_sdist(step: Step = _noop) -> Path:
+    """The sdist tarball, downloaded once with pip."""
+    root().mkdir(parents=True, exist_ok=True)
+    found = sorted(root().glob("*.tar.gz"))
+    if found:
+        return found[0]
+    step(f"downloading the {SOURCE['package']}=={SOURCE['version']} sdist (llama.cpp's source)")
+    with tempfile.TemporaryDirectory(dir=root(), prefix=".sdist-") as tmp:
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                               f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
+                              capture_output=True, text=True)
+        got = sorted(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not got:
+            raise RvdeployError(f"cannot download the {SOURCE['package']}=={SOURCE['version']} sdist: "
+                                f"{_last(proc.stderr)}", hint="check that pip can reach the package index")
+        dest = root() / got[0].name
+        os.replace(got[0], dest)
+    return dest
+
+
+def patch_inline_asm(tree: Path) -> int:
+    """Add the policy to ggml's riscv64 vsetvli/vsetivli inline asm; returns how many were patched."""
+    count = 0
+    for path in sorted((tree / "ggml" / "src" / "ggml-cpu").rglob("*")):
+        if path.suffix not in (".c", ".cpp", ".h") or not path.is_file():
+            continue
+        text = path.read_text()
+        new, n = _VSET_NO_POLICY.subn(r"\1, tu, mu", text)
+        if n:
+            path.write_text(new)
+            count += n
+    return count
+
+
+def source_dir(step: Step = _noop) -> Path:
+    """llama.cpp's source tree (extracted from the sdist and patched), once."""
+    src = root() / "src"
+    if (src / ".complete").is_file():
+        return src
+    tarball = fetch_sdist(step)
+    step("extracting llama.cpp's source")
+    with tempfile.TemporaryDirectory(dir=root(), prefix=".src-") as tmp:
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, filter="data")
+        tops = [p for p in Path(tmp).iterdir() if p.is_dir()]
+        tree = tops[0] / SOURCE["subdir"] if len(tops) == 1 else None
+        if tree is None or not (tree / "CMakeLists.txt").is_file():
+            raise RvdeployError(f"{tarball.name} has no {SOURCE['subdir']}/CMakeLists.txt (not llama.cpp's source?)")
+        patch_inline_asm(tree)
+        (tree / ".complete").touch()
+        shutil.rmtree(src, ignore_errors=True)
+        os.replace(tree, src)
+    return src
+
+
+def cmake_options(target: Target) -> list[str]:
+    """-D options for the target: the common ones and, for riscv64, the ISA switches."""
+    if target.arch != "riscv64":
+        raise RvdeployError(f"target {target.name}: rvdeploy builds llama.cpp for riscv64 boards only",
+                            hint="compare on --board qemu[:TARGET] or a riscv64 board over ssh")
+    features = set(target.cpu_features)
+    isa = [f"-D{opt}={'ON' if feat in features else 'OFF'}"
+           for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items())]
+    return [*CONFIG["build"]["cmake"], *isa]
+
+
+def build_key(target: Target) -> str:
+    """One build per ISA flavour: the riscv64 switches that are on (VLEN does not matter: ggml's RVV code
+    reads it at run time)."""
+    on = [opt.removeprefix("GGML_").removeprefix("RV_").lower()
+          for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items()) if feat in target.cpu_features]
+    return "-".join([target.arch, *on]) if on else target.arch
+
+
+def _cross_options() -> list[str]:
+    for tool in ("cmake", "ninja", "clang-19", "clang++-19", "ld.lld-19"):
+        if shutil.which(tool) is None and not (tool == "ld.lld-19" and shutil.which("ld.lld")):
+            raise RvdeployError(f"{tool} not found: needed to cross-build llama.cpp", hint=APT_HINT)
+    triple = "riscv64-linux-gnu"  # Debian's cross sysroot, found by clang itself
+    return ["-G", "Ninja", "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=riscv64",
+            "-DCMAKE_C_COMPILER=clang-19", "-DCMAKE_CXX_COMPILER=clang++-19",
+            f"-DCMAKE_C_COMPILER_TARGET={triple}", f"-DCMAKE_CXX_COMPILER_TARGET={triple}",
+            "-DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld -static"]
+
+
+def bin_dir(target: Target) -> Path:
+    return root() / f"bin-{build_key(target)}"
+
+
+def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> Path:
+    """The directory holding llama-bench, llama-quantize and llama-completion for the target; built once."""
+    target = get_target(target) if isinstance(target, str) else target
+    options = cmake_options(target)  # refuses a non-riscv64 target before any download
+    out = bin_dir(target)
+    if all(os.access(out / t, os.X_OK) for t in TOOLS):
+        return out
+    src = source_dir(step)
+    key = build_key(target)
+    work = root() / f"build-{key}"
+    log = root() / f"build-{key}.log"
+    step(f"building llama.cpp for {key} (once, about 3 minutes)")
+    with open(log, "w") as f:
+        for cmd in (["cmake", "-S", str(src), "-B", str(work), *_cross_options(), *options],
+                    ["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS]):
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                errors = [ln for ln in log.read_text().splitlines() if "error" in ln.lower()]
+                raise RvdeployError(f"building llama.cpp failed: {(errors or ['see the log'])[0].strip()[:250]}",
+                                    hint=f"full log: {log}")
+    tmp = Path(tempfile.mkdtemp(dir=root(), prefix=".bin-"))
+    try:
+        for t in TOOLS:
+            shutil.copy2(work / "bin" / t, tmp / t)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def converter() -> tuple[Path, dict]:
+    """convert_hf_to_gguf.py from the same source, and the environment it runs in (its gguf-py on the path)."""
+    src = source_dir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src / "gguf-py"),
+                                                                    os.environ.get("PYTHONPATH")]))}
+    return src / "convert_hf_to_gguf.py", env
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--target", default="spacemit-k1", help="target profile whose ISA to build for")
+    ap.add_argument("-j", "--jobs", type=int, default=None)
+    args = ap.parse_args()
+    try:
+        out = build(args.target, step=lambda s: print(s, file=sys.stderr), jobs=args.jobs)
+    except RvdeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
