@@ -49,7 +49,12 @@ def log(msg: str) -> None:
 
 
 def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
+    from rvdeploy.runtimes import BUILD_HINT, for_arch
+
     rows = {}
+    if for_arch("riscv64") is None:  # nothing to run the bundles with: do not build them just to skip them
+        return {pipeline: {"skipped": f"no riscv64 IREE runtime registered ({BUILD_HINT})"}
+                for pipeline in ("mmt4d", "baseline")}
     for pipeline in ("mmt4d", "baseline"):
         log(f"building the {pipeline} bundle")
         bundle = api.build(str(model), out=out / f"mid-{target}-{pipeline}", target=target, pipeline=pipeline,
@@ -63,12 +68,12 @@ def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
     return rows
 
 
-def llama_rows(model: Path, target: str, p: int, n: int) -> dict:
+def llama_rows(model: Path, target: str, p: int, n: int, types: list[str]) -> dict:
     tgt = get_target(target)
     tools = llamacpp_build.build(tgt, log)
     rows = {}
     with get_board(f"qemu:{target}") as board:
-        for t in TYPES:
+        for t in types:
             path = gguf.convert(model, t, tgt, log)
             log(f"counting llama.cpp {t} under qemu")
             rows[llamabench.backend(t)] = llamabench.measure_cost(board, tools, path, tgt.qemu_cpu, p, n)
@@ -82,12 +87,13 @@ def fmt_m(x: float | None) -> str:
 
 def table(rows: dict) -> str:
     ref = rows.get("llama.cpp F32")
-    lines = ["| backend | prefill instr/token | decode instr/token | prefill vector | decode vector | "
-             "vs llama.cpp f32 (prefill / decode) | peak RSS | issue's anchor (prefill / decode) |",
+    lines = ["| backend | prefill instr/token | decode instr/token | prefill vector (x LMUL) | "
+             "decode vector (x LMUL) | vs llama.cpp f32 (prefill / decode) | peak RSS | issue's anchor "
+             "(prefill / decode) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, c in rows.items():
         if "skipped" in c:
-            lines.append(f"| IREE {name} | needs a riscv64 IREE runtime: {c['skipped']} | | | | | | |")
+            lines.append(f"| IREE {name} | not measured: {c['skipped']} | | | | | | |")
             continue
         pp, tg = c["per_prompt_token"], c["per_generated_token"]
         vs = (f"{pp['instructions'] / ref['per_prompt_token']['instructions']:.2f}x / "
@@ -96,7 +102,8 @@ def table(rows: dict) -> str:
         rss = c.get("peak_rss_bytes")
         label = name if name.startswith("llama.cpp") else f"IREE {name}"
         lines.append(f"| {label} | {fmt_m(pp['instructions'])} | {fmt_m(tg['instructions'])} | "
-                     f"{fmt_m(pp['vector_instructions'])} | {fmt_m(tg['vector_instructions'])} | {vs} | "
+                     f"{fmt_m(pp['vector_instructions'])} ({fmt_m(pp['vector_lmul_weighted'])}) | "
+                     f"{fmt_m(tg['vector_instructions'])} ({fmt_m(tg['vector_lmul_weighted'])}) | {vs} | "
                      f"{f'{rss / 2**20:.0f} MiB' if rss else '-'} | "
                      f"{f'{fmt_m(anchor[0])} / {fmt_m(anchor[1])}' if anchor else '-'} |")
     return "\n".join(lines)
@@ -112,6 +119,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench/bundles"))
     ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=32)
+    ap.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="llama.cpp GGUF types")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not gguf.is_checkpoint(args.model):
@@ -119,7 +127,7 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n),
-                **llama_rows(args.model, args.target, args.p, args.n)}
+                **llama_rows(args.model, args.target, args.p, args.n, args.types)}
     except RvdeployError as e:
         sys.exit(f"error: {e}")
     if args.json:

@@ -386,8 +386,9 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
         return report
     if not board:
         raise RvdeployError("--board is required (or --estimate for bounds without a board)")
-    if cost and not board.startswith("qemu"):
-        raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET]")
+    if cost and board == "local":
+        raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or "
+                            "an emulated board (`rvdeploy sim up`)")
     llama = llama_cpp_side(bundle, board, hf_model, gguf_types, on_stage) if compare == "llama.cpp" else None
     bundles = [bundle]
     if compare == "baseline":

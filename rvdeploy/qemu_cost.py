@@ -6,6 +6,10 @@ No Debian binary of qemu loads plugins, so scripts/build_qemu_plugins.sh builds 
 with --enable-plugins from Debian trixie's qemu source package, once, into the cache; the plugin itself is
 compiled here on first use (gcc, against that source's qemu-plugin.h) and cached by the hash of its source.
 
+Counts: all executed guest instructions, the RVV ones among them, and the RVV ones weighted by the LMUL in
+force (from each vsetvli/vsetivli's immediate; 1/8 for mf8 up to 8 for m8): a vector instruction at LMUL 4
+does the work of four at LMUL 1.
+
 Method: wall time under qemu is no proxy for RVV code (vector instructions are emulated by slow helpers), but
 single-threaded instruction counts repeat to ~0.001 %. Process start-up (module load, parameter reads) is
 large, so per-token figures are differences of whole runs of `generate` (device local-sync):
@@ -96,7 +100,9 @@ def parse_counts(text: str) -> dict:
     if not lines:
         raise RvdeployError("the instruction-counting plugin wrote no counts")
     fields = dict(kv.split("=") for kv in lines[-1].split())  # the last process: the launcher execs the tool
-    return {"instructions": int(fields["insns"]), "vector_instructions": int(fields["vector"])}
+    return {"instructions": int(fields["insns"]), "vector_instructions": int(fields["vector"]),
+            # vector instructions weighted by LMUL (the plugin counts eighths: mf8 = 1/8 ... m8 = 8)
+            "vector_lmul_weighted": int(fields["lmul8"]) / 8, "vsetvl": int(fields["vsetvl"])}
 
 
 def plugin_env(outfile: Path) -> dict:
@@ -116,7 +122,7 @@ def count_program(argv: list[str], cpu: str) -> dict:
 
 def by_difference(c11: dict, cp1: dict, cpn: dict, prompt_tokens: int, gen_tokens: int) -> dict:
     """Per-token figures from counts of (1-token prompt, 1 new), (P, 1 new), (P, N+1 new)."""
-    keys = ("instructions", "vector_instructions")
+    keys = ("instructions", "vector_instructions", "vector_lmul_weighted")
     return {
         "per_prompt_token": {k: (cp1[k] - c11[k]) / (prompt_tokens - 1) for k in keys},
         "per_generated_token": {k: (cpn[k] - cp1[k]) / gen_tokens for k in keys},
@@ -125,8 +131,15 @@ def by_difference(c11: dict, cp1: dict, cpn: dict, prompt_tokens: int, gen_token
     }
 
 
+def require_counting(board) -> None:
+    """Counting needs an emulated board: --board qemu[:TARGET] or one from `rvdeploy sim up` (ssh)."""
+    if not hasattr(board, "count_tool"):
+        raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or "
+                            "an emulated board (`rvdeploy sim up`)")
+
+
 def measure_cost(bundle: Bundle, board: str, prompt_tokens: int, gen_tokens: int) -> dict:
-    """Per-token instruction counts of a riscv64 bundle's `generate` under the plugin qemu (one thread)."""
+    """Per-token instruction counts of a riscv64 bundle's `generate` on an emulated board (one thread)."""
     from .boards import get_board
     from .runtime import generate_args
 
@@ -139,18 +152,14 @@ def measure_cost(bundle: Bundle, board: str, prompt_tokens: int, gen_tokens: int
                             hint=BUILD_HINT)
     if prompt_tokens < 2:
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
-    qemu = str(plugin_qemu())
     vocab = m["model"]["graph"].get("vocab_size") or 2
     ids = [1 + i % (vocab - 1) for i in range(prompt_tokens)]
     counts = {}
-    with get_board(board) as b, tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
-        if not hasattr(b, "run_tool") or not board.startswith("qemu"):
-            raise RvdeployError("--cost runs on --board qemu[:TARGET]")
+    with get_board(board) as b:
+        require_counting(b)
         for key, prompt, new in (("11", ids[:1], 1), ("p1", ids, 1), ("pn", ids, gen_tokens + 1)):
-            outfile = Path(tmp) / f"{key}.txt"
-            b.run_tool(bundle, "iree-run-module", generate_args("model.vmfb", "model.irpa", prompt, new),
-                       qemu=qemu, env=plugin_env(outfile))
-            counts[key] = parse_counts(outfile.read_text())
+            counts[key] = b.count_tool(bundle, "iree-run-module",
+                                       generate_args("model.vmfb", "model.irpa", prompt, new))
     result = by_difference(counts["11"], counts["p1"], counts["pn"], prompt_tokens, gen_tokens)
-    result["qemu_cpu"] = b._cpu(bundle)
+    result["board"] = board
     return result

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from . import sshd
 from .boards.qemu import checked_qemu, qemu_version, MIN_VERSION, UPGRADE_HINT
+from .boards.ssh import COUNT_KIT
 from .errors import RvdeployError
 from .paths import cache_dir, state_dir
 from .targets import get_target
@@ -170,6 +171,53 @@ def ensure_userland(directory: Path, on_step: Step = _noop) -> Path:
     return directory
 
 
+def _shared_libraries(exe: Path) -> tuple[list[Path], Path | None]:
+    """(libraries, dynamic loader) that `ldd` resolves for an x86-64 executable or library here."""
+    out = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    libs, loader = [], None
+    for line in out.splitlines():
+        m = re.search(r"=>\s*(/\S+)", line)
+        if m:
+            libs.append(Path(m.group(1)))
+        elif line.strip().startswith("/"):
+            loader = Path(line.split()[0])
+    return libs, loader
+
+
+def install_count_kit(userland: Path) -> bool:
+    """Put the plugin-capable qemu (this machine's executable with its shared libraries and loader) and the
+    counting plugin into the userland at COUNT_KIT, so that `bench --cost` counts on this board over ssh:
+    the board's shell starts them like any program (the kernel runs the x86-64 loader natively inside the
+    chroot). False when no plugin qemu has been built (scripts/build_qemu_plugins.sh)."""
+    from .qemu_cost import plugin_library, plugin_qemu
+
+    try:
+        qemu, plugin = plugin_qemu(), plugin_library()
+    except RvdeployError:
+        return False
+    kit = userland / COUNT_KIT.lstrip("/")
+    tmp = kit.with_name(kit.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "lib").mkdir(parents=True)
+    libs, loader = _shared_libraries(qemu)
+    libs += _shared_libraries(plugin)[0]
+    if loader is None:
+        raise RvdeployError(f"ldd found no dynamic loader for {qemu}")
+    for lib in libs:
+        shutil.copyfile(lib, tmp / "lib" / lib.name)
+    shutil.copyfile(loader, tmp / "ld.so")
+    shutil.copyfile(qemu, tmp / "qemu-riscv64.bin")
+    shutil.copyfile(plugin, tmp / "libinsncount.so")
+    (tmp / "qemu-riscv64").write_text(
+        f'#!/bin/sh\n# rvdeploy sim: the counting qemu-riscv64 (x86-64, run by its own loader)\n'
+        f'k={COUNT_KIT}\nexec "$k/ld.so" --library-path "$k/lib" "$k/qemu-riscv64.bin" "$@"\n')
+    for f in (tmp / "ld.so", tmp / "qemu-riscv64.bin", tmp / "qemu-riscv64"):
+        f.chmod(0o755)
+    shutil.rmtree(kit, ignore_errors=True)
+    os.replace(tmp, kit)
+    return True
+
+
 def session_script(userland: Path, qemu_cpu: str) -> str:
     """sshd's ForceCommand: run the session's command (or a login shell) inside the riscv64 userland, with
     qemu's CPU set through the environment (binfmt_misc starts qemu-riscv64, which reads QEMU_CPU)."""
@@ -209,10 +257,11 @@ def up(vlen: int = 256, cpu: str | None = None, directory: Path | None = None, n
     on_step("binfmt_misc")
     registered = ensure_binfmt()
     userland = ensure_userland(Path(directory) if directory else default_userland(), on_step)
+    counting = install_count_kit(userland)
     on_step("sshd")
     server = sshd.start(state, session_script(userland, qemu_cpu), alias=name)
     info = {**server.to_dict(), "qemu_cpu": qemu_cpu, "vlen": vlen, "userland": str(userland),
-            "binfmt_registered": registered}
+            "binfmt_registered": registered, "counting": counting}
     (state / "sim.json").write_text(json.dumps(info, indent=2) + "\n")
     return _sim(name, info, server)
 

@@ -120,14 +120,21 @@ def test_plugin_counts_a_known_loop_exactly():
     # the loop is vadd.vv; addi; bnez: exactly 3 instructions, 1 of them vector, per iteration
     assert b["instructions"] - a["instructions"] == 3 * 2000
     assert b["vector_instructions"] - a["vector_instructions"] == 2000
+    assert b["vector_lmul_weighted"] - a["vector_lmul_weighted"] == 2000  # LMUL 1
     assert qemu_cost.count_program([str(exe), "1000"], cpu) == a  # single-threaded: repeatable
+    # the same loop at LMUL 4: the vsetivli sits before the loop block, so the weight is read at run time
+    a4 = qemu_cost.count_program([str(exe), "1000", "m4"], cpu)
+    b4 = qemu_cost.count_program([str(exe), "3000", "m4"], cpu)
+    assert b4["vector_instructions"] - a4["vector_instructions"] == 2000
+    assert b4["vector_lmul_weighted"] - a4["vector_lmul_weighted"] == 4 * 2000
+    assert a4["vsetvl"] == 0
 
 
 def test_by_difference():
-    c = lambda i, v: {"instructions": i, "vector_instructions": v}
+    c = lambda i, v: {"instructions": i, "vector_instructions": v, "vector_lmul_weighted": 2 * v}
     got = qemu_cost.by_difference(c(100, 10), c(730, 73), c(3930, 393), 64, 32)
-    assert got["per_prompt_token"] == {"instructions": 10, "vector_instructions": 1}
-    assert got["per_generated_token"] == {"instructions": 100, "vector_instructions": 10}
+    assert got["per_prompt_token"] == {"instructions": 10, "vector_instructions": 1, "vector_lmul_weighted": 2}
+    assert got["per_generated_token"] == {"instructions": 100, "vector_instructions": 10, "vector_lmul_weighted": 20}
 
 
 @pytest.mark.slow

@@ -163,6 +163,8 @@ def test_cost_of_llama_cpp_per_token(tiny_k1, tools):
         # every MAC is executed, at most lanes x LMUL 8 per vector instruction: a floor no miscount passes
         assert c[phase]["vector_instructions"] > macs / lanes / 8
         assert c[phase]["instructions"] > c[phase]["vector_instructions"] > 0
+        # ggml's f32 dot products run at LMUL > 1 (lmul-weighted counts are in m1 units: 1/8 <= LMUL <= 8)
+        assert c[phase]["vector_instructions"] / 8 <= c[phase]["vector_lmul_weighted"] <= 8 * c[phase]["vector_instructions"]
     assert c["peak_rss_bytes"] > 1 << 20
     again = json.loads(rvdeploy(*args).stdout)["cost"]["llama.cpp F32"]
     for phase in ("per_prompt_token", "per_generated_token"):

@@ -126,9 +126,31 @@ def test_llama_cpp_on_the_emulated_ssh_board(boards, built):
     assert [(r["pipeline"], r["test"]) for r in doc["results"]] == [("llama.cpp Q8_0", "pp8"), ("llama.cpp Q8_0", "tg4")]
     for r in doc["results"]:
         assert r["t/s"] > 0 and len(r["samples"]) == 2 and r["peak_rss_bytes"] is None  # measured elsewhere
-    # instruction counting is emulation here, not over ssh
-    one_line_error(rvdeploy("bench", str(bundle.path), "--board", b["name"], "--compare", "llama.cpp", "--cost",
-                            env=b["env"]), "--cost", "--board qemu")
+
+
+def test_cost_on_the_emulated_ssh_board_matches_the_qemu_board(boards, built):
+    """`sim up` puts the counting qemu on the board; --cost over ssh then counts the same program on the same
+    CPU as --board qemu does here: identical vector counts (scalar ones vary by ~0.1 % run to run)."""
+    from rvdeploy import qemu_cost
+
+    try:
+        qemu_cost.plugin_qemu()
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(str(exc))
+    bundle = built(str(TINY_HF), "spacemit-k1")
+    b = boards["k1"]
+    args = ("bench", str(bundle.path), "--compare", "llama.cpp", "--cost", "-p", "9", "-n", "8", "--json")
+    over_ssh = rvdeploy(*args, "--board", b["name"], env=b["env"])
+    assert over_ssh.returncode == 0, over_ssh.stderr
+    here = rvdeploy(*args, "--board", "qemu:spacemit-k1")
+    assert here.returncode == 0, here.stderr
+    a = json.loads(over_ssh.stdout)["cost"]["llama.cpp F32"]
+    c = json.loads(here.stdout)["cost"]["llama.cpp F32"]
+    assert a["board"] == "simk1" and c["board"] == "qemu:spacemit-k1"
+    for phase in ("per_prompt_token", "per_generated_token"):
+        assert a[phase]["vector_instructions"] == c[phase]["vector_instructions"] > 0
+        assert a[phase]["vector_lmul_weighted"] == c[phase]["vector_lmul_weighted"]
+        assert a[phase]["instructions"] == pytest.approx(c[phase]["instructions"], rel=0.1)
 
 
 def test_qemu_board(built, runtime_dir):

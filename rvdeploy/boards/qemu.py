@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,6 +99,25 @@ class QemuBoard:
         run = run_measured([qemu or checked_qemu(), str(exe), *map(str, args)], env=full_env)
         raise_for(self.name, run.returncode, run.stderr, tool=exe.name)
         return run
+
+    # ---- executed-instruction counts (bench --cost): the plugin-capable qemu built by the set-up ----------
+    def count_program(self, exe: Path, args: list[str | Path], *, cpu: str) -> tuple[dict, ProgramRun]:
+        """Counts (rvdeploy.qemu_cost.parse_counts) of one run of a static riscv64 program, and the run."""
+        from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
+
+        with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
+            outfile = Path(tmp) / "counts.txt"
+            run = self.run_program(exe, args, cpu=cpu, qemu=str(plugin_qemu()), env=plugin_env(outfile))
+            return parse_counts(outfile.read_text()), run
+
+    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> dict:
+        """Counts of one run of a bundle's IREE tool through its launcher (the tool's process: the last one)."""
+        from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
+
+        with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
+            outfile = Path(tmp) / "counts.txt"
+            self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile))
+            return parse_counts(outfile.read_text())
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)

@@ -35,6 +35,8 @@ from .local import GenerateResult
 from .program import ProgramRun
 
 CONNECT_TIMEOUT = 10  # seconds
+COUNT_KIT = "/opt/rvdeploy-count"  # an emulated board's counting qemu (rvdeploy.sim.install_count_kit)
+COUNTS_MARK = "--rvdeploy-counts--"
 CACHE = '"$HOME"/.cache/rvdeploy'  # expanded by the board's shell
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:%]+$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -184,23 +186,51 @@ class SshBoard:
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle, tool=tool)
         return proc.stdout
 
-    def run_program(self, exe: Path, args: list[str | Path], *, cpu: str = "", qemu: str | None = None,
-                    env: dict | None = None) -> ProgramRun:
-        """Run a program that is not a bundle's (llama.cpp's tools) on the board: EXE and every Path argument
-        go to the board's blob cache first and are named by their blob path. `cpu` (a qemu -cpu string) does
-        not apply to a real board; `qemu` and `env` are for emulation here and are refused."""
-        if qemu is not None or env:
-            raise RvdeployError(f"board {self.name}: instruction counting runs under qemu on this machine",
-                                hint="use --board qemu[:TARGET] for --cost")
+    def _program_command(self, exe: Path, args: list[str | Path], prefix: str = "") -> str:
+        """Upload EXE and every Path argument to the blob cache; the shell command that runs EXE there
+        (after PREFIX, a shell word or nothing)."""
         files = {"exe": exe, **{f"arg{i}": a for i, a in enumerate(args) if isinstance(a, Path)}}
         hashes = self.upload(files)
         words = ['"$b"/' + shlex.quote(hashes[f"arg{i}"]) if isinstance(a, Path) else shlex.quote(a)
                  for i, a in enumerate(args)]
-        script = (f'b={CACHE}/blobs; chmod 755 "$b"/{shlex.quote(hashes["exe"])} && '
-                  f'"$b"/{shlex.quote(hashes["exe"])} {" ".join(words)}')
-        proc = self.sh(script)
+        exe_blob = f'"$b"/{shlex.quote(hashes["exe"])}'
+        return f'b={CACHE}/blobs; chmod 755 {exe_blob} || exit 1; {prefix}{exe_blob} {" ".join(words)}'
+
+    def run_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> ProgramRun:
+        """Run a program that is not a bundle's (llama.cpp's tools) on the board: EXE and every Path argument
+        go to the board's blob cache first and are named by their blob path. `cpu` (a qemu -cpu string) does
+        not apply to a board."""
+        proc = self.sh(self._program_command(exe, args))
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, tool=exe.name)
         return ProgramRun(proc.stdout, proc.stderr, proc.returncode, None)
+
+    # ---- executed-instruction counts (bench --cost), on an emulated board only -----------------------------
+    def _counted(self, command: str, what: str) -> dict:
+        """Run COMMAND on the board under its counting qemu (COUNT_KIT, installed by `rvdeploy sim up`) and
+        return the counts of its last process."""
+        from ..qemu_cost import parse_counts
+
+        proc = self.sh(f"test -x {COUNT_KIT}/qemu-riscv64")
+        if proc.returncode != 0:
+            raise RvdeployError(f"board {self.name} cannot count instructions: only an emulated board from "
+                                "`rvdeploy sim up` carries the counting qemu",
+                                hint="use --board qemu[:TARGET] (or build the plugin qemu with "
+                                     "scripts/build_qemu_plugins.sh and restart the emulated board)")
+        script = (f't=$(mktemp) || exit 1; export RVDEPLOY_RUN_PREFIX={COUNT_KIT}/qemu-riscv64 '
+                  f'QEMU_PLUGIN="{COUNT_KIT}/libinsncount.so,outfile=$t"; ( {command} ) >/dev/null; rc=$?; '
+                  f'echo {COUNTS_MARK}; cat "$t"; rm -f "$t"; exit $rc')
+        proc = self.sh(script)
+        raise_for(f"board {self.name}", proc.returncode, proc.stderr, tool=what)
+        return parse_counts(proc.stdout.split(COUNTS_MARK, 1)[-1])
+
+    def count_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> tuple[dict, ProgramRun]:
+        # the program itself runs under the counting qemu, not the shell around it
+        command = self._program_command(exe, args, prefix='"$RVDEPLOY_RUN_PREFIX" ')
+        return self._counted(command, exe.name), ProgramRun("", "", 0, None)
+
+    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> dict:
+        require_launcher(bundle)
+        return self._counted(self._materialize(bundle) + shlex.join(tool_command(tool, args)), tool)
 
     def check(self, bundle: Bundle) -> str:
         """Upload and run only the launcher's checks (hashes, ISA, VLEN)."""

@@ -99,9 +99,11 @@ def _print(report: BenchReport) -> None:
                                 ("per_generated_token", f"tg{report.gen_tokens}")):
                 ratio = report.cost_ratios.get(phase, {}).get(pipe)
                 rows.append((pipe, test, f"{c[phase]['instructions']:,.0f}", f"{c[phase]['vector_instructions']:,.0f}",
-                             f"{ratio:.2f}x" if ratio else "", _rss(c.get("peak_rss_bytes"))))
+                             f"{c[phase]['vector_lmul_weighted']:,.0f}", f"{ratio:.2f}x" if ratio else "",
+                             _rss(c.get("peak_rss_bytes"))))
         print_table("executed guest instructions per token (qemu, one thread, by difference)",
-                    ["backend", "test", "instructions", "vector instructions", f"{main} / this", "peak RSS"], rows)
+                    ["backend", "test", "instructions", "vector", "vector x LMUL", f"{main} / this", "peak RSS"],
+                    rows)
 
 
 def _rss(n: int | None) -> str:

@@ -13,12 +13,11 @@ llama.cpp's own defaults stay (f16 KV cache, its thread pool, weight repacking):
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 from ..bench import Measurement
 from ..errors import RvdeployError
-from ..qemu_cost import by_difference, parse_counts, plugin_env, plugin_qemu
+from ..qemu_cost import by_difference, require_counting
 
 TOOL = "llama-bench"
 
@@ -77,20 +76,18 @@ def measure(board, tools: Path, gguf: Path, gguf_type: str, cpu: str, prompt_tok
 
 
 def measure_cost(board, tools: Path, gguf: Path, cpu: str, prompt_tokens: int, gen_tokens: int) -> dict:
-    """Per-token instruction counts of llama.cpp under the plugin qemu (one thread), with each run's peak RSS."""
+    """Per-token instruction counts of llama.cpp on an emulated board (one thread), with the peak RSS of the
+    runs where this machine sees them."""
+    require_counting(board)
     if prompt_tokens < 2:
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
-    qemu = str(plugin_qemu())
     runs = {"11": ("pp", 1, 0), "p1": ("pp", prompt_tokens, 0), "pn": ("tg", prompt_tokens, gen_tokens + 1),
             "p1g": ("tg", prompt_tokens, 1)}
     counts, peaks = {}, {}
-    with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
-        for key, (test, p, n) in runs.items():
-            outfile = Path(tmp) / f"{key}.txt"
-            run = board.run_program(tools / TOOL, bench_args(gguf, test, p, n, 1, 1, warmup=False), cpu=cpu,
-                                    qemu=qemu, env=plugin_env(outfile))
-            counts[key] = parse_counts(outfile.read_text())
-            peaks[key] = run.peak_rss_bytes
+    for key, (test, p, n) in runs.items():
+        counts[key], run = board.count_program(tools / TOOL, bench_args(gguf, test, p, n, 1, 1, warmup=False),
+                                               cpu=cpu)
+        peaks[key] = run.peak_rss_bytes
     # prompt side: -p P vs -p 1; generation side: N+1 vs 1 generated tokens after the same depth-P context
     result = by_difference(counts["11"], counts["p1"], counts["pn"], prompt_tokens, gen_tokens)
     gen = by_difference(counts["11"], counts["p1g"], counts["pn"], prompt_tokens, gen_tokens)
@@ -99,5 +96,5 @@ def measure_cost(board, tools: Path, gguf: Path, cpu: str, prompt_tokens: int, g
                       f"depth{prompt_tokens}_gen1": counts["p1g"],
                       f"depth{prompt_tokens}_gen{gen_tokens + 1}": counts["pn"]}
     result["peak_rss_bytes"] = max((v for v in peaks.values() if v), default=None)
-    result["qemu_cpu"] = cpu
+    result["board"] = board.name
     return result
