@@ -1,6 +1,7 @@
 """rvdeploy bench: prompt processing (ppP) and text generation (tgN) speed of a bundle on a board, next to the
-baseline pipeline; upper bounds from a target's published figures (estimate); executed guest instructions
-under emulation (cost, rvdeploy.qemu_cost). Everything here returns values and prints nothing.
+baseline pipeline or llama.cpp (rvdeploy.peers); upper bounds from a target's published figures (estimate);
+executed guest instructions under emulation (cost, rvdeploy.qemu_cost). Everything here returns values and
+prints nothing.
 
 Timing uses the bundle's own `iree-benchmark-module` on the board (through the same board plumbing as
 `run`), one process per phase:
@@ -322,41 +323,6 @@ def cost_ratios(cost: dict, main: str) -> dict:
     return out
 
 
-@dataclass
-class LlamaCppSide:
-    """What --compare llama.cpp runs: the tools built for the board's ISA and one GGUF per type."""
-    tools: Path
-    ggufs: dict[str, Path]  # gguf type -> file
-    target: str
-    cpu: str  # the qemu -cpu string the tools run with under emulation
-
-
-def _board_target(bundle: Bundle, board: str) -> tuple[str, str]:
-    """(target name, qemu cpu) the board stands for: qemu:TARGET's, else the bundle's."""
-    if board.startswith("qemu:"):
-        t = get_target(board.partition(":")[2])
-        return t.name, t.qemu_cpu
-    return bundle.manifest["target"]["name"], bundle.manifest["target"].get("qemu_cpu", "")
-
-
-def llama_cpp_side(bundle: Bundle, board: str, hf_model: str | None, gguf_types: list[str] | None,
-                   step=None) -> LlamaCppSide:
-    """Build llama.cpp for the board's ISA (once) and convert the bundle's weights to the GGUF types (the
-    matching one by default)."""
-    from .peers import gguf, llamacpp_build
-
-    step = step or (lambda _: None)
-    if board == "local":
-        raise RvdeployError("--compare llama.cpp runs on riscv64 boards: --board qemu[:TARGET] or an ssh board")
-    target_name, cpu = _board_target(bundle, board)
-    target = get_target(target_name)
-    types = [gguf.check_type(t) for t in gguf_types] if gguf_types else [gguf.matching_type(bundle)]
-    checkpoint = gguf.hf_checkpoint(bundle, hf_model)  # first: an ONNX-only model stops here, before any build
-    tools = llamacpp_build.build(target, step)
-    files = {t: gguf.convert(checkpoint, t, target, step) for t in dict.fromkeys(types)}
-    return LlamaCppSide(tools, files, target.name, cpu)
-
-
 def iree_runnable(bundle: Bundle) -> str | None:
     """None when the bundle can run on a board of its architecture; else why not (a riscv64 bundle without
     an IREE runtime: none exists on any package registry, the user supplies one)."""
@@ -389,20 +355,24 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
     if cost and board == "local":
         raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or "
                             "an emulated board (`rvdeploy sim up`)")
-    llama = llama_cpp_side(bundle, board, hf_model, gguf_types, on_stage) if compare == "llama.cpp" else None
+    llama = None
+    if compare == "llama.cpp":
+        from .peers.llamacpp import prepare
+
+        llama = prepare(bundle, board, hf_model, gguf_types, on_stage)
     bundles = [bundle]
+    why_not = iree_runnable(bundle)
+    if why_not:  # a riscv64 bundle without a runtime: only llama.cpp's rows can be measured
+        if llama is None:
+            raise RvdeployError(why_not.removeprefix("IREE rows skipped: "))
+        report.notes.append(why_not)
+        bundles = []
     if compare == "baseline":
         other, built_now = baseline_bundle(bundle, baseline, on_stage)
         if built_now:
             report.notes.append(f"built the baseline bundle {other.path}")
         bundles.append(other)
         report.bundles.append(bundle_label(other))
-    why_not = iree_runnable(bundle)
-    if why_not:
-        if llama is None:
-            raise RvdeployError(why_not.removeprefix("IREE rows skipped: "))
-        report.notes.append(why_not)
-        bundles = []
     main = bundle.manifest["pipeline"]["name"]
     if cost:
         from .peers import llamabench

@@ -214,8 +214,8 @@ class SshBoard:
         if proc.returncode != 0:
             raise RvdeployError(f"board {self.name} cannot count instructions: only an emulated board from "
                                 "`rvdeploy sim up` carries the counting qemu",
-                                hint="use --board qemu[:TARGET] (or build the plugin qemu with "
-                                     "scripts/build_qemu_plugins.sh and restart the emulated board)")
+                                hint="use --board qemu[:TARGET]; `rvdeploy sim up` installs it when the plugin "
+                                     "qemu is built (scripts/build_qemu_plugins.sh)")
         script = (f't=$(mktemp) || exit 1; export RVDEPLOY_RUN_PREFIX={COUNT_KIT}/qemu-riscv64 '
                   f'QEMU_PLUGIN="{COUNT_KIT}/libinsncount.so,outfile=$t"; ( {command} ) >/dev/null; rc=$?; '
                   f'echo {COUNTS_MARK}; cat "$t"; rm -f "$t"; exit $rc')

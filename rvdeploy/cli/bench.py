@@ -81,8 +81,10 @@ def _print(report: BenchReport) -> None:
         for test, by in report.ratios.items():
             for other, ratio in by.items():
                 out.print(f"{test}: {main} / {other} = {ratio:.2f}x (t/s)")
-        out.print(f"[dim]board {report.board}, {report.reps} repetitions; tg = one decode step after "
-                  f"{report.prompt_tokens} tokens[/dim]")
+        tg = f"IREE: one decode step after {report.prompt_tokens} tokens"
+        if any(r.pipeline.startswith("llama.cpp") for r in report.results):
+            tg += f"; llama.cpp: {report.gen_tokens} tokens after {report.prompt_tokens} (-d {report.prompt_tokens})"
+        out.print(f"[dim]board {report.board}, {report.reps} repetitions; tg = {tg}[/dim]")
     if report.estimate:
         e = report.estimate
         peak = next(k for k in e if k.startswith("peak_gflops"))

@@ -1,0 +1,38 @@
+"""The llama.cpp side of `rvdeploy bench --compare llama.cpp`: llama.cpp's tools built for the ISA of the
+board (once), and the bundle's weights as GGUF in the requested types (the bundle's precision by default)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..bundle import Bundle
+from ..errors import RvdeployError
+from ..targets import Target, get_target
+from . import gguf, llamacpp_build
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    tools: Path  # llama-bench, llama-quantize, llama-completion
+    ggufs: dict[str, Path]  # GGUF type -> file
+    cpu: str  # the qemu -cpu string the tools run with on an emulated board here
+
+
+def board_target(bundle: Bundle, board: str) -> Target:
+    """The target whose ISA the board has: qemu:TARGET's, else the bundle's (a board must match it anyway)."""
+    if board == "local":
+        raise RvdeployError("--compare llama.cpp runs on riscv64 boards: --board qemu[:TARGET] or an ssh board")
+    return get_target(board.partition(":")[2] if board.startswith("qemu:") else bundle.manifest["target"]["name"])
+
+
+def prepare(bundle: Bundle, board: str, hf_model: str | None = None, gguf_types: list[str] | None = None,
+            step: Callable[[str], None] | None = None) -> LlamaCpp:
+    step = step or (lambda _: None)
+    target = board_target(bundle, board)
+    types = [gguf.check_type(t) for t in gguf_types] if gguf_types else [gguf.matching_type(bundle)]
+    checkpoint = gguf.hf_checkpoint(bundle, hf_model)  # first: an ONNX-only model stops here, before any build
+    tools = llamacpp_build.build(target, step)
+    return LlamaCpp(tools, {t: gguf.convert(checkpoint, t, target, step) for t in dict.fromkeys(types)},
+                    target.qemu_cpu)
