@@ -217,12 +217,13 @@ def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32
         raise RvdeployError(f"-r must be at least 1 (got {reps})")
     rows = []
     for entry, test, tokens in (("prefill", f"pp{prompt_tokens}", prompt_tokens), ("decode", f"tg{gen_tokens}", 1)):
-        out = board.run_tool(bundle, TOOL, benchmark_args(bundle.manifest, entry, prompt_tokens, reps, threads,
+        run = board.run_tool(bundle, TOOL, benchmark_args(bundle.manifest, entry, prompt_tokens, reps, threads,
                                                           min_time))
-        seconds = parse_benchmark_json(out)
+        seconds = parse_benchmark_json(run.stdout)
         samples = [tokens / s for s in seconds]
         mean, sd = _stats(samples)
-        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples, seconds))
+        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples, seconds,
+                                peak_rss_bytes=run.peak_rss_bytes))
     return rows
 
 

@@ -154,12 +154,14 @@ def measure_cost(bundle: Bundle, board: str, prompt_tokens: int, gen_tokens: int
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
     vocab = m["model"]["graph"].get("vocab_size") or 2
     ids = [1 + i % (vocab - 1) for i in range(prompt_tokens)]
-    counts = {}
+    counts, peaks = {}, []
     with get_board(board) as b:
         require_counting(b)
         for key, prompt, new in (("11", ids[:1], 1), ("p1", ids, 1), ("pn", ids, gen_tokens + 1)):
-            counts[key] = b.count_tool(bundle, "iree-run-module",
-                                       generate_args("model.vmfb", "model.irpa", prompt, new))
+            counts[key], run = b.count_tool(bundle, "iree-run-module",
+                                            generate_args("model.vmfb", "model.irpa", prompt, new))
+            peaks.append(run.peak_rss_bytes)
     result = by_difference(counts["11"], counts["p1"], counts["pn"], prompt_tokens, gen_tokens)
+    result["peak_rss_bytes"] = max((v for v in peaks if v), default=None)
     result["board"] = board
     return result

@@ -41,6 +41,7 @@ def test_bench_local_both_pipelines_json(pair, tmp_path):
     assert set(got) == {("mmt4d", "pp16"), ("mmt4d", "tg8"), ("baseline", "pp16"), ("baseline", "tg8")}
     for r in got.values():
         assert r["t/s"] > 0 and r["stddev"] >= 0 and len(r["samples"]) == 3
+        assert r["peak_rss_bytes"] > 1 << 20  # iree-benchmark-module's own, not this Python's
     assert set(doc["ratios"]) == {"pp16", "tg8"}
     assert doc["ratios"]["tg8"] == {"baseline": pytest.approx(got[("mmt4d", "tg8")]["t/s"]
                                                               / got[("baseline", "tg8")]["t/s"], rel=1e-2)}

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..runtime import generate_args, parse_generate_output
+from .program import ProgramRun, run_measured
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,15 @@ class LocalBoard:
                 f"host-target bundles on this {platform.machine()} machine",
                 hint="build with --target host, or run it on a board: --board qemu or --board user@host")
 
-    def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> str:
+    def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> ProgramRun:
         """Run an IREE tool (iree-run-module, iree-benchmark-module) with ARGS relative to the bundle
-        directory; returns its stdout."""
+        directory; its output and peak RSS."""
         self.check(bundle)
-        proc = subprocess.run([_host_tool(tool), *args], cwd=bundle.path, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        run = run_measured([_host_tool(tool), *args], cwd=str(bundle.path))
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
             raise RvdeployError(f"{tool} failed on {bundle.path}: {last[:300]}")
-        return proc.stdout
+        return run
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)

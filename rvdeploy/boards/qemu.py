@@ -80,15 +80,16 @@ class QemuBoard:
         require_launcher(bundle)
 
     def run_tool(self, bundle: Bundle, tool: str, args: list[str], *, qemu: str | None = None,
-                 env: dict | None = None) -> str:
+                 env: dict | None = None) -> ProgramRun:
         """Run an IREE tool through the bundle's launcher under qemu (`qemu`: another qemu-riscv64, such as the
-        plugin-capable one of `bench --cost`; `env`: extra environment, e.g. QEMU_PLUGIN); returns stdout."""
+        plugin-capable one of `bench --cost`; `env`: extra environment, e.g. QEMU_PLUGIN); its output and peak
+        RSS (the launcher execs the tool, so that is the tool's under qemu)."""
         self.check(bundle)
         full_env = {**os.environ, "RVDEPLOY_RUN_PREFIX": qemu or checked_qemu(), "QEMU_CPU": self._cpu(bundle),
                     **(env or {})}
-        proc = subprocess.run(tool_command(tool, args), cwd=bundle.path, env=full_env, capture_output=True, text=True)
-        raise_for(self.name, proc.returncode, proc.stderr, bundle, tool=tool)
-        return proc.stdout
+        run = run_measured(tool_command(tool, args), env=full_env, cwd=str(bundle.path))
+        raise_for(self.name, run.returncode, run.stderr, bundle, tool=tool)
+        return run
 
     def run_program(self, exe: Path, args: list[str | Path], *, cpu: str, qemu: str | None = None,
                     env: dict | None = None) -> ProgramRun:
@@ -110,14 +111,14 @@ class QemuBoard:
             run = self.run_program(exe, args, cpu=cpu, qemu=str(plugin_qemu()), env=plugin_env(outfile))
             return parse_counts(outfile.read_text()), run
 
-    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> dict:
+    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> tuple[dict, ProgramRun]:
         """Counts of one run of a bundle's IREE tool through its launcher (the tool's process: the last one)."""
         from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
 
         with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
             outfile = Path(tmp) / "counts.txt"
-            self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile))
-            return parse_counts(outfile.read_text())
+            run = self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile))
+            return parse_counts(outfile.read_text()), run
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)

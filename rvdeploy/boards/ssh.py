@@ -179,12 +179,12 @@ class SshBoard:
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
         return GenerateResult(parse_generate_output(proc.stdout), seconds)
 
-    def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> str:
-        """Run an IREE tool through the bundle's launcher on the board (ARGS relative to the bundle); stdout."""
+    def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> ProgramRun:
+        """Run an IREE tool through the bundle's launcher on the board (ARGS relative to the bundle)."""
         require_launcher(bundle)
         proc = self.sh(self._materialize(bundle) + shlex.join(tool_command(tool, args)))
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle, tool=tool)
-        return proc.stdout
+        return ProgramRun(proc.stdout, proc.stderr, proc.returncode, None)
 
     def _program_command(self, exe: Path, args: list[str | Path], prefix: str = "") -> str:
         """Upload EXE and every Path argument to the blob cache; the shell command that runs EXE there
@@ -228,9 +228,10 @@ class SshBoard:
         command = self._program_command(exe, args, prefix='"$RVDEPLOY_RUN_PREFIX" ')
         return self._counted(command, exe.name), ProgramRun("", "", 0, None)
 
-    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> dict:
+    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> tuple[dict, ProgramRun]:
         require_launcher(bundle)
-        return self._counted(self._materialize(bundle) + shlex.join(tool_command(tool, args)), tool)
+        counts = self._counted(self._materialize(bundle) + shlex.join(tool_command(tool, args)), tool)
+        return counts, ProgramRun("", "", 0, None)
 
     def check(self, bundle: Bundle) -> str:
         """Upload and run only the launcher's checks (hashes, ISA, VLEN)."""
