@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import file_into_place
 from .errors import RvdeployError
 
 SCHEMA_VERSION = 1
@@ -142,23 +143,15 @@ def pack_bundle(bundle_path: Path | str, out: Path | str) -> Path:
     bundle.verify()
     out = Path(out)
     executable = {f["path"] for f in bundle.manifest["files"] if f.get("executable")}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.partial-", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for name in _members(bundle):
-                data = (bundle.path / name).read_bytes()
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0, 0, "", ""
-                info.mode = 0o755 if name in executable else 0o644
-                tar.addfile(info, io.BytesIO(data))
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with file_into_place(out) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name in _members(bundle):
+            data = (bundle.path / name).read_bytes()
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0, 0, "", ""
+            info.mode = 0o755 if name in executable else 0o644
+            tar.addfile(info, io.BytesIO(data))
     return out
 
 

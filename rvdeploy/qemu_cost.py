@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from .atomic import file_into_place
 from .bundle import Bundle
 from .errors import RvdeployError
 from .paths import cache_dir
@@ -57,18 +58,11 @@ def _compile_cached(name: str, source: Path, cmd: list[str], extra_key: bytes = 
     out = cache_dir() / "qemu-plugins" / f"{stem}-{key}{dot}{suffix}"
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{name}-")
-    os.close(fd)
-    try:
-        proc = subprocess.run([*cmd, "-o", tmp, str(source)], capture_output=True, text=True)
+    with file_into_place(out) as tmp:
+        proc = subprocess.run([*cmd, "-o", str(tmp), str(source)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RvdeployError(f"compiling {source.name} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         os.chmod(tmp, 0o755)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

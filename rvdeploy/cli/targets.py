@@ -8,7 +8,7 @@ import typer
 
 from ..targets import get_target, list_targets
 from ._options import Json
-from ._output import out, print_json, print_table
+from ._output import print_json, print_table
 
 
 def targets(

@@ -13,10 +13,10 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import file_into_place
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..paths import cache_dir
@@ -130,26 +130,20 @@ def convert(checkpoint: Path, gguf_type: str, target: Target, step: Step = _noop
     out = gguf_path(checkpoint, gguf_type)
     if out.is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-")
-    os.close(fd)
-    try:
-        if gguf_type in CONVERTED:
-            script, env = llamacpp_build.converter()
-            step(f"converting {checkpoint.name} to GGUF {gguf_type}")
-            _run([sys.executable, str(script), str(checkpoint), "--outfile", tmp, "--outtype", gguf_type],
+    if gguf_type in CONVERTED:
+        script, env = llamacpp_build.converter()
+        step(f"converting {checkpoint.name} to GGUF {gguf_type}")
+        with file_into_place(out) as tmp:
+            _run([sys.executable, str(script), str(checkpoint), "--outfile", str(tmp), "--outtype", gguf_type],
                  f"convert_hf_to_gguf.py {checkpoint} --outtype {gguf_type}", env)
-        else:
-            from ..boards.qemu import checked_qemu
+        return out
+    from ..boards.qemu import checked_qemu
 
-            f32 = convert(checkpoint, "f32", target, step)
-            tools = llamacpp_build.build(target, step)
-            step(f"quantizing {f32.name} to {gguf_type.upper()}")
-            env = {**os.environ, "QEMU_CPU": target.qemu_cpu}
-            _run([checked_qemu(), str(tools / "llama-quantize"), str(f32), tmp, gguf_type.upper()],
-                 f"llama-quantize {f32.name} {gguf_type.upper()}", env)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    f32 = convert(checkpoint, "f32", target, step)
+    tools = llamacpp_build.build(target, step)
+    step(f"quantizing {f32.name} to {gguf_type.upper()}")
+    env = {**os.environ, "QEMU_CPU": target.qemu_cpu}
+    with file_into_place(out) as tmp:
+        _run([checked_qemu(), str(tools / "llama-quantize"), str(f32), str(tmp), gguf_type.upper()],
+             f"llama-quantize {f32.name} {gguf_type.upper()}", env)
     return out

@@ -14,9 +14,9 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
+from ..atomic import file_into_place
 from ..errors import RvdeployError
 from ..paths import cache_dir
 
@@ -45,19 +45,12 @@ def probe_binary() -> Path:
     if out.is_file():
         return out
     clang = _clang()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{NAME}-", dir=out.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run([clang, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+    with file_into_place(out) as tmp:
+        proc = subprocess.run([clang, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RvdeployError(f"cross-compiling the riscv64 probe failed: {last[:300]}", hint=INSTALL_HINT)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, out)  # atomic: a concurrent build leaves one complete file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 
