@@ -17,10 +17,11 @@ from ._output import err, out, print_json, print_table, stage_progress
 def bench(
     bundle: BundleArg,
     board: Annotated[Optional[str], typer.Option("--board", "-b", help="Where to measure: local, qemu[:TARGET], "
-                                                 "[user@]host[:port] (as for `run`).")] = None,
+                                                 "\\[user@]host[:port] (as for `run`).")] = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, help="Prompt length P (ppP).")] = 64,
-    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, help="Generated tokens N (tgN; "
-                                            "timed as one decode step after P tokens).")] = 32,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, help="Generated tokens N (tgN; IREE: "
+                                            "timed as one decode step after P tokens; llama.cpp: N tokens after "
+                                            "P).")] = 32,
     reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions (mean +- stddev over them).")] = 5,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="1: local-sync; T>1: local-task with T "
                                          "worker groups.")] = 1,
@@ -42,8 +43,9 @@ def bench(
                                            "pp/tg from the target's figures (no board).")] = False,
     target: Annotated[Optional[str], typer.Option("--target", help="Target whose figures --estimate uses "
                                                   "(default: the bundle's).")] = None,
-    cost: Annotated[bool, typer.Option("--cost", help="Executed guest instructions per prompt/generated token "
-                                       "under --board qemu (plugin-capable qemu, one thread).")] = False,
+    cost: Annotated[bool, typer.Option("--cost", help="Executed guest instructions (all, vector, vector x LMUL) "
+                                       "per prompt/generated token, one thread, on an emulated board: --board "
+                                       "qemu[:TARGET] or one from `rvdeploy sim up` (plugin-capable qemu).")] = False,
     plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a bar chart (PNG) of the results "
                                                       "(needs matplotlib: the `bench` extra).")] = None,
     min_time: Annotated[Optional[float], typer.Option("--min-time", help="Minimum seconds per repetition "
