@@ -50,6 +50,21 @@ def test_build_options_follow_the_target_isa():
         llamacpp_build.cmake_options(get_target("host"))
 
 
+def test_matching_gguf_type_follows_the_bundle_precision():
+    from types import SimpleNamespace
+
+    def bundle(**model):
+        return SimpleNamespace(manifest={"model": model})
+
+    assert gguf.matching_type(bundle(variant="fp32")) == "f32"
+    assert gguf.matching_type(bundle(variant="fp16")) == "f16"
+    assert gguf.matching_type(bundle(variant="int8")) == "q8_0"  # an int8 ONNX export
+    assert gguf.matching_type(bundle(variant="fp32", quantized={"format": "q4"})) == "q4_0"  # build --quantize q4
+    assert gguf.matching_type(bundle(variant="fp32", quantized={"format": "int8"})) == "q8_0"
+    with pytest.raises(RvdeployError, match="q4f16"):
+        gguf.matching_type(bundle(variant="q4f16"))
+
+
 def test_gguf_type_must_be_known():
     with pytest.raises(RvdeployError, match="q4_k"):
         gguf.check_type("q4_k")

@@ -36,13 +36,15 @@ def _noop(_: str) -> None:
 
 
 def matching_type(bundle: Bundle) -> str:
-    """The GGUF type of the bundle's precision (llamacpp.toml [gguf_types])."""
-    variant = bundle.manifest["model"].get("variant") or "fp32"
+    """The GGUF type of the bundle's precision (llamacpp.toml [gguf_types]): rvdeploy's own quantization
+    (build --quantize) if it has one, else the ONNX variant it was built from."""
+    model = bundle.manifest["model"]
+    precision = (model.get("quantized") or {}).get("format") or model.get("variant") or "fp32"
     types = llamacpp_build.CONFIG["gguf_types"]
-    if variant not in types:
-        raise RvdeployError(f"no GGUF type matches the bundle's variant {variant!r}",
+    if precision not in types:
+        raise RvdeployError(f"no GGUF type matches the bundle's precision {precision!r}",
                             hint=f"pass --gguf-type ({', '.join(GGUF_TYPES)})")
-    return types[variant]
+    return types[precision]
 
 
 def check_type(t: str) -> str:
