@@ -3,7 +3,11 @@
 pipeline and llama.cpp f32 / f16 / Q8_0 / Q4_0, one thread, one table.
 
   python benchmarks/make_llama.py mid /tmp/bench/models/mid        # once: ONNX + HF checkpoint, same weights
-  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--json]
+  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--types T ...] [--json]
+
+The same at the Llama-3.2-1B shape (about 15 minutes for two types; 11 GB of model files, 5 GB peak):
+  python benchmarks/make_llama.py llama-3.2-1b DIR
+  python benchmarks/mid_table.py --model DIR --types f32 q4_0 -p 16 -n 8
 
 Method (rvdeploy.qemu_cost, rvdeploy.peers.llamabench): counts from rvdeploy's TCG plugin in the
 plugin-capable qemu-riscv64 (scripts/build_qemu_plugins.sh), by difference so that start-up cancels:
@@ -15,8 +19,8 @@ llama-cpp-python sdist, on GGUFs converted from the same checkpoint by llama.cpp
 (Q4_0 by llama-quantize). Peak RSS is the qemu process's maximum resident set (emulator included).
 
 No riscv64 IREE runtime exists on any package registry: the IREE rows are measured when one is registered
-(`rvdeploy runtime add DIR`), and say so when not. The goal columns are the issue's targets on a 12M-parameter
-Llama (hidden 512, 4 layers): mmt4d decode <= 0.8x and prefill <= 0.6x llama.cpp f32, never worse than baseline.
+(`rvdeploy runtime add DIR`), and say so when not. The anchor column holds the issue's figures for the model's
+shape (make_llama.json), and the goals line its targets for mmt4d against llama.cpp f32.
 """
 
 from __future__ import annotations
@@ -39,9 +43,15 @@ from rvdeploy.qemu_cost import measure_cost  # noqa: E402
 from rvdeploy.targets import get_target  # noqa: E402
 
 TYPES = ("f32", "f16", "q8_0", "q4_0")
-# the issue's anchors on the 12M model (VLEN 256, one thread): instructions per prompt / generated token
-ANCHORS = {"llama.cpp F32": (1.42e6, 3.28e6), "llama.cpp F16": (1.34e6, 8.94e6), "llama.cpp Q8_0": (4.28e6, 6.02e6),
-           "llama.cpp Q4_0": (2.52e6, 4.39e6)}
+# The issue's anchors (VLEN 256, one thread; instructions per prompt / generated token), by make_llama shape:
+# "mid" stands for its 12M-parameter model (hidden 512, 4 layers), "llama-3.2-1b" for the 1B shape. The IREE
+# baseline anchors are upstream IREE without data tiling (static decode graph). GOALS: mmt4d / llama.cpp f32.
+ANCHORS = {
+    "mid": {"llama.cpp F32": (1.42e6, 3.28e6), "llama.cpp F16": (1.34e6, 8.94e6),
+            "llama.cpp Q8_0": (4.28e6, 6.02e6), "llama.cpp Q4_0": (2.52e6, 4.39e6), "baseline": (1.40e6, 3.67e6)},
+    "llama-3.2-1b": {"llama.cpp F32": (106e6, 220e6), "baseline": (151e6, 137e6)},
+}
+GOALS = {"mid": (0.6, 0.8), "llama-3.2-1b": (0.75, 0.5)}
 
 
 def log(msg: str) -> None:
@@ -53,7 +63,8 @@ def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
 
     rows = {}
     if for_arch("riscv64") is None:  # nothing to run the bundles with: do not build them just to skip them
-        return {pipeline: {"skipped": f"no riscv64 IREE runtime registered ({BUILD_HINT})"}
+        log(f"no riscv64 IREE runtime registered: {BUILD_HINT}")
+        return {pipeline: {"skipped": "no riscv64 IREE runtime registered (`rvdeploy runtime add DIR`)"}
                 for pipeline in ("mmt4d", "baseline")}
     for pipeline in ("mmt4d", "baseline"):
         log(f"building the {pipeline} bundle")
@@ -85,27 +96,29 @@ def fmt_m(x: float | None) -> str:
     return f"{x / 1e6:.2f}M" if x is not None else "-"
 
 
-def table(rows: dict) -> str:
+def table(rows: dict, shape: str | None) -> str:
     ref = rows.get("llama.cpp F32")
+    anchors = ANCHORS.get(shape, {})
     lines = ["| backend | prefill instr/token | decode instr/token | prefill vector (x LMUL) | "
              "decode vector (x LMUL) | vs llama.cpp f32 (prefill / decode) | peak RSS | issue's anchor "
              "(prefill / decode) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, c in rows.items():
+        anchor = anchors.get(name)
+        anchor_text = f"{fmt_m(anchor[0])} / {fmt_m(anchor[1])}" if anchor else "-"
         if "skipped" in c:
-            lines.append(f"| IREE {name} | not measured: {c['skipped']} | | | | | | |")
+            lines.append(f"| IREE {name} | not measured: {c['skipped']} | | | | | | {anchor_text} |")
             continue
         pp, tg = c["per_prompt_token"], c["per_generated_token"]
         vs = (f"{pp['instructions'] / ref['per_prompt_token']['instructions']:.2f}x / "
               f"{tg['instructions'] / ref['per_generated_token']['instructions']:.2f}x") if ref else "-"
-        anchor = ANCHORS.get(name)
         rss = c.get("peak_rss_bytes")
         label = name if name.startswith("llama.cpp") else f"IREE {name}"
         lines.append(f"| {label} | {fmt_m(pp['instructions'])} | {fmt_m(tg['instructions'])} | "
                      f"{fmt_m(pp['vector_instructions'])} ({fmt_m(pp['vector_lmul_weighted'])}) | "
                      f"{fmt_m(tg['vector_instructions'])} ({fmt_m(tg['vector_lmul_weighted'])}) | {vs} | "
                      f"{f'{rss / 2**20:.0f} MiB' if rss else '-'} | "
-                     f"{f'{fmt_m(anchor[0])} / {fmt_m(anchor[1])}' if anchor else '-'} |")
+                     f"{anchor_text} |")
     return "\n".join(lines)
 
 
@@ -124,6 +137,10 @@ def main() -> None:
     args = ap.parse_args()
     if not gguf.is_checkpoint(args.model):
         sys.exit(f"{args.model}: no model.safetensors + config.json: run benchmarks/make_llama.py mid {args.model}")
+    try:
+        shape = json.loads((args.model / "make_llama.json").read_text()).get("shape")
+    except (OSError, json.JSONDecodeError):
+        shape = None  # not from make_llama.py: no anchors to show
     t0 = time.perf_counter()
     try:
         rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n),
@@ -136,7 +153,10 @@ def main() -> None:
         return
     print(f"{args.model.name}: {args.target}, one thread, P={args.p}, N={args.n} "
           f"(executed guest instructions per token, by difference; {time.perf_counter() - t0:.0f} s)")
-    print(table(rows))
+    print(table(rows, shape))
+    if shape in GOALS:
+        pp, tg = GOALS[shape]
+        print(f"\ngoals ({shape}): mmt4d prefill <= {pp}x and decode <= {tg}x llama.cpp f32; never above baseline")
 
 
 if __name__ == "__main__":
