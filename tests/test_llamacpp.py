@@ -80,6 +80,45 @@ def test_onnx_only_model_asks_for_hf_weights(built):
     one_line_error(proc, "--hf-model", "no config.json and *.safetensors")
 
 
+@pytest.mark.slow
+def test_hf_checkpoint_from_the_same_hub_repo(tmp_path, monkeypatch):
+    """A bundle built from a hub repo finds the checkpoint in the same repo through huggingface_hub (a local
+    cache in the hub's layout, offline); an onnx-community style repo (ONNX only) is refused saying so."""
+    from hubcache_repo import add_snapshot, files_from_dir
+    from rvdeploy import api
+
+    cache = tmp_path / "hub"
+    files = files_from_dir(TINY_HF)
+    files["onnx/model.onnx"] = files.pop("model.onnx")  # the onnx-community layout, plus the checkpoint
+    add_snapshot(cache, "rvd-test/tiny-hf", files)
+    add_snapshot(cache, "rvd-test/tiny-onnx-only", {k: v for k, v in files.items() if not k.endswith(".safetensors")})
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with_weights = api.build("rvd-test/tiny-hf", out=tmp_path / "a", target="host", pipeline="baseline").bundle
+    found = gguf.hf_checkpoint(with_weights)
+    assert (found / "model.safetensors").read_bytes() == (TINY_HF / "model.safetensors").read_bytes()
+    assert found.parent.parent.name == "models--rvd-test--tiny-hf"  # the snapshot, not a copy
+    onnx_only = api.build("rvd-test/tiny-onnx-only", out=tmp_path / "b", target="host", pipeline="baseline").bundle
+    with pytest.raises(RvdeployError, match="rvd-test/tiny-onnx-only is an ONNX-only model"):
+        gguf.hf_checkpoint(onnx_only)
+
+
+@pytest.mark.slow
+def test_model_dir_given_relative_and_looked_up_elsewhere(tmp_path):
+    import subprocess
+    import sys
+
+    root = TINY_HF.parents[2]
+    out = tmp_path / "rel"
+    build = subprocess.run([sys.executable, "-m", "rvdeploy", "build", "--model", "tests/fixtures/tiny-hf", "--target",
+                            "rv64gcv-vlen256", "--pipeline", "baseline", "-o", str(out)], cwd=root,
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    elsewhere = subprocess.run([sys.executable, "-m", "rvdeploy", "bench", str(out), "--board", "qemu", "--compare",
+                                "llama.cpp"], cwd=tmp_path, capture_output=True, text=True)
+    one_line_error(elsewhere, "tests/fixtures/tiny-hf, the model", "is not here", "--hf-model DIR")
+
+
 # ---- the real thing: build, convert, run under qemu ------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -59,10 +59,17 @@ def is_checkpoint(d: Path) -> bool:
 
 
 def _from_hub(repo: str, revision: str | None) -> Path | None:
+    """The repo's checkpoint files through huggingface_hub (its cache, offline mode and endpoint as the
+    environment says now, as for `build`); None when there are none."""
     from huggingface_hub import snapshot_download
 
+    from ..source import hub_cache_dir, hub_offline
+
+    offline = hub_offline()
     try:
-        folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=HF_PATTERNS))
+        folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=HF_PATTERNS,
+                                        cache_dir=hub_cache_dir(), local_files_only=offline,
+                                        endpoint=os.environ.get("HF_ENDPOINT", "").rstrip("/") or None))
     except Exception:  # noqa: BLE001 - not cached offline, no such repo, no network: the caller says what to do
         return None
     return folder if is_checkpoint(folder) else None
@@ -84,14 +91,15 @@ def hf_checkpoint(bundle: Bundle, spec: str | None = None) -> Path:
                                 "with config.json and *.safetensors", hint="download it, or pass its directory")
         return found
     source, model_id = model.get("source"), model.get("id", "")
-    candidates: list[Path] = []
     if source in ("dir", "file"):
-        p = Path(model_id)
+        p = Path(model_id)  # as given to `build` (relative paths are relative to where it ran)
+        if not p.exists():
+            raise RvdeployError(f"{model_id}, the model {bundle.path} was built from, is not here: --compare llama.cpp "
+                                "needs its Hugging Face weights", hint="pass --hf-model DIR")
         base = p if source == "dir" else p.parent
-        candidates = [base, base.parent]
-    for c in candidates:
-        if is_checkpoint(c):
-            return c
+        for c in (base, base.parent):  # beside the ONNX, or above an onnx/ subfolder
+            if is_checkpoint(c):
+                return c
     if source == "hub":
         found = _from_hub(model_id, model.get("revision"))
         if found is not None:
