@@ -95,9 +95,9 @@ def test_cost_needs_qemu_board(pair):
     assert proc.returncode == 1 and "--board qemu" in proc.stderr
 
 
-def test_compare_llama_cpp_needs_a_riscv64_board(pair):
+def test_compare_llama_cpp_needs_hf_weights(pair):
     proc = rvdeploy("bench", str(pair[0].path), "--board", "local", "--compare", "llama.cpp")
-    one_line_error(proc, "--compare llama.cpp", "--board qemu")
+    one_line_error(proc, "demo is an ONNX-only model", "--hf-model")
 
 
 # ---- emulated cost: needs the plugin-capable qemu built by scripts/build_qemu_plugins.sh (setup.sh) ----------

@@ -46,8 +46,10 @@ def test_build_options_follow_the_target_isa():
     assert llamacpp_build.build_key(get_target("rv64gcv-vlen128")) == llamacpp_build.build_key(
         get_target("rv64gcv-vlen512")) == "riscv64-rvv"
     assert llamacpp_build.build_key(get_target("spacemit-k1")) == "riscv64-rvv-zfh-zvfh"
-    with pytest.raises(RvdeployError, match="riscv64 boards only"):
-        llamacpp_build.cmake_options(get_target("host"))
+    assert "-DGGML_NATIVE=OFF" in k1  # the target's ISA, not the build machine's
+    host = llamacpp_build.cmake_options(get_target("host"))  # --board local: this machine's CPU, like IREE's
+    assert "-DGGML_NATIVE=ON" in host and not any(o.startswith("-DGGML_RV") for o in host)
+    assert llamacpp_build.build_key(get_target("host")).startswith("host-")
 
 
 def test_matching_gguf_type_follows_the_bundle_precision():
@@ -231,3 +233,57 @@ def test_cost_of_llama_cpp_per_token(tiny_k1, tools):
         # (0.04 % on the 16M benchmark model)
         assert again[phase]["vector_instructions"] == c[phase]["vector_instructions"]
         assert again[phase]["instructions"] == pytest.approx(c[phase]["instructions"], rel=8e-2)
+
+
+# ---- --board local: llama.cpp built for this machine ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def host_tools():
+    return llamacpp_build.build("host")
+
+
+def _piece_bytes(sp, token: int) -> bytes:
+    """What llama.cpp prints for a SentencePiece token: byte-fallback pieces as the raw byte, U+2581 as space."""
+    import re
+
+    piece = sp.id_to_piece(token)
+    m = re.fullmatch(r"<0x([0-9A-F]{2})>", piece)
+    return bytes([int(m.group(1), 16)]) if m else piece.replace("\u2581", " ").encode()
+
+
+@pytest.mark.slow
+def test_llama_cpp_greedy_matches_onnxruntime(host_tools):
+    """The GGUF is the same model: llama.cpp's greedy continuation (f32 weights, f32 KV cache) is, token for
+    token, what onnxruntime computes from the ONNX export of the same checkpoint."""
+    import subprocess
+
+    import sentencepiece as spm
+
+    from ort_reference import greedy_tokens
+
+    f32 = gguf.convert(TINY_HF, "f32", get_target("host"))
+    sp = spm.SentencePieceProcessor(model_file=str(TINY_HF / "tokenizer.model"))
+    prompt = "Beautiful is better than"
+    want, _ = greedy_tokens(TINY_HF / "model.onnx", [sp.bos_id(), *sp.encode(prompt)], 16)
+    expected = b"".join(_piece_bytes(sp, t) for t in want)
+    proc = subprocess.run([str(host_tools / "llama-completion"), "-m", str(f32), "-p", prompt, "-n", "16", "--temp",
+                           "0", "-ctk", "f32", "-ctv", "f32", "-no-cnv", "--no-display-prompt", "--no-warmup", "-t",
+                           "1"], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert proc.stdout[:len(expected)] == expected and not proc.stdout[len(expected):].strip(b"\n")
+
+
+@pytest.mark.slow
+def test_bench_local_iree_next_to_llama_cpp(built, host_tools):
+    bundle = built(str(TINY_HF))
+    proc = rvdeploy("bench", str(bundle.path), "--board", "local", "--compare", "llama.cpp", "-p", "8", "-n", "4",
+                    "-r", "3", "--min-time", "0.02", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    got = {(r["pipeline"], r["test"]): r for r in doc["results"]}
+    assert set(got) == {(p, t) for p in ("mmt4d", "llama.cpp F32") for t in ("pp8", "tg4")}
+    for r in got.values():
+        assert r["t/s"] > 0 and len(r["samples"]) == 3 and r["peak_rss_bytes"] > 1 << 20
+    assert doc["ratios"]["tg4"]["llama.cpp F32"] == pytest.approx(
+        got[("mmt4d", "tg4")]["t/s"] / got[("llama.cpp F32", "tg4")]["t/s"], rel=1e-2)
+    one_line_error(rvdeploy("bench", str(bundle.path), "--board", "local", "--compare", "llama.cpp", "--cost"),
+                   "--cost", "--board qemu")

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import RvdeployError
@@ -58,6 +59,14 @@ class LocalBoard:
         if run.returncode != 0:
             last = (run.stderr.strip().splitlines() or ["no output"])[-1]
             raise RvdeployError(f"{tool} failed on {bundle.path}: {last[:300]}")
+        return run
+
+    def run_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> ProgramRun:
+        """Run a program of this machine's that is not a bundle's (llama.cpp's tools, built for this CPU)."""
+        run = run_measured([str(exe), *map(str, args)])
+        if run.returncode != 0:
+            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RvdeployError(f"{exe.name} failed on {self.name}: {last[:300]}")
         return run
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:

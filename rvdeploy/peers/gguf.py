@@ -1,6 +1,6 @@
 """The bundle's weights as GGUF, for llama.cpp: found as a Hugging Face checkpoint (config.json +
 *.safetensors) and converted with llama.cpp's own convert_hf_to_gguf.py (f32, f16, q8_0) or, for q4_0, by
-llama.cpp's llama-quantize from the f32 GGUF (run on this machine under qemu-user). Converted files are
+llama.cpp's llama-quantize from the f32 GGUF (run on this machine). Converted files are
 cached by the checkpoint's file names, sizes and times, the type and llama.cpp's version.
 
 An ONNX-only model (such as the demo, or onnx-community's exports) has no checkpoint: there is nothing
@@ -135,7 +135,7 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
 
 def convert(checkpoint: Path, gguf_type: str, target: Target, step: Step = _noop) -> Path:
     """checkpoint -> GGUF of `gguf_type` (cached). q4_0 is quantized from the f32 GGUF by llama-quantize, the
-    riscv64 build for `target`, under qemu-user here."""
+    build for `target` (a riscv64 one under qemu-user here). GGUFs do not depend on the target."""
     gguf_type = check_type(gguf_type)
     out = gguf_path(checkpoint, gguf_type)
     if out.is_file():
@@ -147,13 +147,15 @@ def convert(checkpoint: Path, gguf_type: str, target: Target, step: Step = _noop
             _run([sys.executable, str(script), str(checkpoint), "--outfile", str(tmp), "--outtype", gguf_type],
                  f"convert_hf_to_gguf.py {checkpoint} --outtype {gguf_type}", env)
         return out
-    from ..boards.qemu import checked_qemu
-
     f32 = convert(checkpoint, "f32", target, step)
     tools = llamacpp_build.build(target, step)
     step(f"quantizing {f32.name} to {gguf_type.upper()}")
-    env = {**os.environ, "QEMU_CPU": target.qemu_cpu}
+    quantize, env = [str(tools / "llama-quantize")], None
+    if not target.is_host:  # the riscv64 build, under qemu-user here
+        from ..boards.qemu import checked_qemu
+
+        quantize, env = [checked_qemu(), *quantize], {**os.environ, "QEMU_CPU": target.qemu_cpu}
     with file_into_place(out) as tmp:
-        _run([checked_qemu(), str(tools / "llama-quantize"), str(f32), str(tmp), gguf_type.upper()],
-             f"llama-quantize {f32.name} {gguf_type.upper()}", env)
+        _run([*quantize, str(f32), str(tmp), gguf_type.upper()], f"llama-quantize {f32.name} {gguf_type.upper()}",
+             env)
     return out

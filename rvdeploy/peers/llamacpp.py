@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle import Bundle
-from ..errors import RvdeployError
 from ..targets import Target, get_target
 from . import gguf, llamacpp_build
 
@@ -21,9 +20,10 @@ class LlamaCpp:
 
 
 def board_target(bundle: Bundle, board: str) -> Target:
-    """The target whose ISA the board has: qemu:TARGET's, else the bundle's (a board must match it anyway)."""
+    """The target whose ISA the board has: this machine's for local, qemu:TARGET's, else the bundle's (a board
+    must match it anyway)."""
     if board == "local":
-        raise RvdeployError("--compare llama.cpp runs on riscv64 boards: --board qemu[:TARGET] or an ssh board")
+        return get_target("host")
     return get_target(board.partition(":")[2] if board.startswith("qemu:") else bundle.manifest["target"]["name"])
 
 

@@ -1,6 +1,7 @@
 """llama.cpp for a board: its source from the llama-cpp-python sdist on PyPI (vendor/llama.cpp), built once
-per ISA flavour into the cache (static riscv64 executables, cross-compiled with clang-19 and lld; RVV and
-the scalar/vector fp16 extensions on exactly when the target has them: llamacpp.toml).
+per ISA flavour into the cache: static riscv64 executables, cross-compiled with clang-19 and lld (RVV and
+the scalar/vector fp16 extensions on exactly when the target has them: llamacpp.toml), or, for the host
+target (--board local), native executables for this machine's CPU.
 
   python -m rvdeploy.peers.llamacpp_build [--target spacemit-k1]     (scripts/build_llama_cpp.sh)
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -109,28 +111,38 @@ def source_dir(step: Step = _noop) -> Path:
 
 
 def cmake_options(target: Target) -> list[str]:
-    """-D options for the target: the common ones and, for riscv64, the ISA switches."""
+    """-D options for the target: the common ones, then the host's (native) or riscv64's (the ISA switches)."""
+    common = CONFIG["build"]["cmake"]
+    if target.is_host:
+        return [*common, *CONFIG["build"]["host_cmake"]]
     if target.arch != "riscv64":
-        raise RvdeployError(f"target {target.name}: rvdeploy builds llama.cpp for riscv64 boards only",
-                            hint="compare on --board qemu[:TARGET] or a riscv64 board over ssh")
+        raise RvdeployError(f"target {target.name}: rvdeploy builds llama.cpp for riscv64 boards and this machine")
     features = set(target.cpu_features)
     isa = [f"-D{opt}={'ON' if feat in features else 'OFF'}"
            for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items())]
-    return [*CONFIG["build"]["cmake"], *isa]
+    return [*common, *CONFIG["build"]["riscv64_cmake"], *isa]
 
 
 def build_key(target: Target) -> str:
-    """One build per ISA flavour: the riscv64 switches that are on (VLEN does not matter: ggml's RVV code
-    reads it at run time)."""
+    """One build per ISA flavour: for riscv64 the switches that are on (VLEN does not matter: ggml's RVV code
+    reads it at run time); for the host, this machine's architecture (built for its own CPU)."""
+    if target.is_host:
+        return f"host-{platform.machine()}-native"
     on = [opt.removeprefix("GGML_").removeprefix("RV_").lower()
           for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items()) if feat in target.cpu_features]
     return "-".join([target.arch, *on]) if on else target.arch
 
 
-def _cross_options() -> list[str]:
-    for tool in ("cmake", "ninja", "clang-19", "clang++-19", "ld.lld-19"):
-        if shutil.which(tool) is None and not (tool == "ld.lld-19" and shutil.which("ld.lld")):
-            raise RvdeployError(f"{tool} not found: needed to cross-build llama.cpp", hint=APT_HINT)
+def _toolchain_options(target: Target) -> list[str]:
+    """The host's own compilers, or clang-19 cross-compiling static riscv64 executables."""
+    needed = ("cmake", "ninja") if target.is_host else ("cmake", "ninja", "clang-19", "clang++-19")
+    for tool in needed:
+        if shutil.which(tool) is None:
+            raise RvdeployError(f"{tool} not found: needed to build llama.cpp", hint=APT_HINT)
+    if target.is_host:
+        return ["-G", "Ninja"]
+    if shutil.which("ld.lld-19") is None and shutil.which("ld.lld") is None:
+        raise RvdeployError("ld.lld not found: needed to cross-build llama.cpp", hint=APT_HINT)
     triple = "riscv64-linux-gnu"  # Debian's cross sysroot, found by clang itself
     return ["-G", "Ninja", "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=riscv64",
             "-DCMAKE_C_COMPILER=clang-19", "-DCMAKE_CXX_COMPILER=clang++-19",
@@ -145,7 +157,7 @@ def bin_dir(target: Target) -> Path:
 def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> Path:
     """The directory holding llama-bench, llama-quantize and llama-completion for the target; built once."""
     target = get_target(target) if isinstance(target, str) else target
-    options = cmake_options(target)  # refuses a non-riscv64 target before any download
+    options = cmake_options(target)  # refuses a target it cannot build for, before any download
     out = bin_dir(target)
     if all(os.access(out / t, os.X_OK) for t in TOOLS):
         return out
@@ -155,7 +167,7 @@ def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> 
     log = root() / f"build-{key}.log"
     step(f"building llama.cpp for {key} (once, about 3 minutes)")
     with open(log, "w") as f:
-        for cmd in (["cmake", "-S", str(src), "-B", str(work), *_cross_options(), *options],
+        for cmd in (["cmake", "-S", str(src), "-B", str(work), *_toolchain_options(target), *options],
                     ["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS]):
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
