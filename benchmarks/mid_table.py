@@ -38,7 +38,7 @@ from rvdeploy import api  # noqa: E402
 from rvdeploy.bench import iree_runnable  # noqa: E402
 from rvdeploy.boards import get_board  # noqa: E402
 from rvdeploy.errors import RvdeployError  # noqa: E402
-from rvdeploy.peers import gguf, llamabench, llamacpp_build  # noqa: E402
+from rvdeploy.peers import gguf, llamabench, llamacpp  # noqa: E402
 from rvdeploy.qemu_cost import measure_cost  # noqa: E402
 from rvdeploy.targets import get_target  # noqa: E402
 
@@ -80,15 +80,12 @@ def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
 
 
 def llama_rows(model: Path, target: str, p: int, n: int, types: list[str]) -> dict:
-    tgt = get_target(target)
-    tools = llamacpp_build.build(tgt, log)
+    llama = llamacpp.for_target(get_target(target), model, types, log)
     rows = {}
     with get_board(f"qemu:{target}") as board:
         for t in types:
-            path = gguf.convert(model, t, tgt, log)
             log(f"counting llama.cpp {t} under qemu")
-            rows[llamabench.backend(t)] = llamabench.measure_cost(board, tools, path, tgt.qemu_cpu, p, n)
-            rows[llamabench.backend(t)]["gguf_bytes"] = path.stat().st_size
+            rows[llamabench.backend(t)] = llamabench.measure_cost(board, llama, t, p, n)
     return rows
 
 

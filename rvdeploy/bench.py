@@ -383,9 +383,9 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
                        for b in bundles}
         if llama:
             with get_board(board) as b:
-                for t, path in llama.ggufs.items():
-                    report.cost[llamabench.backend(t)] = llamabench.measure_cost(
-                        b, llama.tools, path, llama.cpu, prompt_tokens, gen_tokens)
+                for t in llama.ggufs:
+                    report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens,
+                                                                                 gen_tokens)
         report.cost_ratios = cost_ratios(report.cost, main)
         return report
     with get_board(board) as b:
@@ -394,9 +394,8 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
         if llama:
             from .peers import llamabench
 
-            for t, path in llama.ggufs.items():
-                label, rows = llamabench.measure(b, llama.tools, path, t, llama.cpu, prompt_tokens, gen_tokens,
-                                                 reps, threads)
+            for t in llama.ggufs:
+                label, rows = llamabench.measure(b, llama, t, prompt_tokens, gen_tokens, reps, threads)
                 report.bundles.append(label)
                 report.results += rows
     report.ratios = ratios(report.results, main)

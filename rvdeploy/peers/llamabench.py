@@ -18,6 +18,7 @@ from pathlib import Path
 from ..bench import Measurement
 from ..errors import RvdeployError
 from ..qemu_cost import by_difference, require_counting
+from .llamacpp import LlamaCpp
 
 TOOL = "llama-bench"
 
@@ -60,24 +61,25 @@ def label(record: dict, gguf_type: str, target: str) -> dict:
             "type_k": record.get("type_k"), "type_v": record.get("type_v")}
 
 
-def measure(board, tools: Path, gguf: Path, gguf_type: str, cpu: str, prompt_tokens: int, gen_tokens: int,
-            reps: int, threads: int) -> tuple[dict, list[Measurement]]:
-    """ppP and tgN of llama.cpp on an open board; returns (label, rows)."""
+def measure(board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_tokens: int, reps: int,
+            threads: int) -> tuple[dict, list[Measurement]]:
+    """ppP and tgN of llama.cpp on one GGUF type, on an open board; returns (label, rows)."""
     rows, record = [], {}
+    gguf = llama.ggufs[gguf_type]
     for test, name in (("pp", f"pp{prompt_tokens}"), ("tg", f"tg{gen_tokens}")):
-        run = board.run_program(tools / TOOL, bench_args(gguf, test, prompt_tokens, gen_tokens, reps, threads),
-                                cpu=cpu)
+        run = board.run_program(llama.tools / TOOL, bench_args(gguf, test, prompt_tokens, gen_tokens, reps, threads),
+                                cpu=llama.cpu)
         record = parse_json(run.stdout)
         samples = [float(s) for s in record.get("samples_ts") or [record["avg_ts"]]]
         seconds = [float(ns) * 1e-9 for ns in record.get("samples_ns") or [record["avg_ns"]]]
         rows.append(Measurement(backend(gguf_type), name, float(record["avg_ts"]), float(record.get("stddev_ts", 0)),
                                 samples, seconds, peak_rss_bytes=run.peak_rss_bytes))
-    return label(record, gguf_type, cpu), rows
+    return label(record, gguf_type, llama.target), rows
 
 
-def measure_cost(board, tools: Path, gguf: Path, cpu: str, prompt_tokens: int, gen_tokens: int) -> dict:
-    """Per-token instruction counts of llama.cpp on an emulated board (one thread), with the peak RSS of the
-    runs where this machine sees them."""
+def measure_cost(board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_tokens: int) -> dict:
+    """Per-token instruction counts of llama.cpp on one GGUF type on an emulated board (one thread), with the
+    peak RSS of the runs where this machine sees them."""
     require_counting(board)
     if prompt_tokens < 2:
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
@@ -85,8 +87,8 @@ def measure_cost(board, tools: Path, gguf: Path, cpu: str, prompt_tokens: int, g
             "p1g": ("tg", prompt_tokens, 1)}
     counts, peaks = {}, {}
     for key, (test, p, n) in runs.items():
-        counts[key], run = board.count_program(tools / TOOL, bench_args(gguf, test, p, n, 1, 1, warmup=False),
-                                               cpu=cpu)
+        counts[key], run = board.count_program(
+            llama.tools / TOOL, bench_args(llama.ggufs[gguf_type], test, p, n, 1, 1, warmup=False), cpu=llama.cpu)
         peaks[key] = run.peak_rss_bytes
     # prompt side: -p P vs -p 1; generation side: N+1 vs 1 generated tokens after the same depth-P context
     result = by_difference(counts["11"], counts["p1"], counts["pn"], prompt_tokens, gen_tokens)
@@ -97,4 +99,5 @@ def measure_cost(board, tools: Path, gguf: Path, cpu: str, prompt_tokens: int, g
                       f"depth{prompt_tokens}_gen{gen_tokens + 1}": counts["pn"]}
     result["peak_rss_bytes"] = max((v for v in peaks.values() if v), default=None)
     result["board"] = board.name
+    result["gguf_bytes"] = llama.ggufs[gguf_type].stat().st_size
     return result
