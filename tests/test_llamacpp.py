@@ -264,12 +264,21 @@ def test_llama_cpp_greedy_matches_onnxruntime(host_tools):
     sp = spm.SentencePieceProcessor(model_file=str(TINY_HF / "tokenizer.model"))
     prompt = "Beautiful is better than"
     want, _ = greedy_tokens(TINY_HF / "model.onnx", [sp.bos_id(), *sp.encode(prompt)], 16)
-    expected = b"".join(_piece_bytes(sp, t) for t in want)
-    proc = subprocess.run([str(host_tools / "llama-completion"), "-m", str(f32), "-p", prompt, "-n", "16", "--temp",
-                           "0", "-ctk", "f32", "-ctv", "f32", "-no-cnv", "--no-display-prompt", "--no-warmup", "-t",
-                           "1"], capture_output=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-500:]
-    assert proc.stdout[:len(expected)] == expected and not proc.stdout[len(expected):].strip(b"\n")
+    expected = b"".join(_piece_bytes(sp, t) for t in want) + b"\n\n"  # llama-completion ends with two newlines
+    cmd = [str(host_tools / "llama-completion"), "-m", str(f32), "-p", prompt, "-n", "16", "--temp", "0", "-ctk", "f32",
+           "-ctv", "f32", "-no-cnv", "--no-display-prompt", "--no-warmup", "-t", "1"]
+    # llama-completion prints the text through llama.cpp's asynchronous log thread, which loses the tail of it in
+    # about one run in four at exit (seen here 9 times in 30); every run must agree as far as it got, and one
+    # run must be complete
+    outputs = []
+    for _ in range(10):
+        proc = subprocess.run(cmd, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-500:]
+        assert expected.startswith(proc.stdout), (proc.stdout, expected)
+        outputs.append(proc.stdout)
+        if proc.stdout == expected:
+            break
+    assert expected in outputs, outputs
 
 
 @pytest.mark.slow
