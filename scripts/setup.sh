@@ -25,8 +25,9 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
     clang-19 lld-19 llvm-19
     libc6-dev-riscv64-cross libgcc-12-dev-riscv64-cross linux-libc-dev-riscv64-cross
     # (the same clang also builds the board probe, rvdeploy/probe/probe.c, and the tests' stand-in runtime)
-    # llama.cpp cross-built for riscv64 (rvdeploy bench --compare llama.cpp): C++ runtime, cmake, ninja
-    libstdc++-12-dev-riscv64-cross cmake
+    # llama.cpp for rvdeploy bench --compare llama.cpp: cross-built for riscv64 (its C++ runtime) and built
+    # for this machine (g++), with cmake and ninja
+    libstdc++-12-dev-riscv64-cross cmake g++
     # boards over ssh, and the emulated board's sshd (rvdeploy sim; tests/test_ssh_board.py)
     openssh-client openssh-server
     # the emulated board's riscv64 Debian userland (rvdeploy sim up)
@@ -35,7 +36,7 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
     # (scripts/build_qemu_plugins.sh) and rvdeploy's counting plugin (gcc against qemu-plugin.h, which includes glib.h)
     dpkg-dev flex bison libglib2.0-dev pkg-config ninja-build gcc
     # sha256sum for bundle launchers, mount for binfmt_misc and the tests' tiny tmpfs, pgrep in tests,
-    # GNU time for the peak memory bench reports beside llama.cpp's figures
+    # GNU time for the peak memory that bench reports beside its figures
     coreutils mount procps time
   )
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
