@@ -75,7 +75,8 @@ def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
             rows[pipeline] = {"skipped": why.removeprefix("IREE rows skipped: ")}
             continue
         log(f"counting {pipeline} under qemu")
-        rows[pipeline] = measure_cost(bundle, f"qemu:{target}", p, n)
+        with get_board(f"qemu:{target}") as board:
+            rows[pipeline] = measure_cost(bundle, board, p, n)
     return rows
 
 

@@ -353,9 +353,10 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
         return report
     if not board:
         raise RvdeployError("--board is required (or --estimate for bounds without a board)")
-    if cost and board == "local":
-        raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or "
-                            "an emulated board (`rvdeploy sim up`)")
+    if cost and board == "local":  # before anything is built for the comparison
+        from .qemu_cost import NEEDS_EMULATION
+
+        raise RvdeployError(NEEDS_EMULATION)
     llama = None
     if compare == "llama.cpp":
         from .peers.llamacpp import prepare
@@ -375,30 +376,26 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
         bundles.append(other)
         report.bundles.append(bundle_label(other))
     main = bundle.manifest["pipeline"]["name"]
-    if cost:
-        from .peers import llamabench
-        from .qemu_cost import measure_cost
+    from .peers import llamabench  # here: it imports this module
+    from .qemu_cost import measure_cost
 
-        report.cost = {b.manifest["pipeline"]["name"]: measure_cost(b, board, prompt_tokens, gen_tokens)
-                       for b in bundles}
-        if llama:
-            with get_board(board) as b:
-                for t in llama.ggufs:
-                    report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens,
-                                                                                 gen_tokens)
-        report.cost_ratios = cost_ratios(report.cost, main)
-        return report
     with get_board(board) as b:
-        for bd in bundles:
-            report.results += measure(bd, b, prompt_tokens, gen_tokens, reps, threads, min_time)
-        if llama:
-            from .peers import llamabench
-
-            for t in llama.ggufs:
+        if cost:
+            report.cost = {bd.manifest["pipeline"]["name"]: measure_cost(bd, b, prompt_tokens, gen_tokens)
+                           for bd in bundles}
+            for t in llama.ggufs if llama else ():
+                report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens, gen_tokens)
+        else:
+            for bd in bundles:
+                report.results += measure(bd, b, prompt_tokens, gen_tokens, reps, threads, min_time)
+            for t in llama.ggufs if llama else ():
                 label, rows = llamabench.measure(b, llama, t, prompt_tokens, gen_tokens, reps, threads)
                 report.bundles.append(label)
                 report.results += rows
-    report.ratios = ratios(report.results, main)
+    if cost:
+        report.cost_ratios = cost_ratios(report.cost, main)
+    else:
+        report.ratios = ratios(report.results, main)
     return report
 
 

@@ -23,7 +23,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from .atomic import file_into_place
@@ -105,13 +104,9 @@ def plugin_env(outfile: Path) -> dict:
 
 def count_program(argv: list[str], cpu: str) -> dict:
     """Counts for one riscv64 program run under the plugin qemu (no bundle: tests and calibration)."""
-    with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
-        outfile = Path(tmp) / "counts.txt"
-        env = {**os.environ, "QEMU_CPU": cpu, **plugin_env(outfile)}
-        proc = subprocess.run([str(plugin_qemu()), *argv], env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RvdeployError(f"{argv[0]} failed under qemu: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-        return parse_counts(outfile.read_text())
+    from .boards.qemu import QemuBoard
+
+    return QemuBoard().count_program(Path(argv[0]), argv[1:], cpu=cpu)[0]
 
 
 def by_difference(c11: dict, cp1: dict, cpn: dict, prompt_tokens: int, gen_tokens: int) -> dict:
@@ -125,16 +120,18 @@ def by_difference(c11: dict, cp1: dict, cpn: dict, prompt_tokens: int, gen_token
     }
 
 
+NEEDS_EMULATION = ("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or an "
+                   "emulated board (`rvdeploy sim up`)")
+
+
 def require_counting(board) -> None:
     """Counting needs an emulated board: --board qemu[:TARGET] or one from `rvdeploy sim up` (ssh)."""
     if not hasattr(board, "count_tool"):
-        raise RvdeployError("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or "
-                            "an emulated board (`rvdeploy sim up`)")
+        raise RvdeployError(NEEDS_EMULATION)
 
 
-def measure_cost(bundle: Bundle, board: str, prompt_tokens: int, gen_tokens: int) -> dict:
-    """Per-token instruction counts of a riscv64 bundle's `generate` on an emulated board (one thread)."""
-    from .boards import get_board
+def measure_cost(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int) -> dict:
+    """Per-token instruction counts of a riscv64 bundle's `generate` on an open emulated board (one thread)."""
     from .runtime import generate_args
 
     m = bundle.manifest
@@ -148,14 +145,13 @@ def measure_cost(bundle: Bundle, board: str, prompt_tokens: int, gen_tokens: int
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
     vocab = m["model"]["graph"].get("vocab_size") or 2
     ids = [1 + i % (vocab - 1) for i in range(prompt_tokens)]
+    require_counting(board)
     counts, peaks = {}, []
-    with get_board(board) as b:
-        require_counting(b)
-        for key, prompt, new in (("11", ids[:1], 1), ("p1", ids, 1), ("pn", ids, gen_tokens + 1)):
-            counts[key], run = b.count_tool(bundle, "iree-run-module",
+    for key, prompt, new in (("11", ids[:1], 1), ("p1", ids, 1), ("pn", ids, gen_tokens + 1)):
+        counts[key], run = board.count_tool(bundle, "iree-run-module",
                                             generate_args("model.vmfb", "model.irpa", prompt, new))
-            peaks.append(run.peak_rss_bytes)
+        peaks.append(run.peak_rss_bytes)
     result = by_difference(counts["11"], counts["p1"], counts["pn"], prompt_tokens, gen_tokens)
     result["peak_rss_bytes"] = max((v for v in peaks if v), default=None)
-    result["board"] = board
+    result["board"] = board.name
     return result

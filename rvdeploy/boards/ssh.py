@@ -70,6 +70,7 @@ class SshBoard:
         self.user, self.host, self.port = parse_spec(spec)
         self.name = spec
         self._control: Path | None = None
+        self._can_count = False  # the board has the counting qemu (checked on first use)
 
     # ---- connection ---------------------------------------------------------------------------------
     def __enter__(self):
@@ -205,17 +206,22 @@ class SshBoard:
         return ProgramRun(proc.stdout, proc.stderr, proc.returncode, None)
 
     # ---- executed-instruction counts (bench --cost), on an emulated board only -----------------------------
-    def _counted(self, command: str, what: str) -> dict:
-        """Run COMMAND on the board under its counting qemu (COUNT_KIT, installed by `rvdeploy sim up`) and
-        return the counts of its last process."""
-        from ..qemu_cost import parse_counts
-
-        proc = self.sh(f"test -x {COUNT_KIT}/qemu-riscv64")
-        if proc.returncode != 0:
+    def _require_counting_qemu(self) -> None:
+        """Once per board session, before the counted command would upload anything (a GGUF can be GBs)."""
+        if self._can_count:
+            return
+        if self.sh(f"test -x {COUNT_KIT}/qemu-riscv64").returncode != 0:
             raise RvdeployError(f"board {self.name} cannot count instructions: only an emulated board from "
                                 "`rvdeploy sim up` carries the counting qemu",
                                 hint="use --board qemu[:TARGET]; `rvdeploy sim up` installs it when the plugin "
                                      "qemu is built (scripts/build_qemu_plugins.sh)")
+        self._can_count = True
+
+    def _counted(self, command: str, what: str) -> dict:
+        """Run COMMAND on the board under its counting qemu (COUNT_KIT, installed by `rvdeploy sim up`) and
+        return the counts of its last process. Callers check for the counting qemu first."""
+        from ..qemu_cost import parse_counts
+
         script = (f't=$(mktemp) || exit 1; export RVDEPLOY_RUN_PREFIX={COUNT_KIT}/qemu-riscv64 '
                   f'QEMU_PLUGIN="{COUNT_KIT}/libinsncount.so,outfile=$t"; ( {command} ) >/dev/null; rc=$?; '
                   f'echo {COUNTS_MARK}; cat "$t"; rm -f "$t"; exit $rc')
@@ -224,12 +230,14 @@ class SshBoard:
         return parse_counts(proc.stdout.split(COUNTS_MARK, 1)[-1])
 
     def count_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> tuple[dict, ProgramRun]:
+        self._require_counting_qemu()
         # the program itself runs under the counting qemu, not the shell around it
         command = self._program_command(exe, args, prefix='"$RVDEPLOY_RUN_PREFIX" ')
         return self._counted(command, exe.name), ProgramRun("", "", 0, None)
 
     def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> tuple[dict, ProgramRun]:
         require_launcher(bundle)
+        self._require_counting_qemu()
         counts = self._counted(self._materialize(bundle) + shlex.join(tool_command(tool, args)), tool)
         return counts, ProgramRun("", "", 0, None)
 
