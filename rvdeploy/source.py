@@ -123,7 +123,7 @@ def hub_cache_dir() -> Path:
     return Path(constants.HF_HUB_CACHE).expanduser()
 
 
-def _hub_endpoint() -> str | None:
+def hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT", "").rstrip("/") or None
 
 
@@ -466,7 +466,7 @@ def _from_hub(repo_id: str, variant: str, revision: str | None) -> ModelFiles:
     v = _table().variants[variant]
     cache = hub_cache_dir()
     offline = hub_offline()
-    endpoint = _hub_endpoint()
+    endpoint = hub_endpoint()
     rev = _expand_short_sha(cache, repo_id, revision) if (offline and revision) else revision
 
     with _hub_errors(repo_id, revision, cache, offline):

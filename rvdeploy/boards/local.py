@@ -12,6 +12,7 @@ from pathlib import Path
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..runtime import generate_args, parse_generate_output
+from .launch import last_line
 from .program import ProgramRun, run_measured
 
 
@@ -57,16 +58,16 @@ class LocalBoard:
         self.check(bundle)
         run = run_measured([_host_tool(tool), *args], cwd=str(bundle.path))
         if run.returncode != 0:
-            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RvdeployError(f"{tool} failed on {bundle.path}: {last[:300]}")
+            last = last_line(run.stderr)
+            raise RvdeployError(f"{tool} failed on {bundle.path}: {last}")
         return run
 
     def run_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> ProgramRun:
         """Run a program of this machine's that is not a bundle's (llama.cpp's tools, built for this CPU)."""
         run = run_measured([str(exe), *map(str, args)])
         if run.returncode != 0:
-            last = (run.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RvdeployError(f"{exe.name} failed on {self.name}: {last[:300]}")
+            last = last_line(run.stderr)
+            raise RvdeployError(f"{exe.name} failed on {self.name}: {last}")
         return run
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
@@ -78,6 +79,6 @@ class LocalBoard:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RvdeployError(f"iree-run-module failed on {bundle.path}: {last[:300]}")
+            last = last_line(proc.stderr)
+            raise RvdeployError(f"iree-run-module failed on {bundle.path}: {last}")
         return GenerateResult(parse_generate_output(proc.stdout), seconds)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..atomic import file_into_place
+from ..boards.launch import last_line
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..paths import cache_dir
@@ -63,13 +64,13 @@ def _from_hub(repo: str, revision: str | None) -> Path | None:
     environment says now, as for `build`); None when there are none."""
     from huggingface_hub import snapshot_download
 
-    from ..source import hub_cache_dir, hub_offline
+    from ..source import hub_cache_dir, hub_endpoint, hub_offline
 
     offline = hub_offline()
     try:
         folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=HF_PATTERNS,
                                         cache_dir=hub_cache_dir(), local_files_only=offline,
-                                        endpoint=os.environ.get("HF_ENDPOINT", "").rstrip("/") or None))
+                                        endpoint=hub_endpoint()))
     except Exception:  # noqa: BLE001 - not cached offline, no such repo, no network: the caller says what to do
         return None
     return folder if is_checkpoint(folder) else None
@@ -129,8 +130,7 @@ def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
         if "No module named" in text:
             missing = text.split("No module named", 1)[1].split("\n", 1)[0].strip()
             raise RvdeployError(f"{what}: the converter needs the Python module {missing}", hint=DEPS_HINT)
-        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-        raise RvdeployError(f"{what} failed: {(lines or ['no output'])[-1].strip()[:300]}")
+        raise RvdeployError(f"{what} failed: {last_line(text)}")
 
 
 def convert(checkpoint: Path, gguf_type: str, target: Target, step: Step = _noop) -> Path:

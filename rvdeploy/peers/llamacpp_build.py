@@ -24,6 +24,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from ..boards.launch import last_line
 from ..errors import RvdeployError
 from ..paths import cache_dir
 from ..targets import Target, get_target
@@ -50,11 +51,6 @@ def root() -> Path:
     return cache_dir() / "llama.cpp" / version()
 
 
-def _last(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "no output"
-
-
 def fetch_sdist(step: Step = _noop) -> Path:
     """The sdist tarball, downloaded once with pip."""
     root().mkdir(parents=True, exist_ok=True)
@@ -69,7 +65,7 @@ def fetch_sdist(step: Step = _noop) -> Path:
         got = sorted(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not got:
             raise RvdeployError(f"cannot download the {SOURCE['package']}=={SOURCE['version']} sdist: "
-                                f"{_last(proc.stderr)}", hint="check that pip can reach the package index")
+                                f"{last_line(proc.stderr)}", hint="check that pip can reach the package index")
         dest = root() / got[0].name
         os.replace(got[0], dest)
     return dest
