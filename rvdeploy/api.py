@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from . import __version__
-from . import launcher, runtimes
+from . import launcher, runtime_build, runtimes
 from .boards import get_board
 from .bundle import Bundle, pack_bundle, unpack_bundle, write_bundle
 from .compiler import compile_module, compiler_version
@@ -39,7 +39,7 @@ from .source import DEFAULT_MODEL, materialize, resolve_model
 from .targets import get_target
 from .tokenizer import TextCodec
 
-BUILD_STAGES = ("fetch", "check", "import", "entry points", "mmt4d lowering", "pack weights", "compile",
+BUILD_STAGES = ("runtime", "fetch", "check", "import", "entry points", "mmt4d lowering", "pack weights", "compile",
                 "inspect", "bundle")
 StageHook = Callable[[str], None]
 
@@ -54,41 +54,67 @@ class BuildResult:
     seconds: dict  # stage -> wall seconds
     warnings: tuple[str, ...] = ()
     archive: Path | None = None  # the .tar.gz, when asked for
+    runtime_built: runtime_build.RuntimeBuild | None = None  # a riscv64 runtime this build had to make
 
 
 PROBE_PATH = f"probe/{PROBE_NAME}"
 
 
-def _board_side(tgt, runtime_dir: Path | str | None) -> tuple[dict, dict, set, list[str]]:
-    """Files, manifest entries, executables and warnings for what runs on the board: the launcher, the
-    probe (riscv64) and the IREE runtime. Resolved before any compile work, so a missing toolchain or a bad
-    --runtime fails in a second, not after minutes."""
+def build_runtime(source: Path | str | None = None, ref: str | None = None, jobs: int | None = None,
+                  progress: runtime_build.Progress = runtime_build.no_progress
+                  ) -> tuple[runtimes.Runtime, runtime_build.RuntimeBuild]:
+    """Build (or find in the cache) a riscv64 IREE runtime from IREE's sources and register it."""
+    result = runtime_build.build(source=source, ref=ref, jobs=jobs, progress=progress)
+    return runtimes.add(result.path), result
+
+
+@dataclass(frozen=True)
+class BoardSide:
+    """What runs on the board: files (bundle path -> source), which are executable, the manifest entries
+    (requirements, runtime, launcher, probe), and the runtime this build had to make, if any."""
+    files: dict
+    executables: set
+    entries: dict
+    warnings: list
+    runtime_built: runtime_build.RuntimeBuild | None = None
+
+
+def _board_side(tgt, runtime_dir: Path | str | None, no_runtime: bool,
+                progress: runtime_build.Progress) -> BoardSide:
+    """The launcher, the probe (riscv64) and the IREE runtime: resolved (a riscv64 runtime built when none is
+    registered) before any compile work, so a missing toolchain or a bad --runtime fails before minutes of it."""
     files: dict[str, Path] = {}
     executables: set[str] = set()
     warnings: list[str] = []
+    built = None
     if tgt.is_host:
-        if runtime_dir is not None:
-            raise RvdeployError("--runtime is for riscv64 targets: host bundles use iree-base-runtime's tools")
+        if runtime_dir is not None or no_runtime:
+            raise RvdeployError(f"{'--runtime' if runtime_dir is not None else '--no-runtime'} is for riscv64 "
+                                "targets: host bundles use iree-base-runtime's tools")
         runtime = {"kind": "host", "package": "iree-base-runtime", "version": runtimes.host_runtime_version()}
         probe = None
     else:
+        if runtime_dir is not None and no_runtime:
+            raise RvdeployError("--runtime and --no-runtime contradict each other", hint="pass one of them")
         files[PROBE_PATH] = probe_binary()
         executables.add(PROBE_PATH)
         probe = PROBE_PATH
-        rt = runtimes.for_arch(tgt.arch, runtime_dir)
+        rt = None if no_runtime else runtimes.for_arch(tgt.arch, runtime_dir)
+        if rt is None and not no_runtime:
+            rt, built = build_runtime(progress=progress)
         if rt is None:
             runtime = {"kind": "none", "arch": tgt.arch, "hint": runtimes.BUILD_HINT}
-            warnings.append(f"no {tgt.arch} IREE runtime registered: the bundle builds without one and cannot run "
-                            f"until it has one ({runtimes.BUILD_HINT})")
+            warnings.append(f"--no-runtime: the bundle cannot run until it has a {tgt.arch} IREE runtime "
+                            f"({runtimes.BUILD_HINT})")
         else:
             for tool in runtimes.TOOLS:
                 files[f"runtime/{tool}"] = rt.path / tool
                 executables.add(f"runtime/{tool}")
-            runtime = {"kind": "bundled", "arch": rt.arch, "version": rt.version, "dir": "runtime",
-                       "tools": list(runtimes.TOOLS)}
+            runtime = {"kind": "bundled", "arch": rt.arch, "version": rt.version, "source": rt.source,
+                       "dir": "runtime", "tools": list(runtimes.TOOLS)}
     req = launcher.requirements(tgt)
     entries = {"requirements": req, "runtime": runtime, "launcher": launcher.NAME, "probe": probe}
-    return files, entries, executables, warnings
+    return BoardSide(files, executables, entries, warnings, built)
 
 
 def _pipeline_manifest(pipeline: str, flags: list[str], uk, lowered) -> dict:
@@ -120,10 +146,13 @@ def _max_context(config: Path | None) -> int | None:
 def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revision: str | None = None,
           target: str = "host", pipeline: str = "mmt4d", force: bool = False, workdir: Path | None = None,
           runtime: Path | str | None = None, tar: bool = False, ukernels: str | None = None,
-          quantize: str | None = None, on_stage: StageHook = _noop) -> BuildResult:
+          quantize: str | None = None, no_runtime: bool = False, on_stage: StageHook = _noop,
+          on_progress: runtime_build.Progress = runtime_build.no_progress) -> BuildResult:
     """`ukernels`: the mmt4d microkernel library, "project" or "upstream" (rvdeploy.ukernels; default
     rvdeploy.ukernels.DEFAULT). Only the mmt4d pipeline on a riscv64 RVV target links the project's.
-    `quantize`: "int8" or "q4" quantizes the (fp32) graph first with rvdeploy.quantize."""
+    `quantize`: "int8" or "q4" quantizes the (fp32) graph first with rvdeploy.quantize.
+    `runtime`: the riscv64 runtime directory to bundle (default: the registered one; with none registered
+    one is built from IREE's sources, rvdeploy.runtime_build, unless `no_runtime`)."""
     import time
 
     if pipeline not in PIPELINES:
@@ -136,7 +165,6 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
     out = Path(out)
     if out.exists() and not force:  # fail before minutes of work, not after
         raise RvdeployError(f"output directory {out} already exists", hint="pass --force to replace it")
-    board_files, board_entries, executables, warnings = _board_side(tgt, runtime)
     seconds: dict[str, float] = {}
     own_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="rvdeploy-build-")) if own_workdir else Path(workdir)
@@ -150,6 +178,10 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         seconds[name] = round(time.perf_counter() - seconds[name], 3)
 
     try:
+        stage("runtime")
+        board = _board_side(tgt, runtime, no_runtime, on_progress)
+        board_entries, warnings = board.entries, board.warnings
+        done("runtime")
         stage("fetch")
         files = resolve_model(model, variant=variant, revision=revision)
         done("fetch")
@@ -211,7 +243,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             bundle_files["tokenizer.json"] = files.tokenizer
         if files.config:
             bundle_files["config.json"] = files.config
-        bundle_files.update(board_files)
+        bundle_files.update(board.files)
         rt = board_entries["runtime"]
         hint = rt.get("hint") or ("install iree-base-runtime on the board" if rt["kind"] == "host" else "")
         (work / launcher.NAME).write_text(launcher.render(board_entries["requirements"], board_entries["probe"],
@@ -236,10 +268,10 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             "parameters": {"scope": "model", "file": "model.irpa"},
             **board_entries,
         }
-        bundle = write_bundle(out, bundle_files, manifest, force=force, executables=executables)
+        bundle = write_bundle(out, bundle_files, manifest, force=force, executables=board.executables)
         archive = pack_bundle(out, archive_path(out)) if tar else None
         done("bundle")
-        return BuildResult(bundle, seconds, tuple(warnings), archive)
+        return BuildResult(bundle, seconds, tuple(warnings), archive, board.runtime_built)
     finally:
         if own_workdir:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,9 +1,10 @@
 """Registered IREE runtime builds for boards (riscv64), and the host runtime (iree-base-runtime).
 
-No package registry has a riscv64 IREE runtime: users cross-compile IREE's runtime (IREE documents it) or get
-one from a vendor, then `rvdeploy runtime add DIR` registers it here (the directory is recorded with the
-sha256 of each tool, not copied: a changed or moved build is noticed at `build` time). `build` copies the
-registered runtime that matches the target's architecture into the bundle's runtime/.
+No package registry has a riscv64 IREE runtime: `rvdeploy runtime build` cross-compiles one from IREE's
+sources (rvdeploy.runtime_build) and registers it; `rvdeploy runtime add DIR` registers one built elsewhere
+(the directory is recorded with the sha256 of each tool, not copied: a changed or moved build is noticed at
+`build` time). `build` copies the registered runtime that matches the target's architecture into the
+bundle's runtime/.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ REGISTRY = "runtimes.json"
 EM_RISCV = 243
 _ELF_MACHINES = {EM_RISCV: "riscv64", 62: "x86_64", 183: "aarch64"}
 _VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?(?:[.\-+]?(?:rc|dev)?\d*)*")
-BUILD_HINT = ("build IREE's runtime for riscv64 from source (IREE's 'RISC-V cross-compilation' guide: "
-              "iree-run-module and iree-benchmark-module), then `rvdeploy runtime add DIR` and rebuild, "
-              "or rebuild with `rvdeploy build --runtime DIR`")
+BUILD_HINT = ("run `rvdeploy runtime build` (IREE's sources: --source DIR|FILE.tar.gz or $RVDEPLOY_IREE_SOURCE "
+              "offline) and rebuild the bundle, or register a build of your own with `rvdeploy runtime add DIR`")
+# Bytes every IREE runtime tool contains (its VM's symbol prefix in messages); any other riscv64 ELF (the
+# probe, a shell) lacks them.
+_IREE_MARKER = b"iree_vm_"
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,19 @@ class Runtime:
     arch: str
     version: str
     tools: dict  # tool name -> sha256
+    source: dict | None = None  # where the tools came from (rvdeploy runtime build's BUILD.json), if known
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "arch": self.arch, "version": self.version, "tools": dict(self.tools)}
+        return {"path": str(self.path), "arch": self.arch, "version": self.version, "tools": dict(self.tools),
+                "source": self.source}
+
+    @classmethod
+    def from_dict(cls, d, where: Path) -> "Runtime":
+        try:
+            return cls(Path(d["path"]), str(d["arch"]), str(d["version"]), dict(d["tools"]), d.get("source"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RvdeployError(f"{where}: a runtime entry is malformed ({exc.__class__.__name__}: {exc})",
+                                hint="remove the file and register the runtimes again")
 
 
 def elf_arch(path: Path) -> str | None:
@@ -79,8 +92,28 @@ def _tool_version(exe: Path, arch: str) -> str:
     return "unknown"
 
 
+def _build_info(d: Path) -> dict | None:
+    """rvdeploy runtime build's record beside the tools (BUILD.json), when there is a valid one."""
+    try:
+        info = json.loads((d / "BUILD.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _is_iree_tool(exe: Path) -> bool:
+    with open(exe, "rb") as f:
+        tail = b""
+        while chunk := f.read(1 << 20):
+            if _IREE_MARKER in tail + chunk:
+                return True
+            tail = chunk[-len(_IREE_MARKER):]
+    return False
+
+
 def inspect_runtime(directory: Path | str) -> Runtime:
-    """Validate a runtime build directory: both tools present, executables, 64-bit ELF for one architecture."""
+    """Validate a runtime build directory: both tools present, executables, 64-bit ELF for one architecture,
+    and IREE's tools at that (not any riscv64 program)."""
     d = Path(directory).expanduser().resolve()
     if not d.is_dir():
         raise RvdeployError(f"runtime directory not found: {d}")
@@ -99,6 +132,9 @@ def inspect_runtime(directory: Path | str) -> Runtime:
             raise RvdeployError(f"{exe} is not a 64-bit little-endian ELF executable")
         if not os.access(exe, os.X_OK):
             raise RvdeployError(f"{exe} is not executable", hint=f"chmod +x {exe}")
+        if arch == "riscv64" and not _is_iree_tool(exe):
+            raise RvdeployError(f"{exe} is a riscv64 program but not IREE's {name}",
+                                hint="pass the directory of an IREE runtime build (`rvdeploy runtime build` makes one)")
         arches.add(arch)
         tools[name] = sha256_file(exe)
     if len(arches) != 1:
@@ -107,6 +143,9 @@ def inspect_runtime(directory: Path | str) -> Runtime:
     if arch != "riscv64":
         raise RvdeployError(f"{d}: the tools are {arch} ELF files, not riscv64",
                             hint="host bundles use iree-base-runtime's tools; register riscv64 builds only")
+    info = _build_info(d)
+    if info and info.get("version"):
+        return Runtime(d, arch, str(info["version"]), tools, info.get("source"))
     return Runtime(d, arch, _tool_version(d / TOOLS[0], arch), tools)
 
 
@@ -120,9 +159,13 @@ def registered() -> list[Runtime]:
         return []
     try:
         doc = json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise RvdeployError(f"{f}: invalid JSON ({exc.msg})", hint="remove the file and add the runtimes again")
-    return [Runtime(Path(r["path"]), r["arch"], r["version"], r["tools"]) for r in doc.get("runtimes", [])]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RvdeployError(f"{f}: invalid JSON ({exc})", hint="remove the file and add the runtimes again")
+    entries = doc.get("runtimes") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise RvdeployError(f"{f}: not a runtime registry (expected {{\"runtimes\": [...]}})",
+                            hint="remove the file and add the runtimes again")
+    return [Runtime.from_dict(r, f) for r in entries]
 
 
 def add(directory: Path | str) -> Runtime:

@@ -40,10 +40,19 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
     coreutils mount procps time
   )
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
-  if apt-cache policy qemu-user 2>/dev/null | grep -q "bpo12"; then
+  # The policy text is captured first: `apt-cache policy | grep -q` under pipefail returns 141 when grep
+  # stops reading early, which once sent every fresh machine to Debian 12's qemu 7.2.
+  qemu_policy=$(apt-cache policy qemu-user 2>/dev/null || true)
+  if [[ "$qemu_policy" == *bpo12* ]]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-user >/dev/null
   else
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null
+  fi
+  # IREE's riscv64 code needs qemu-user >= 8.1 (riscv_hwprobe); stop here rather than let tests fail later.
+  qemu_version=$(qemu-riscv64 --version | sed -n 's/.*version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1)
+  if ! printf '%s\n8.1\n' "$qemu_version" | sort -V -C -r 2>/dev/null; then
+    echo "setup: qemu-riscv64 ${qemu_version:-?} installed; rvdeploy needs >= 8.1 (bookworm-backports)" >&2
+    exit 1
   fi
 fi
 
@@ -51,6 +60,11 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test]"
 
 # once (cached under ~/.cache/rvdeploy/qemu-plugins; ~2-4 min on 2 cores): the qemu that `bench --cost` uses
 if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
-  # not fatal: only `bench --cost` needs it (its tests skip, saying why, when it is missing)
-  bash scripts/build_qemu_plugins.sh >/dev/null || echo "setup: warning: plugin-capable qemu not built; rvdeploy bench --cost is unavailable" >&2
+  log=$(mktemp "${TMPDIR:-/tmp}/rvdeploy-qemu-plugins-XXXXXX.log")
+  if ! bash scripts/build_qemu_plugins.sh >/dev/null 2>"$log"; then
+    tail -n 20 "$log" >&2
+    echo "setup: building the plugin-capable qemu for rvdeploy bench --cost failed (log: $log)" >&2
+    exit 1
+  fi
+  rm -f "$log"
 fi

@@ -29,19 +29,59 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
     out.print(table)
 
 
+class StageHook:
+    """What a long command reports: `hook(name)` when a stage starts, `hook.progress(phase, done, total)`
+    inside a stage that counts steps (the runtime build's ninja steps; done/total None while unknown)."""
+
+    def __init__(self, stages: Sequence[str], quiet: bool, status=None):
+        self.stages, self.quiet, self.status = stages, quiet, status
+        self.count = 0
+        self.stage = "starting"
+        self._last = None
+
+    def __call__(self, name: str) -> None:
+        self.count += 1
+        self.stage = name
+        if self.status is not None:
+            self.status.update(f"[{self.count}/{len(self.stages)}] {name}")
+        elif not self.quiet:
+            err.print(f"[dim]{name}...[/dim]")
+
+    def progress(self, phase: str, done: int | None = None, total: int | None = None) -> None:
+        steps = f" {done}/{total}" if done is not None and total else ""
+        if self.status is not None:
+            self.status.update(f"[{self.count}/{len(self.stages)}] {self.stage}: {phase}{steps}")
+            return
+        # a log, not a terminal: each phase once, then every tenth of the steps
+        tenth = (10 * done // total) if done is not None and total else None
+        if not self.quiet and (phase, tenth) != self._last:
+            self._last = (phase, tenth)
+            err.print(f"[dim]{phase}{steps}[/dim]")
+
+
 @contextmanager
-def stage_progress(stages: Sequence[str], quiet: bool) -> Iterator:
-    """A spinner on stderr naming the running stage; yields the on_stage hook."""
+def stage_progress(stages: Sequence[str], quiet: bool) -> Iterator[StageHook]:
+    """A spinner on stderr naming the running stage (plain lines when stderr is not a terminal)."""
     if quiet or not err.is_terminal:
-        def hook(name: str) -> None:
-            if not quiet:
-                err.print(f"[dim]{name}...[/dim]")
-        yield hook
+        yield StageHook(stages, quiet)
         return
     with err.status("starting") as status:
-        count = {"n": 0}
+        yield StageHook(stages, quiet, status)
 
-        def hook(name: str) -> None:
-            count["n"] += 1
-            status.update(f"[{count['n']}/{len(stages)}] {name}")
-        yield hook
+
+@contextmanager
+def step_progress(quiet: bool) -> Iterator:
+    """A progress bar on stderr for one long job with counted steps; yields progress(phase, done, total)."""
+    if quiet or not err.is_terminal:
+        hook = StageHook((), quiet)
+        yield hook.progress
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(phase: str, done: int | None = None, total: int | None = None) -> None:
+            bar.update(task, description=phase, completed=done or 0, total=total)
+        yield progress

@@ -24,7 +24,10 @@ def build(
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write.")] = Path("out/bundle"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
     runtime: Annotated[Optional[Path], typer.Option(help="A riscv64 IREE runtime build directory to bundle "
-                                                    "(default: the one `rvdeploy runtime add` registered).")] = None,
+                                                    "(default: the registered one; with none registered, "
+                                                    "`rvdeploy runtime build` runs first).")] = None,
+    no_runtime: Annotated[bool, typer.Option("--no-runtime", help="riscv64 targets: bundle no IREE runtime (the "
+                                             "bundle cannot run until rebuilt with one).")] = False,
     tar: Annotated[bool, typer.Option("--tar", help="Also write OUTPUT.tar.gz (byte-identical for the same "
                                       "inputs).")] = False,
     ukernels: Annotated[Optional[str], typer.Option(help="mmt4d microkernels: project (rvdeploy's RVV kernels, "
@@ -38,8 +41,12 @@ def build(
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         result = api.build(model, out=output, variant=variant, revision=revision, target=target,
                            pipeline=pipeline, force=force, runtime=runtime, tar=tar, ukernels=ukernels,
-                           quantize=quantize, on_stage=hook)
+                           quantize=quantize, no_runtime=no_runtime, on_stage=hook, on_progress=hook.progress)
     m = result.bundle.manifest
+    if result.runtime_built is not None:
+        rb = result.runtime_built
+        err.print(f"{'found' if rb.cached else 'built'} and registered a riscv64 IREE runtime: {rb.path}"
+                  + ("" if rb.cached else f" ({rb.seconds:.0f} s, once)"), soft_wrap=True)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if json_:

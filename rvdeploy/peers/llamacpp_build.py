@@ -26,7 +26,9 @@ from pathlib import Path
 
 from ..boards.launch import last_line
 from ..errors import RvdeployError
+from ..filelock import exclusive
 from ..paths import cache_dir
+from ..procgroup import run_logged
 from ..targets import Target, get_target
 
 CONFIG = tomllib.loads(Path(__file__).with_name("llamacpp.toml").read_text())
@@ -151,35 +153,34 @@ def bin_dir(target: Target) -> Path:
 
 
 def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> Path:
-    """The directory holding llama-bench, llama-quantize and llama-completion for the target; built once."""
+    """The directory holding llama-bench, llama-quantize and llama-completion for the target; built once.
+    Builds share the source tree and the cache folder, so a second process waits for the first (a lock)."""
     target = get_target(target) if isinstance(target, str) else target
     options = cmake_options(target)  # refuses a target it cannot build for, before any download
     out = bin_dir(target)
     if all(os.access(out / t, os.X_OK) for t in TOOLS):
         return out
-    src = source_dir(step)
-    key = build_key(target)
-    work = root() / f"build-{key}"
-    log = root() / f"build-{key}.log"
-    step(f"building llama.cpp for {key} (once, about 3 minutes)")
-    with open(log, "w") as f:
-        for cmd in (["cmake", "-S", str(src), "-B", str(work), *_toolchain_options(target), *options],
-                    ["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS]):
-            f.write("$ " + " ".join(cmd) + "\n")
-            f.flush()
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-            if proc.returncode != 0:
-                errors = [ln for ln in log.read_text().splitlines() if "error" in ln.lower()]
-                raise RvdeployError(f"building llama.cpp failed: {(errors or ['see the log'])[0].strip()[:250]}",
-                                    hint=f"full log: {log}")
-    tmp = Path(tempfile.mkdtemp(dir=root(), prefix=".bin-"))
-    try:
-        for t in TOOLS:
-            shutil.copy2(work / "bin" / t, tmp / t)
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with exclusive(root() / ".lock", on_wait=step):
+        if all(os.access(out / t, os.X_OK) for t in TOOLS):  # built by the process we waited for
+            return out
+        src = source_dir(step)
+        key = build_key(target)
+        work = root() / f"build-{key}"
+        log = root() / f"build-{key}.log"
+        step(f"building llama.cpp for {key} (once, about 3 minutes)")
+        log.write_text("")
+        run_logged(["cmake", "-S", str(src), "-B", str(work), *_toolchain_options(target), *options], log,
+                   what="configuring llama.cpp")
+        run_logged(["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS],
+                   log, what="building llama.cpp")
+        tmp = Path(tempfile.mkdtemp(dir=root(), prefix=".bin-"))
+        try:
+            for t in TOOLS:
+                shutil.copy2(work / "bin" / t, tmp / t)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
