@@ -27,11 +27,16 @@ def end_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def first_error(log: Path) -> str:
-    """The first line of LOG that reads as an error (else its last line), for one-line messages."""
-    text = log.read_text(errors="replace").splitlines()
-    errors = [ln.strip() for ln in text if re.search(r"\berror\b|fatal", ln, re.I)]
-    return (errors or [ln.strip() for ln in text if ln.strip()][-1:] or ["no output"])[0][:250]
+def first_error(text: str) -> str:
+    """The first diagnostic in a command's output ("error:" as compilers, cmake and git print it; else a
+    fatal or FAILED line; else the last line), for one-line messages. Command lines are skipped: their
+    -Wno-error flags are no errors."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for pattern in (r"\berror:|CMake Error", r"\bfatal\b|^FAILED:"):
+        hits = [ln for ln in lines if re.search(pattern, ln) and not ln.startswith(("$ ", "/usr/bin/"))]
+        if hits:
+            return hits[0][:250]
+    return (lines[-1:] or ["no output"])[0][:250]
 
 
 def run_logged(cmd: list[str], log: Path, what: str, on_line: Callable[[str], None] | None = None,
@@ -42,6 +47,7 @@ def run_logged(cmd: list[str], log: Path, what: str, on_line: Callable[[str], No
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
+        start = f.tell()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace", start_new_session=True, cwd=cwd)
         try:
@@ -54,4 +60,7 @@ def run_logged(cmd: list[str], log: Path, what: str, on_line: Callable[[str], No
             end_group(proc)
             raise
     if proc.returncode != 0:
-        raise RvdeployError(f"{what} failed: {first_error(log)}", hint=hint or f"full log: {log}")
+        with open(log, errors="replace") as f:
+            f.seek(start)
+            output = f.read()
+        raise RvdeployError(f"{what} failed: {first_error(output)}", hint=hint or f"full log: {log}")

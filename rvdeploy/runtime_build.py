@@ -155,7 +155,8 @@ def _from_archive(path: Path) -> IreeSource:
                 with tarfile.open(path) as tar:
                     tar.extractall(tmp, filter="data")
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-                raise RvdeployError(f"{path} is not a readable .tar.gz of IREE's source ({exc})")
+                why = " ".join(str(exc).split())[:200]  # tarfile's message spans lines
+                raise RvdeployError(f"{path} is not a readable .tar.gz of IREE's source ({why})")
             _check_tree(tmp, str(path))
             (tmp / ".complete").touch()
             shutil.rmtree(dest, ignore_errors=True)

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from cli_run import one_line_error, rvdeploy
-from conftest import DEMO
+from conftest import DEMO, system_part_missing
 from rvdeploy import bench, qemu_cost
 from rvdeploy.bundle import Bundle
 from rvdeploy.errors import RvdeployError
@@ -101,15 +101,15 @@ def test_compare_llama_cpp_needs_hf_weights(pair):
 
 
 # ---- emulated cost: needs the plugin-capable qemu built by scripts/build_qemu_plugins.sh (setup.sh) ----------
-def _no_plugin_qemu() -> str | None:
+@pytest.fixture
+def plugin_qemu():
     try:
-        qemu_cost.plugin_qemu()
+        return qemu_cost.plugin_qemu()
     except RvdeployError as exc:
-        return str(exc)
-    return None
+        system_part_missing(str(exc))
 
 
-needs_plugin_qemu = pytest.mark.skipif(_no_plugin_qemu() is not None, reason=str(_no_plugin_qemu()))
+needs_plugin_qemu = pytest.mark.usefixtures("plugin_qemu")
 
 
 @needs_plugin_qemu
@@ -140,14 +140,7 @@ def test_by_difference():
 
 @pytest.mark.slow
 @needs_plugin_qemu
-def test_cost_on_riscv64_bundle_stops_at_the_runtime(built, tmp_path):
-    from boards import fake_runtime
-
-    bare = built(str(DEMO), "rv64gcv-vlen256")
+def test_cost_on_riscv64_bundle_without_runtime_says_so(built):
+    bare = built(str(DEMO), "rv64gcv-vlen256", no_runtime=True)
     proc = rvdeploy("bench", str(bare.path), "--board", "qemu", "--cost")
-    assert proc.returncode == 1 and "has no riscv64 IREE runtime" in proc.stderr, proc.stderr
-    # with a (stand-in) runtime the whole path runs: launcher checks (probe under the plugin qemu), then the tool
-    rt = fake_runtime(tmp_path / "rt")
-    with_rt = built(str(DEMO), "rv64gcv-vlen256", runtime=rt)
-    proc = rvdeploy("bench", str(with_rt.path), "--board", "qemu", "--cost", "-p", "4", "-n", "2")
-    assert proc.returncode == 1 and "this test stand-in runs no IREE module" in proc.stderr, proc.stderr
+    one_line_error(proc, "has no riscv64 IREE runtime", "rvdeploy runtime build")

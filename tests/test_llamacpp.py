@@ -1,6 +1,7 @@
 """rvdeploy bench --compare llama.cpp: llama.cpp cross-built for the board's ISA from the llama-cpp-python
 sdist, the same weights converted to GGUF by llama.cpp's own converter, llama-bench run under qemu
-(wall time) and under the instruction-counting qemu (--cost), without any riscv64 IREE runtime.
+(wall time) and under the instruction-counting qemu (--cost), beside the bundle's own IREE rows (and alone
+when the bundle has no riscv64 IREE runtime).
 
 The model is tests/fixtures/tiny-hf (benchmarks/make_llama.py tiny): an ONNX export and the HF checkpoint
 of the same random weights. The llama.cpp build (about 3 minutes) and the GGUFs are cached."""
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from cli_run import one_line_error, rvdeploy
-from conftest import DEMO
+from conftest import DEMO, system_part_missing
 from rvdeploy.errors import RvdeployError
 from rvdeploy.peers import gguf, llamacpp_build
 from rvdeploy.targets import get_target
@@ -129,6 +130,11 @@ def tiny_k1(built):
 
 
 @pytest.fixture(scope="module")
+def tiny_k1_bare(built):
+    return built(str(TINY_HF), "spacemit-k1", no_runtime=True)
+
+
+@pytest.fixture(scope="module")
 def tools():
     return llamacpp_build.build("spacemit-k1")
 
@@ -174,9 +180,9 @@ def test_gguf_holds_the_same_weights(tools):
 
 
 @pytest.mark.slow
-def test_bench_llama_cpp_on_qemu_without_an_iree_runtime(tiny_k1, tools, tmp_path):
+def test_bench_llama_cpp_on_qemu_without_an_iree_runtime(tiny_k1_bare, tiny_k1, tools, tmp_path):
     png = tmp_path / "llama.png"
-    proc = rvdeploy("bench", str(tiny_k1.path), "--board", "qemu", "--compare", "llama.cpp", "--gguf-type", "f32",
+    proc = rvdeploy("bench", str(tiny_k1_bare.path), "--board", "qemu", "--compare", "llama.cpp", "--gguf-type", "f32",
                     "--gguf-type", "q8_0", "-p", "8", "-n", "4", "-r", "2", "--json", "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     assert "IREE rows skipped" in proc.stderr and "no riscv64 IREE runtime" in proc.stderr
@@ -194,11 +200,12 @@ def test_bench_llama_cpp_on_qemu_without_an_iree_runtime(tiny_k1, tools, tmp_pat
     assert labels["llama.cpp F32"]["params"] == params
     assert labels["llama.cpp Q8_0"]["size_bytes"] < labels["llama.cpp F32"]["size_bytes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
-    # the table form names both backends and the t/s +- stddev
+    # with the bundle's runtime: the table names both backends (IREE's rows from the same board) and t/s +- stddev
     proc = rvdeploy("bench", str(tiny_k1.path), "--board", "qemu", "--compare", "llama.cpp", "-p", "8", "-n", "4",
                     "-r", "1")
     assert proc.returncode == 0, proc.stderr
-    assert "llama.cpp F32" in proc.stdout and "pp8" in proc.stdout and "±" in proc.stdout
+    for word in ("llama.cpp F32", "IREE mmt4d", "pp8", "tg4", "±"):
+        assert word in proc.stdout
 
 
 @pytest.mark.slow
@@ -208,11 +215,13 @@ def test_cost_of_llama_cpp_per_token(tiny_k1, tools):
     try:
         qemu_cost.plugin_qemu()
     except RvdeployError as exc:
-        pytest.skip(str(exc))
+        system_part_missing(str(exc))
     args = ("bench", str(tiny_k1.path), "--board", "qemu", "--compare", "llama.cpp", "--cost", "-p", "17", "-n",
             "16", "--json")
     first = rvdeploy(*args)
     assert first.returncode == 0, first.stderr
+    mine = json.loads(first.stdout)["cost"]["mmt4d"]  # the bundle's module, counted in the same run
+    assert mine["per_generated_token"]["instructions"] > mine["per_generated_token"]["vector_instructions"] > 0
     c = json.loads(first.stdout)["cost"]["llama.cpp F32"]
     cfg = json.loads((TINY_HF / "config.json").read_text())
     h, v, i, L = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]

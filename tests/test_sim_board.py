@@ -1,7 +1,7 @@
 """The emulated riscv64 board (`rvdeploy sim`) and --board qemu: the probe reports the VLEN the board was
 started with, a VLEN-256 bundle is refused on a VLEN-128 board before anything runs, and on a matching
-board the launcher's checks pass and the bundle's riscv64 runtime is executed with token ids only (a
-stand-in ELF: no riscv64 IREE runtime exists here, so the run itself is not claimed).
+board the launcher's checks pass and the bundle's real riscv64 IREE runtime runs the module with token ids
+only, giving onnxruntime's greedy tokens.
 
 The userland is debootstrapped once (1-2 minutes) into the user cache directory and reused by later runs."""
 
@@ -14,13 +14,14 @@ import subprocess
 
 import pytest
 
-from boards import fake_runtime
 from cli_run import one_line_error, rvdeploy
-from conftest import DEMO, TINY
+from conftest import DEMO, TINY, system_part_missing
+from ort_reference import greedy_tokens
 from test_llamacpp import TINY_HF
 from rvdeploy import sim, sshd
 from rvdeploy.boards.qemu import MIN_VERSION, qemu_version
 from rvdeploy.targets import get_target
+from rvdeploy.tokenizer import TextCodec
 
 pytestmark = pytest.mark.slow
 
@@ -38,8 +39,10 @@ def _why_not() -> str | None:
     return None
 
 
-if _why_not():
-    pytestmark = [pytest.mark.slow, pytest.mark.skip(reason=_why_not())]
+@pytest.fixture(scope="module", autouse=True)
+def _setup_done():
+    if _why_not():
+        system_part_missing(_why_not())
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +69,6 @@ def boards(tmp_path_factory):
         assert not os.path.exists(f"/proc/{s.pid}") or b"sshd" not in open(f"/proc/{s.pid}/cmdline", "rb").read()
 
 
-@pytest.fixture(scope="module")
-def runtime_dir(tmp_path_factory):
-    return fake_runtime(tmp_path_factory.mktemp("fake-runtime"))
-
-
 def test_sessions_run_in_the_riscv64_userland(boards):
     b = boards[256]
     out = subprocess.run(["ssh", "-F", b["env"]["RVDEPLOY_SSH_CONFIG"], b["name"], "uname -m; command -v sha256sum"],
@@ -89,41 +87,44 @@ def test_probe_reports_the_vlen_it_was_started_with(boards, vlen):
     assert info["hwprobe"] is True and {"v", "zba", "zbb", "zbs"} <= set(info["extensions"])
 
 
-def test_vlen256_bundle_refused_on_vlen128_board(boards, built, runtime_dir):
-    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", runtime=runtime_dir)
+def test_vlen256_bundle_refused_on_vlen128_board(boards, built, riscv_runtime):
+    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline")
     b = boards[128]
     proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "-n", "2", env=b["env"])
     one_line_error(proc, "refused", "VLEN: bundle needs 256, board has 128")
-    assert "fake-iree-tool" not in proc.stderr  # refused before the runtime ran
 
 
-def test_matching_board_runs_the_bundled_runtime_with_ids_only(boards, built, runtime_dir):
-    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", runtime=runtime_dir)
+def test_matching_board_runs_the_module_with_ids_only(boards, built, riscv_runtime):
+    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline")
     b = boards[256]
     prompt = "Beautiful is $(reboot)"
-    proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "--prompt", prompt, "-n", "2", env=b["env"])
-    # the launcher's checks passed and the riscv64 stand-in ran on the emulated board; it runs no module
-    line = one_line_error(proc, "iree-run-module failed on board", "runs no IREE module")
-    assert "reboot" not in line
+    proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "--prompt", prompt, "-n", "8", "--json",
+                    env=b["env"])
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    ids = TextCodec(bundle.path / "tokenizer.json").encode(prompt)  # the board saw these ids, not the text
+    assert doc["prompt_ids"] == ids and doc["board"] == b["name"]
+    assert doc["ids"] == greedy_tokens(TINY / "model.onnx", ids, 8)[0]
 
 
 def test_bundle_without_runtime_says_what_to_supply(boards, built):
-    bundle = built(str(DEMO), "rv64gcv-vlen256", "mmt4d")
+    bundle = built(str(DEMO), "rv64gcv-vlen256", "mmt4d", no_runtime=True)
     b = boards[256]
     proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "-n", "2", env=b["env"])
-    one_line_error(proc, "has no riscv64 IREE runtime", "rvdeploy runtime add DIR")
+    one_line_error(proc, "has no riscv64 IREE runtime", "rvdeploy runtime build")
 
 
 def test_llama_cpp_on_the_emulated_ssh_board(boards, built):
     """--compare llama.cpp over ssh: llama-bench and the GGUF go to the board's blob cache and run there
-    (under the board's own emulation); the IREE rows are skipped for want of a runtime."""
+    (under the board's own emulation), beside the bundle's own iree-benchmark-module."""
     bundle = built(str(TINY_HF), "spacemit-k1")
     b = boards["k1"]
     proc = rvdeploy("bench", str(bundle.path), "--board", b["name"], "--compare", "llama.cpp", "--gguf-type", "q8_0",
                     "-p", "8", "-n", "4", "-r", "2", "--json", env=b["env"])
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert [(r["pipeline"], r["test"]) for r in doc["results"]] == [("llama.cpp Q8_0", "pp8"), ("llama.cpp Q8_0", "tg4")]
+    assert [(r["pipeline"], r["test"]) for r in doc["results"]] == [
+        ("mmt4d", "pp8"), ("mmt4d", "tg4"), ("llama.cpp Q8_0", "pp8"), ("llama.cpp Q8_0", "tg4")]
     for r in doc["results"]:
         assert r["t/s"] > 0 and len(r["samples"]) == 2 and r["peak_rss_bytes"] is None  # measured elsewhere
 
@@ -136,7 +137,7 @@ def test_cost_on_the_emulated_ssh_board_matches_the_qemu_board(boards, built):
     try:
         qemu_cost.plugin_qemu()
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(str(exc))
+        system_part_missing(str(exc))
     bundle = built(str(TINY_HF), "spacemit-k1")
     b = boards["k1"]
     args = ("bench", str(bundle.path), "--compare", "llama.cpp", "--cost", "-p", "9", "-n", "8", "--json")
@@ -153,12 +154,10 @@ def test_cost_on_the_emulated_ssh_board_matches_the_qemu_board(boards, built):
         assert a[phase]["instructions"] == pytest.approx(c[phase]["instructions"], rel=0.1)
 
 
-def test_qemu_board(built, runtime_dir):
-    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", runtime=runtime_dir)
+def test_qemu_board(built, riscv_runtime):
+    bundle = built(str(TINY), "rv64gcv-vlen256", "baseline")
     one_line_error(rvdeploy("run", str(bundle.path), "--board", "qemu:rv64gcv-vlen128", "-n", "2"),
                    "refused", "VLEN: bundle needs 256, board has 128")
-    one_line_error(rvdeploy("run", str(bundle.path), "--board", "qemu", "-n", "2"),
-                   "iree-run-module failed on qemu", "runs no IREE module")
     info = json.loads(rvdeploy("probe", "--board", "qemu:rv64gcv-vlen512", "--json").stdout)
     assert info["vlen"] == 512
 

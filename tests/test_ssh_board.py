@@ -16,11 +16,13 @@ import pytest
 
 from boards import start_host_board
 from cli_run import one_line_error, rvdeploy
-from conftest import DEMO
+from conftest import DEMO, system_part_missing
 from rvdeploy import sshd
 
-pytestmark = pytest.mark.skipif(not os.path.exists(sshd.SSHD) or os.geteuid() != 0,
-                                reason="needs openssh-server and root (scripts/setup.sh)")
+@pytest.fixture(scope="module", autouse=True)
+def _setup_done():
+    if not os.path.exists(sshd.SSHD) or os.geteuid() != 0:
+        system_part_missing("needs openssh-server and root (scripts/setup.sh)")
 PROMPT = "Beautiful is"
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import system_part_missing
 from rvdeploy.datafiles import data_dir
 from rvdeploy.errors import RvdeployError
 from rvdeploy.targets import FIGURE_KEYS, Target, get_target, list_targets
@@ -274,11 +275,11 @@ _FADD_H = (0b0000010 << 25) | (3 << 20) | (2 << 15) | (7 << 12) | (1 << 7) | 0x5
 def _qemu() -> str:
     qemu = shutil.which("qemu-riscv64")
     if not qemu:
-        pytest.skip("qemu-riscv64 not installed")
+        system_part_missing("qemu-riscv64 not installed (scripts/setup.sh)")
     out = subprocess.run([qemu, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"version (\d+)\.", out)
     if not m or int(m.group(1)) < 10:
-        pytest.skip(f"qemu-riscv64 >= 10 needed for the targets' -cpu strings, found: {out.splitlines()[:1]}")
+        system_part_missing(f"qemu-riscv64 >= 10 needed for the targets' -cpu strings, found: {out.splitlines()[:1]}")
     return qemu
 
 

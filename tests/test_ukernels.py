@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import system_part_missing
 from rvdeploy import ukernels
 from rvdeploy.targets import get_target
 
@@ -22,7 +23,7 @@ def _need_toolchain():
     missing = [n for n, p in (("clang-19", CLANG), ("qemu-riscv64", QEMU), ("ld.lld-19", shutil.which("ld.lld-19")))
                if not p]
     if missing or not Path("/usr/riscv64-linux-gnu/lib").is_dir():
-        pytest.skip(f"needs {', '.join(missing) or 'libc6-dev-riscv64-cross'} (installed by scripts/setup.sh)")
+        system_part_missing(f"needs {', '.join(missing) or 'libc6-dev-riscv64-cross'} (installed by scripts/setup.sh)")
 
 
 @pytest.mark.slow
@@ -52,7 +53,7 @@ def test_harness_under_qemu(tmp_path, vlen):
 
 def test_bitcode_is_cached_and_linkable(tmp_path, monkeypatch):
     if not CLANG or not shutil.which("llvm-as-19"):
-        pytest.skip("needs clang-19 and llvm-19 (installed by scripts/setup.sh)")
+        system_part_missing("needs clang-19 and llvm-19 (installed by scripts/setup.sh)")
     monkeypatch.setenv("RVDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
     tgt = get_target("rv64gcv-vlen256")
     choice = ukernels.choose(tgt, "project")
