@@ -7,6 +7,7 @@ with each stage's name before it runs.
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -61,10 +62,11 @@ PROBE_PATH = f"probe/{PROBE_NAME}"
 
 
 def build_runtime(source: Path | str | None = None, ref: str | None = None, jobs: int | None = None,
-                  progress: runtime_build.Progress = runtime_build.no_progress
+                  progress: runtime_build.Progress = runtime_build.no_progress, arch: str = "riscv64"
                   ) -> tuple[runtimes.Runtime, runtime_build.RuntimeBuild]:
-    """Build (or find in the cache) a riscv64 IREE runtime from IREE's sources and register it."""
-    result = runtime_build.build(source=source, ref=ref, jobs=jobs, progress=progress)
+    """Build (or find in the cache) an IREE runtime with rvdeploy's runner from IREE's sources (riscv64, or
+    "host": this machine's runner) and register it."""
+    result = runtime_build.build(source=source, ref=ref, jobs=jobs, progress=progress, arch=arch)
     return runtimes.add(result.path), result
 
 
@@ -81,35 +83,40 @@ class BoardSide:
 
 def _board_side(tgt, runtime_dir: Path | str | None, no_runtime: bool,
                 progress: runtime_build.Progress) -> BoardSide:
-    """The launcher, the probe (riscv64) and the IREE runtime: resolved (a riscv64 runtime built when none is
-    registered) before any compile work, so a missing toolchain or a bad --runtime fails before minutes of it."""
+    """The launcher, the probe (riscv64) and the runtime (riscv64: IREE's tools and rvdeploy's runner; host:
+    the runner): resolved, and built from IREE's sources when none is registered, before any compile work, so
+    a missing toolchain or a bad --runtime fails before minutes of it."""
     files: dict[str, Path] = {}
     executables: set[str] = set()
     warnings: list[str] = []
     built = None
+    if not tgt.is_host and runtime_dir is not None and no_runtime:
+        raise RvdeployError("--runtime and --no-runtime contradict each other", hint="pass one of them")
+    if tgt.is_host and no_runtime:
+        raise RvdeployError("--no-runtime is for riscv64 targets: host bundles carry this machine's runner")
+    arch = platform.machine() if tgt.is_host else tgt.arch
+    rt = None if no_runtime else runtimes.for_arch(arch, runtime_dir)
+    if rt is None and not no_runtime:
+        rt, built = build_runtime(progress=progress, arch="host" if tgt.is_host else tgt.arch)
+    if rt is not None:
+        for tool in runtimes.required_tools(rt.arch):
+            files[f"runtime/{tool}"] = rt.path / tool
+            executables.add(f"runtime/{tool}")
     if tgt.is_host:
-        if runtime_dir is not None or no_runtime:
-            raise RvdeployError(f"{'--runtime' if runtime_dir is not None else '--no-runtime'} is for riscv64 "
-                                "targets: host bundles use iree-base-runtime's tools")
-        runtime = {"kind": "host", "package": "iree-base-runtime", "version": runtimes.host_runtime_version()}
+        # IREE's own tools (iree-run-module, iree-benchmark-module) come from iree-base-runtime on the board
+        runtime = {"kind": "host", "package": "iree-base-runtime", "version": runtimes.host_runtime_version(),
+                   "dir": "runtime", "tools": list(runtimes.HOST_TOOLS),
+                   "runner": {"version": rt.version, "source": rt.source}}
         probe = None
     else:
-        if runtime_dir is not None and no_runtime:
-            raise RvdeployError("--runtime and --no-runtime contradict each other", hint="pass one of them")
         files[PROBE_PATH] = probe_binary()
         executables.add(PROBE_PATH)
         probe = PROBE_PATH
-        rt = None if no_runtime else runtimes.for_arch(tgt.arch, runtime_dir)
-        if rt is None and not no_runtime:
-            rt, built = build_runtime(progress=progress)
         if rt is None:
             runtime = {"kind": "none", "arch": tgt.arch, "hint": runtimes.BUILD_HINT}
             warnings.append(f"--no-runtime: the bundle cannot run until it has a {tgt.arch} IREE runtime "
                             f"({runtimes.BUILD_HINT})")
         else:
-            for tool in runtimes.TOOLS:
-                files[f"runtime/{tool}"] = rt.path / tool
-                executables.add(f"runtime/{tool}")
             runtime = {"kind": "bundled", "arch": rt.arch, "version": rt.version, "source": rt.source,
                        "dir": "runtime", "tools": list(runtimes.TOOLS)}
     req = launcher.requirements(tgt)

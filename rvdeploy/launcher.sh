@@ -5,7 +5,7 @@
 # neither, and a module built for a larger VLEN computes wrong results silently.
 #   sh launcher.sh check                 verify, then print "ok"
 #   sh launcher.sh probe [--env]         what the board has (the probe's output)
-#   sh launcher.sh run TOOL ARGS...      verify, then exec TOOL (iree-run-module, iree-benchmark-module)
+#   sh launcher.sh run TOOL ARGS...      verify, then exec TOOL (iree-run-module, iree-benchmark-module, rvdeploy-runner)
 # Exit status: 3 = refused (message names what differs), 4 = no runtime for this board, 2 = usage.
 # RVDEPLOY_RUN_PREFIX (e.g. a qemu-riscv64 path) is put in front of every riscv64 program; the CPU then
 # comes from QEMU_CPU.
@@ -73,7 +73,7 @@ case $cmd in
     uname -m ;;
   run)
     [ $# -gt 0 ] || { echo "usage: sh launcher.sh run TOOL ARGS..." >&2; exit 2; }
-    case $1 in iree-run-module|iree-benchmark-module) ;; *) echo "unknown tool: $1" >&2; exit 2 ;; esac
+    case $1 in iree-run-module|iree-benchmark-module|rvdeploy-runner) ;; *) echo "unknown tool: $1" >&2; exit 2 ;; esac
     verify
     check
     exe=$(tool_path "$1") || { echo "rvdeploy-launcher: no runtime: $RUNTIME_HINT" >&2; exit 4; }

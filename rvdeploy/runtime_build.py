@@ -1,10 +1,12 @@
-"""`rvdeploy runtime build`: IREE's runtime tools cross-compiled for riscv64 Linux from IREE's sources.
+"""`rvdeploy runtime build`: IREE's runtime tools and rvdeploy's runner built from IREE's sources.
 
-No package registry ships a riscv64 IREE runtime, so rvdeploy builds one: iree-run-module and
-iree-benchmark-module, static, for rv64gc (the module carries the vector code, so one runtime serves every
-riscv64 target), with Debian's clang-19/lld-19 and riscv64 cross libc, cmake >= 3.26 and ninja (PyPI), and
-the host tools IREE's build runs (iree-flatcc-cli, iree-c-embed-data) taken from the installed
-iree-base-runtime wheel. Recipe (options, toolchain) in runtime_build.toml.
+No package registry ships a riscv64 IREE runtime, so rvdeploy builds one: iree-run-module,
+iree-benchmark-module and rvdeploy-runner (rvdeploy/runner/runner.c, on IREE's runtime C API), static, for
+rv64gc (the module carries the vector code, so one runtime serves every riscv64 target), with Debian's
+clang-19/lld-19 and riscv64 cross libc, cmake >= 3.26 and ninja (PyPI), and the host tools IREE's build runs
+(iree-flatcc-cli, iree-c-embed-data) taken from the installed iree-base-runtime wheel. For this machine
+(`arch="host"`) only the runner is built: host bundles run IREE's own tools from iree-base-runtime. Recipe
+(options, toolchain, tools per architecture) in runtime_build.toml.
 
 Sources, in this order: `--source DIR|FILE.tar.gz` (a tree laid out as `iree/` with third_party/flatcc and
 third_party/benchmark filled in), `$RVDEPLOY_IREE_SOURCE`, else a shallow git clone of the release tag that
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -38,7 +41,8 @@ from .paths import cache_dir
 from .procgroup import run_logged
 
 CONFIG = tomllib.loads(Path(__file__).with_name("runtime_build.toml").read_text())
-TOOLS = tuple(CONFIG["build"]["tools"])
+RUNNER_DIR = Path(__file__).with_name("runner")
+ARCHES = tuple(CONFIG["arch"])  # "riscv64", "host"
 ENV_SOURCE = "RVDEPLOY_IREE_SOURCE"
 INFO_FILE = "BUILD.json"  # beside the tools: where they came from (read back by runtimes.inspect_runtime)
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
@@ -53,6 +57,11 @@ def no_progress(*_) -> None:
 
 def cache_root() -> Path:
     return cache_dir() / "iree-runtime"
+
+
+def tools(arch: str) -> tuple[str, ...]:
+    """The programs a runtime of ARCH ("riscv64" or "host") holds."""
+    return tuple(CONFIG["arch"][arch]["tools"])
 
 
 @dataclass(frozen=True)
@@ -281,14 +290,13 @@ def host_tools_dir() -> Path:
     return d
 
 
-def toolchain() -> dict:
-    """Every program the cross build needs, checked before any work, with the versions that key the cache."""
+def toolchain(arch: str = "riscv64") -> dict:
+    """Every program the build needs, checked before any work, with the versions that key the cache."""
     tc = CONFIG["toolchain"]
     for name in (tc["c_compiler"], tc["cxx_compiler"], tc["ar"], tc["ranlib"], tc["linker"]):
         if shutil.which(name) is None:
-            raise RvdeployError(f"{name} not found: needed to cross-compile IREE's runtime for riscv64",
-                                hint=tc["apt_hint"])
-    if not (Path(tc["sysroot"]) / "lib" / "libc.a").is_file():
+            raise RvdeployError(f"{name} not found: needed to build IREE's runtime for {arch}", hint=tc["apt_hint"])
+    if CONFIG["arch"][arch]["cross"] and not (Path(tc["sysroot"]) / "lib" / "libc.a").is_file():
         raise RvdeployError(f"the riscv64 C library is missing ({tc['sysroot']}/lib/libc.a)", hint=tc["apt_hint"])
     cmake, cmake_version = _cmake()
     clang = subprocess.run([tc["c_compiler"], "--version"], capture_output=True, text=True).stdout
@@ -298,8 +306,14 @@ def toolchain() -> dict:
             "host_tools_sha256": {t: sha256_file(host / t) for t in CONFIG["build"]["host_tools"]}}
 
 
-def toolchain_file() -> str:
+def toolchain_file(arch: str = "riscv64") -> str:
+    """CMake settings: clang-19 cross-compiling static rv64gc executables, or clang-19 for this machine."""
     tc = CONFIG["toolchain"]
+    if not CONFIG["arch"][arch]["cross"]:
+        return "\n".join([f"set(CMAKE_C_COMPILER {tc['c_compiler']})", f"set(CMAKE_CXX_COMPILER {tc['cxx_compiler']})",
+                          f"set(CMAKE_AR {shutil.which(tc['ar']) or tc['ar']})",
+                          f"set(CMAKE_RANLIB {shutil.which(tc['ranlib']) or tc['ranlib']})",
+                          'set(CMAKE_EXE_LINKER_FLAGS_INIT "-fuse-ld=lld")', ""])
     flags = f"-march={tc['march']} -mabi={tc['mabi']}"
     return "\n".join([
         "set(CMAKE_SYSTEM_NAME Linux)",
@@ -319,28 +333,42 @@ def toolchain_file() -> str:
 
 
 # ------------------------------------------------------------------------------------------------ build
-def build_key(src: IreeSource, tc: dict) -> str:
-    recipe = {"source": src.digest, "cmake": CONFIG["build"]["cmake"], "tools": TOOLS,
-              "toolchain_file": toolchain_file(), "cmake_version": tc["cmake_version"], "clang": tc["clang"],
-              "host_tools": tc["host_tools_sha256"]}
+def runner_digest() -> str:
+    h = hashlib.sha256()
+    for name in CONFIG["build"]["runner_sources"]:
+        h.update(name.encode() + b"\0" + (RUNNER_DIR / name).read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def build_key(src: IreeSource, tc: dict, arch: str = "riscv64") -> str:
+    recipe = {"source": src.digest, "arch": arch, "cmake": CONFIG["build"]["cmake"], "tools": tools(arch),
+              "runner": runner_digest(), "toolchain_file": toolchain_file(arch),
+              "cmake_version": tc["cmake_version"], "clang": tc["clang"], "host_tools": tc["host_tools_sha256"]}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _complete(out: Path) -> bool:
-    return (out / INFO_FILE).is_file() and all(os.access(out / t, os.X_OK) for t in TOOLS)
+def _complete(out: Path, arch: str) -> bool:
+    return (out / INFO_FILE).is_file() and all(os.access(out / t, os.X_OK) for t in tools(arch))
+
+
+def machine(arch: str) -> str:
+    """The ELF architecture a runtime of ARCH holds ("host" is this machine's)."""
+    return platform.machine() if arch == "host" else arch
 
 
 def build(source: Path | str | None = None, ref: str | None = None, jobs: int | None = None,
-          progress: Progress = no_progress) -> RuntimeBuild:
-    """The directory of a riscv64 IREE runtime built from SOURCE (see the module doc); built once."""
+          progress: Progress = no_progress, arch: str = "riscv64") -> RuntimeBuild:
+    """The directory of an IREE runtime for ARCH built from SOURCE (see the module doc); built once."""
+    if arch not in ARCHES:
+        raise RvdeployError(f"unknown runtime architecture {arch!r}", hint="known: " + ", ".join(ARCHES))
     start = time.perf_counter()
-    tc = toolchain()  # every missing tool is named before any download or extraction
+    tc = toolchain(arch)  # every missing tool is named before any download or extraction
     root = cache_root()
     with exclusive(root / ".lock", on_wait=lambda msg: progress(msg, None, None)):
         src = resolve_source(source, ref, progress)
-        key = build_key(src, tc)
-        out = root / f"rt-{key}"
-        if _complete(out):
+        key = build_key(src, tc, arch)
+        out = root / f"rt-{arch}-{key}"
+        if _complete(out, arch):
             return RuntimeBuild(out, json.loads((out / INFO_FILE).read_text()), True, time.perf_counter() - start)
         work = root / f".build-{key}"
         log = root / f"build-{key}.log"
@@ -348,11 +376,12 @@ def build(source: Path | str | None = None, ref: str | None = None, jobs: int | 
         work.mkdir(parents=True)
         log.write_text("")
         ok = False
+        where = {"riscv64": "riscv64", "host": f"this machine ({machine(arch)})"}[arch]
         try:
-            (work / "toolchain.cmake").write_text(toolchain_file())
-            progress("configuring IREE's runtime (cmake)", None, None)
-            run_logged([tc["cmake"], "-G", "Ninja", "-S", str(src.tree), "-B", str(work / "b"),
-                        f"-DCMAKE_MAKE_PROGRAM={tc['ninja']}",
+            (work / "toolchain.cmake").write_text(toolchain_file(arch))
+            progress(f"configuring IREE's runtime for {where} (cmake)", None, None)
+            run_logged([tc["cmake"], "-G", "Ninja", "-S", str(RUNNER_DIR), "-B", str(work / "b"),
+                        f"-DIREE_ROOT={src.tree}", f"-DCMAKE_MAKE_PROGRAM={tc['ninja']}",
                         f"-DCMAKE_TOOLCHAIN_FILE={work / 'toolchain.cmake'}",
                         f"-DIREE_HOST_BIN_DIR={tc['host_tools']}", *CONFIG["build"]["cmake"]],
                        log, what="configuring IREE's runtime (cmake)")
@@ -360,18 +389,19 @@ def build(source: Path | str | None = None, ref: str | None = None, jobs: int | 
             def on_line(line: str) -> None:
                 m = _NINJA_STEP.match(line)
                 if m:
-                    progress("building IREE's runtime for riscv64", int(m.group(1)), int(m.group(2)))
+                    progress(f"building IREE's runtime for {where}", int(m.group(1)), int(m.group(2)))
 
-            run_logged([tc["ninja"], "-C", str(work / "b"), f"-j{jobs or os.cpu_count() or 2}", *TOOLS],
+            run_logged([tc["ninja"], "-C", str(work / "b"), f"-j{jobs or os.cpu_count() or 2}", *tools(arch)],
                        log, what="building IREE's runtime", on_line=on_line)
-            info = {"arch": "riscv64", "version": src.version, "source": src.to_dict(), "key": key,
-                    "march": CONFIG["toolchain"]["march"], "static": True,
+            info = {"arch": machine(arch), "version": src.version, "source": src.to_dict(), "key": key,
+                    "tools": list(tools(arch)), "static": CONFIG["arch"][arch]["static"],
+                    "march": CONFIG["toolchain"]["march"] if CONFIG["arch"][arch]["cross"] else "native",
                     "toolchain": {k: tc[k] for k in ("clang", "cmake_version")},
-                    "cmake_options": CONFIG["build"]["cmake"]}
+                    "cmake_options": CONFIG["build"]["cmake"], "runner_sha256": runner_digest()}
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".rt-{key}-"))
             try:
-                for tool in TOOLS:
-                    shutil.copy2(work / "b" / "tools" / tool, tmp / tool)
+                for tool, built in CONFIG["arch"][arch]["tools"].items():
+                    shutil.copy2(work / "b" / built, tmp / tool)
                 (tmp / "VERSION").write_text(src.version + "\n")
                 (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
                 shutil.rmtree(out, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Registered IREE runtime builds for boards (riscv64), and the host runtime (iree-base-runtime).
+"""Registered IREE runtime builds: riscv64 (IREE's tools and rvdeploy's runner) and this machine's (the
+runner; IREE's own host tools come from iree-base-runtime).
 
 No package registry has a riscv64 IREE runtime: `rvdeploy runtime build` cross-compiles one from IREE's
 sources (rvdeploy.runtime_build) and registers it; `rvdeploy runtime add DIR` registers one built elsewhere
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -21,8 +23,11 @@ from pathlib import Path
 from .bundle import sha256_file
 from .errors import RvdeployError
 from .paths import config_dir
+from .runtime_build import tools as arch_tools
 
-TOOLS = ("iree-run-module", "iree-benchmark-module")
+RUNNER = "rvdeploy-runner"
+TOOLS = arch_tools("riscv64")  # a riscv64 runtime: iree-run-module, iree-benchmark-module, rvdeploy-runner
+HOST_TOOLS = arch_tools("host")  # this machine's: the runner (IREE's tools are iree-base-runtime's)
 REGISTRY = "runtimes.json"
 EM_RISCV = 243
 _ELF_MACHINES = {EM_RISCV: "riscv64", 62: "x86_64", 183: "aarch64"}
@@ -111,42 +116,49 @@ def _is_iree_tool(exe: Path) -> bool:
     return False
 
 
+def required_tools(arch: str) -> tuple[str, ...]:
+    return TOOLS if arch == "riscv64" else HOST_TOOLS
+
+
 def inspect_runtime(directory: Path | str) -> Runtime:
-    """Validate a runtime build directory: both tools present, executables, 64-bit ELF for one architecture,
-    and IREE's tools at that (not any riscv64 program)."""
+    """Validate a runtime build directory: its tools present, executables, 64-bit ELF for one architecture
+    (riscv64, or this machine's), and IREE's programs at that (not any ELF)."""
     d = Path(directory).expanduser().resolve()
     if not d.is_dir():
         raise RvdeployError(f"runtime directory not found: {d}")
+    runner_arch = elf_arch(d / RUNNER) if (d / RUNNER).is_file() else None
+    wanted = required_tools(runner_arch or "riscv64")
     arches = set()
     tools = {}
-    for name in TOOLS:
+    for name in wanted:
         exe = d / name
         if not exe.is_file():
             # a CMake build tree keeps them under tools/
             if (d / "tools" / name).is_file():
                 raise RvdeployError(f"{d} has no {name}, but {d / 'tools'} has: pass that directory")
-            raise RvdeployError(f"{d} is not an IREE runtime build: {name} is missing",
-                                hint="pass the directory holding iree-run-module and iree-benchmark-module")
+            raise RvdeployError(f"{d} is not an rvdeploy runtime: {name} is missing",
+                                hint="`rvdeploy runtime build --source IREE_SOURCE` builds IREE's tools with "
+                                     f"{RUNNER} from any IREE source tree")
         arch = elf_arch(exe)
         if arch is None:
             raise RvdeployError(f"{exe} is not a 64-bit little-endian ELF executable")
         if not os.access(exe, os.X_OK):
             raise RvdeployError(f"{exe} is not executable", hint=f"chmod +x {exe}")
-        if arch == "riscv64" and not _is_iree_tool(exe):
-            raise RvdeployError(f"{exe} is a riscv64 program but not IREE's {name}",
+        if not _is_iree_tool(exe):
+            raise RvdeployError(f"{exe} is a {arch} program but not IREE's {name}",
                                 hint="pass the directory of an IREE runtime build (`rvdeploy runtime build` makes one)")
         arches.add(arch)
         tools[name] = sha256_file(exe)
     if len(arches) != 1:
         raise RvdeployError(f"{d}: the tools are built for different architectures ({', '.join(sorted(arches))})")
     arch = arches.pop()
-    if arch != "riscv64":
-        raise RvdeployError(f"{d}: the tools are {arch} ELF files, not riscv64",
-                            hint="host bundles use iree-base-runtime's tools; register riscv64 builds only")
+    if arch not in ("riscv64", platform.machine()):
+        raise RvdeployError(f"{d}: the tools are {arch} ELF files, neither riscv64 nor this machine's",
+                            hint="register riscv64 builds, or this machine's runner")
     info = _build_info(d)
     if info and info.get("version"):
         return Runtime(d, arch, str(info["version"]), tools, info.get("source"))
-    return Runtime(d, arch, _tool_version(d / TOOLS[0], arch), tools)
+    return Runtime(d, arch, _tool_version(d / wanted[0], arch), tools)
 
 
 def _registry_file() -> Path:

