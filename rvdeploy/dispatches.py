@@ -21,11 +21,14 @@ Caveat on sums: IREE deduplicates executables, so identical dispatches (the same
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from .errors import RvdeployError
 
 # ----------------------------------------------------------------------------------------------------
 # Rows
@@ -91,6 +94,34 @@ class DispatchReport:
             rvv={str(k): int(v) for k, v in (d.get("rvv") or {}).items()},
             ukernel_tiles={str(k): int(v) for k, v in (d.get("ukernel_tiles") or {}).items()},
         )
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "DispatchReport":
+        """dispatches.json's text -> the report; one RvdeployError naming WHERE when it is not one rvdeploy
+        wrote (every row field of its annotated type, so that readers never meet a wrong one)."""
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            for key, row_type in (("contractions", ContractionRow), ("packs", PackRow)):
+                for row in d.get(key, ()):
+                    _check_row(row_type, row)
+            return cls.from_dict(d)
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise RvdeployError(f"{where}: not a dispatch report rvdeploy wrote ({str(exc)[:80]})",
+                                hint="rebuild the bundle") from None
+
+
+_ROW_TYPES = {"str": (str,), "bool": (bool,), "str | None": (str, type(None)), "int | None": (int, type(None))}
+
+
+def _check_row(row_type, row) -> None:
+    if not isinstance(row, dict):
+        raise TypeError(f"a {row_type.__name__} is not an object")
+    for f in fields(row_type):
+        if f.name in row and not (isinstance(row[f.name], _ROW_TYPES[f.type])
+                                  and not (f.type == "int | None" and isinstance(row[f.name], bool))):
+            raise TypeError(f"{row_type.__name__}.{f.name} is {row[f.name]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

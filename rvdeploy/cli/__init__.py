@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         _fail(f"{exc.format_message()} (see `{command} --help`)", exc.exit_code)
     except click.ClickException as exc:
         _fail(exc.format_message(), exc.exit_code)
-    except (click.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         code = INTERRUPTED
     except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say
         sys.stderr = open(os.devnull, "w")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -14,3 +15,23 @@ Board = Annotated[str, typer.Option("--board", "-b", help="Where to run: `local`
                                     "`qemu[:TARGET]` (riscv64 bundles under qemu-user), or `\\[user@]host[:port]` / "
                                     "an ssh config alias (a board over ssh; RVDEPLOY_SSH_CONFIG picks the config "
                                     "file).")]
+
+# Every numeric option has a range. Token counts stop at rvdeploy.modelconfig.MAX_CONTEXT (the model's own context,
+# checked later, is smaller); threads at IREE's 64 workers; repetitions and seconds at what a benchmark can use.
+MAX_TOKENS = 1 << 24
+MAX_REPS = 1000
+MAX_MIN_TIME = 3600.0  # seconds per repetition
+
+
+def seconds(low_open: float, high: float):
+    """A float option callback: a finite number in (LOW_OPEN, HIGH]; NaN and infinities are refused (a range
+    check alone lets NaN through, and `inf` seconds never end)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not (math.isfinite(value) and low_open < value <= high):
+            raise typer.BadParameter(f"{value} is not a number of seconds above {low_open:g} and at most {high:g}")
+        return value
+
+    return check

@@ -16,10 +16,12 @@ def pack(
     bundle: BundleArg,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Archive to write (default: "
                                                    "BUNDLE.tar.gz next to the bundle).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing archive rvdeploy packed at "
+                                        "--output.")] = False,
     json_: Json = False,
 ) -> None:
     """Write the bundle as a .tar.gz: sorted entries, fixed owners, modes and times (same bundle, same bytes)."""
-    path = api.pack(bundle, output)
+    path = api.pack(bundle, output, force=force)
     if json_:
         print_json({"archive": str(path)})
         return
