@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sshd
+from . import children, sshd
 from .boards.qemu import checked_qemu, qemu_version, MIN_VERSION, UPGRADE_HINT
 from .boards.ssh import COUNT_KIT
 from .errors import RvdeployError
@@ -107,7 +107,7 @@ def _require_root() -> None:
 def ensure_binfmt() -> bool:
     """riscv64 ELF files run through qemu-user (>= 8.1) via binfmt_misc. True when this call registered it."""
     if not (BINFMT / "register").exists():
-        r = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True)
+        r = children.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True)
         if r.returncode != 0:
             raise RvdeployError(f"cannot mount binfmt_misc: {r.stderr.strip()[:200]}",
                                 hint="run as root on a host (or a privileged container)")
@@ -156,7 +156,7 @@ def ensure_userland(directory: Path, on_step: Step = _noop) -> Path:
     with open(log, "wb") as out:
         for what, cmd, env in steps:
             on_step(what)
-            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+            r = children.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
             if r.returncode != 0:
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise RvdeployError(f"{what} failed: {tail[0][:200]}", hint=f"full log: {log}")
@@ -173,7 +173,7 @@ def ensure_userland(directory: Path, on_step: Step = _noop) -> Path:
 
 def _shared_libraries(exe: Path) -> tuple[list[Path], Path | None]:
     """(libraries, dynamic loader) that `ldd` resolves for an x86-64 executable or library here."""
-    out = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    out = children.run(["ldd", str(exe)], capture_output=True, text=True).stdout
     libs, loader = [], None
     for line in out.splitlines():
         m = re.search(r"=>\s*(/\S+)", line)

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import children
 from ..bundle import MANIFEST, SUMS, Bundle, sha256_file
 from ..errors import RvdeployError
 from ..probe import describe_unix, probe_binary
@@ -82,7 +83,10 @@ class SshBoard:
 
     def __exit__(self, *exc):
         if self._control is not None:
-            subprocess.run([*self._ssh_base(), "-O", "exit", "--", self.host], capture_output=True, timeout=30)
+            try:  # ends the shared connection (its master process); a failure here must not hide another
+                children.run([*self._ssh_base(), "-O", "exit", "--", self.host], capture_output=True, timeout=30)
+            except (RvdeployError, OSError):
+                pass
             shutil.rmtree(self._control, ignore_errors=True)
             self._control = None
         return False
@@ -104,7 +108,8 @@ class SshBoard:
 
     def sh(self, script: str, *, stdin=None, check_connect: bool = True) -> subprocess.CompletedProcess:
         """Run a POSIX sh script on the board (every value in it already quoted)."""
-        proc = subprocess.run([*self._ssh_base(), "--", self.host, script], stdin=stdin, capture_output=True)
+        proc = children.run([*self._ssh_base(), "--", self.host, script], stdin=stdin or subprocess.DEVNULL,
+                            capture_output=True)
         proc.stdout = proc.stdout.decode(errors="replace")
         proc.stderr = proc.stderr.decode(errors="replace")
         if check_connect and proc.returncode == 255:

@@ -24,6 +24,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import children
 from ..boards.launch import last_line
 from ..errors import RvdeployError
 from ..paths import cache_dir
@@ -59,9 +60,9 @@ def fetch_sdist(step: Step = _noop) -> Path:
         return found[0]
     step(f"downloading the {SOURCE['package']}=={SOURCE['version']} sdist (llama.cpp's source)")
     with tempfile.TemporaryDirectory(dir=root(), prefix=".sdist-") as tmp:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                               f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
-                              capture_output=True, text=True)
+        proc = children.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                             f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
+                            capture_output=True, text=True)
         got = sorted(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not got:
             raise RvdeployError(f"cannot download the {SOURCE['package']}=={SOURCE['version']} sdist: "
@@ -167,7 +168,7 @@ def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> 
                     ["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS]):
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
-            proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+            proc = children.run(cmd, stdout=f, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
                 errors = [ln for ln in log.read_text().splitlines() if "error" in ln.lower()]
                 raise RvdeployError(f"building llama.cpp failed: {(errors or ['see the log'])[0].strip()[:250]}",
