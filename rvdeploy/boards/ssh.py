@@ -53,17 +53,21 @@ SSH_ERRORS = {  # ssh's stderr -> what to do
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, str | None]:
-    """'[user@]host[:port]' -> (user, host, port). A bare name may be an ssh-config alias."""
-    user, _, rest = spec.rpartition("@")
+    """'[user@]host[:port]' -> (user, host, port). A bare name may be an ssh-config alias. Checked before
+    anything is sent: no name lookup for a spec that is not one."""
+    at, sep, rest = spec.rpartition("@")
     host, port = rest, None
     if rest.count(":") == 1:
         host, port = rest.split(":")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise RvdeployError(f"--board {spec}: port {port!r} is not a number from 1 to 65535")
-    # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...)
-    if not host or host.startswith("-") or not _HOST_RE.match(host) or (user and not _USER_RE.match(user)):
+        # ASCII digits only: str.isdigit() accepts '²', which int() then refuses
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+            raise RvdeployError(f"--board {spec!r}: port {port!r} is not a number from 1 to 65535")
+    user = at if sep else None
+    # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...); 'user@' needs a user
+    if not host or host.startswith("-") or not _HOST_RE.fullmatch(host) or \
+            (user is not None and not _USER_RE.fullmatch(user)):
         raise RvdeployError(f"--board {spec!r}: not [user@]host[:port] or an ssh config alias")
-    return user or None, host, port
+    return user, host, port
 
 
 class SshBoard:
