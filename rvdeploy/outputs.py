@@ -156,7 +156,8 @@ def file(out: Path | str, force: bool, kind: FileKind, flag: str = "--output") -
         check_writable_parent(out)
         return out
     if out.is_dir() and not out.is_symlink():
-        raise RvdeployError(f"{flag} {out} is a directory; give the file to write", hint=f"e.g. {out / kind.example}")
+        hint = "remove it or choose another --output" if flag == "--tar" else f"e.g. {out / kind.example}"
+        raise RvdeployError(f"{flag} {out} is a directory, not a file to write", hint=hint)
     if not force:
         raise RvdeployError(f"{out} already exists", hint=FORCE_HINT)
     if out.is_symlink() or not out.is_file():
