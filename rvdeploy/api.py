@@ -306,7 +306,7 @@ def _padding(row: dict, packed: dict) -> float | None:
         rhs = rest.split(" -> ")[0]
         m0 = int(lhs.split("x")[-2])
         n1, k1, n0, k0 = (int(d) for d in rhs.split("x")[-4:])
-    except ValueError:
+    except (ValueError, IndexError):  # a dynamic or short shape: no padding figure
         return None
     n = packed.get((n1, k1, n0, k0))
     if n is None:

@@ -43,6 +43,9 @@ def _signature_types(manifest: dict, entry: str) -> list[tuple[list[str], str]]:
     types = []
     for body in _TENSOR.findall(inputs):
         *dims, elt = body.split("x")
+        if not all(d == "?" or d.isascii() and d.isdigit() for d in dims):
+            raise RvdeployError(f"the bundle's manifest: `{entry}` signature {body!r} is not one rvdeploy wrote",
+                                hint="rebuild the bundle")
         types.append((dims, elt))
     return types
 
@@ -64,8 +67,9 @@ def phase_inputs(manifest: dict, entry: str, prompt_tokens: int) -> list[str]:
     flags = []
     for name, (dims, elt) in zip(names, types):
         if name.startswith("past_key_values."):
-            if len(dims) != 4:
-                raise RvdeployError(f"{entry}: {name} is not a 4-D KV tensor: {'x'.join(dims)}")
+            if len(dims) != 4 or "?" in (dims[1], dims[3]):
+                raise RvdeployError(f"{entry}: {name} is not a 4-D KV tensor of static heads and head size: "
+                                    f"{'x'.join(dims)}")
             heads, hdim = int(dims[1]), int(dims[3])
             if entry == "prefill":  # an empty cache: no values to give
                 flags.append(f"--input=1x{heads}x0x{hdim}x{elt}")
@@ -154,15 +158,21 @@ def model_facts(bundle: Bundle) -> ModelFacts:
     config = {}
     if any(f["path"] == "config.json" for f in m["files"]):
         config = modelconfig.parse(bundle.read_text("config.json"), f"{bundle.path}/config.json")
+    def number(key: str, default: int) -> int:  # config.json is the model's, not rvdeploy's: check what is used
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RvdeployError(f"{bundle.path}/config.json: {key} is {value!r}, not a whole number")
+        return value
+
     layers, kvh, hd = graph["num_layers"], graph["num_kv_heads"], graph["head_dim"]
-    heads = config.get("num_attention_heads", kvh)
-    hidden = config.get("hidden_size", heads * hd)
-    vocab = graph.get("vocab_size") or config.get("vocab_size", 0)
+    heads = number("num_attention_heads", kvh)
+    hidden = number("hidden_size", heads * hd)
+    vocab = graph.get("vocab_size") or number("vocab_size", 0)
     packed = (m["pipeline"].get("mmt4d") or {}).get("packed_weights") or []
+    inter = number("intermediate_size", 0)
     if packed:
         weight_macs = sum(pw["k"] * pw["n"] for pw in packed)
-    elif config.get("intermediate_size"):
-        inter = config["intermediate_size"]
+    elif inter:
         per_layer = 2 * hidden * heads * hd + 2 * hidden * kvh * hd + 3 * hidden * inter
         weight_macs = layers * per_layer + hidden * vocab
     else:

@@ -113,15 +113,24 @@ class DispatchReport:
 
 
 _ROW_TYPES = {"str": (str,), "bool": (bool,), "str | None": (str, type(None)), "int | None": (int, type(None))}
+_SHAPE = r"(?:(?:[0-9]+|\?)(?:x(?:[0-9]+|\?))*)?"  # _Type.shape: "1x?x16", "" for a scalar
+# fields the analysis parses further, in the form _analyze writes them
+_ROW_FORMATS = {"shapes": re.compile(rf"{_SHAPE}(?: \* {_SHAPE})* -> {_SHAPE}"),
+                "source_shape": re.compile(_SHAPE), "dest_shape": re.compile(_SHAPE)}
 
 
 def _check_row(row_type, row) -> None:
     if not isinstance(row, dict):
         raise TypeError(f"a {row_type.__name__} is not an object")
     for f in fields(row_type):
-        if f.name in row and not (isinstance(row[f.name], _ROW_TYPES[f.type])
-                                  and not (f.type == "int | None" and isinstance(row[f.name], bool))):
-            raise TypeError(f"{row_type.__name__}.{f.name} is {row[f.name]!r}")
+        if f.name not in row:
+            continue
+        value = row[f.name]
+        if not isinstance(value, _ROW_TYPES[f.type]) or (f.type == "int | None" and isinstance(value, bool)):
+            raise TypeError(f"{row_type.__name__}.{f.name} is {value!r}")
+        form = _ROW_FORMATS.get(f.name)
+        if form is not None and not form.fullmatch(value):
+            raise ValueError(f"{row_type.__name__}.{f.name} is {value[:40]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -133,6 +133,8 @@ def test_fuzz_manifest(demo):
             (b / "manifest.json").write_text(json.dumps(manifest))
             before = _tree(w)
             for args in (("inspect", b), ("run", b, "--board", "local", "-n", "1"),
+                         ("bench", b, "--estimate", "--target", "spacemit-k1"),
+                         ("bench", b, "--board", "local", "-p", "2", "-n", "1", "-r", "1", "--min-time", "0.001"),
                          ("pack", b, "-o", w / "out.tar.gz")):
                 assert_clean(*cli(*args))
             after = _tree(w)
@@ -144,6 +146,41 @@ def test_fuzz_manifest(demo):
                         assert m.name in listed | {"manifest.json", "SHA256SUMS"}
                         if m.name != "SHA256SUMS":
                             assert tar.extractfile(m).read() == (b / m.name).read_bytes()
+
+    check()
+
+
+# ---- the dispatch report that inspect reads --------------------------------------------------------------------
+
+@st.composite
+def reports(draw, original: dict):
+    """The bundle's real dispatches.json with a few fields of its rows replaced (or, now and then, anything)."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    report = copy.deepcopy(original)
+    for _ in range(draw(st.integers(1, 3))):
+        rows = draw(st.sampled_from([k for k in ("contractions", "packs") if report[k]]))
+        row = draw(st.sampled_from(report[rows]))
+        key = draw(st.sampled_from(sorted(row)))
+        shape_like = st.from_regex(r"[0-9a?x]{0,6}( \* [0-9a?x]{0,6})? -> [0-9a?x]{0,6}|[0-9a?x]{0,8}", fullmatch=True)
+        row[key] = draw(JSON | shape_like)
+    return report
+
+
+def test_fuzz_dispatch_report(demo):
+    original = json.loads((demo / "dispatches.json").read_text())
+
+    @settings(FUZZ, max_examples=80)
+    @given(reports(original))
+    def check(report):
+        with workspace() as w:
+            b = w / "B"
+            shutil.copytree(demo, b)
+            (b / "dispatches.json").write_text(json.dumps(report))
+            before = _tree(w)
+            assert_clean(*cli("inspect", b))
+            assert_clean(*cli("inspect", b, "--json"))
+            assert _tree(w) == before
 
     check()
 
