@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import signals
 from .errors import RvdeployError
 
 
@@ -64,12 +65,13 @@ def dir_into_place(out: Path, before_replace: Callable[[Path], None] = lambda _:
         before_replace(out)
         trash = _beside(out.with_name(out.name + ".old"), lambda **kw: tempfile.mkdtemp(**kw))
         try:
-            os.rename(out, trash / "old")
-            try:
-                os.rename(staging, out)
-            except BaseException:
-                os.rename(trash / "old", out)
-                raise
+            with signals.held():  # between the two renames OUT exists only in the trash: no interruption there
+                os.rename(out, trash / "old")
+                try:
+                    os.rename(staging, out)
+                except BaseException:
+                    os.rename(trash / "old", out)
+                    raise
         finally:
             shutil.rmtree(trash, ignore_errors=True)
     finally:

@@ -69,7 +69,8 @@ def _open_inside(root: Path, name: str, shown: str):
     except FileNotFoundError:
         raise RvdeployError(f"{shown}: {name} is missing") from None
     except OSError as exc:  # ELOOP: a symbolic link
-        raise RvdeployError(f"{shown}: {name} cannot be read ({'a symbolic link' if os.path.islink(root / name) else exc.strerror})",
+        why = "a symbolic link" if os.path.islink(root / name) else exc.strerror
+        raise RvdeployError(f"{shown}: {name} cannot be read ({why})",
                             hint="a bundle holds regular files only: rebuild or copy it again") from None
     f = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -15,10 +15,10 @@ import subprocess
 import time
 from pathlib import Path
 
+from . import signals
 from .errors import RvdeployError
 
 GRACE = 2.0  # seconds between SIGTERM and SIGKILL
-_DEFER = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
 def _group_alive(pgid: int) -> bool:
@@ -32,8 +32,7 @@ def _group_alive(pgid: int) -> bool:
 def end_group(proc: subprocess.Popen) -> None:
     """SIGTERM to PROC's process group, SIGKILL to what is left after GRACE seconds; PROC reaped. Stop signals
     arriving meanwhile are held until the group is gone (then they unwind as usual)."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFER)
-    try:
+    with signals.held():
         pgid = proc.pid  # a session leader's group id is its pid
         deadline = time.monotonic() + GRACE
         try:
@@ -51,8 +50,6 @@ def end_group(proc: subprocess.Popen) -> None:
         except (ProcessLookupError, PermissionError):
             pass
         proc.wait()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def run(cmd: list, *, input=None, timeout: float | None = None, capture_output: bool = False,

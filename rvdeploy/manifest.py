@@ -12,8 +12,8 @@ from pathlib import Path, PurePosixPath
 from .errors import RvdeployError
 
 SCHEMA = Path(__file__).resolve().parent / "manifest_schema.toml"
-_COMPONENT = re.compile(r"^[A-Za-z0-9_.+=@-]{1,255}$")  # what rvdeploy names files: no spaces, quotes, controls
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_COMPONENT = re.compile(r"[A-Za-z0-9_.+=@-]{1,255}")  # what rvdeploy names files: no spaces, quotes, controls
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 RESERVED = ("manifest.json", "SHA256SUMS")  # written beside the files, never listed among them
 
 
@@ -25,17 +25,23 @@ def path_problem(value) -> str | None:
     """Why VALUE is not a relative path inside a bundle, or None."""
     if not isinstance(value, str) or not value:
         return "is not a non-empty string"
+    shown = _short(value)
     if value.startswith("/"):
-        return f"{value!r} is an absolute path"
+        return f"{shown} is an absolute path"
     parts = value.split("/")
     if ".." in parts:
-        return f"{value!r} points outside the bundle ('..')"
+        return f"{shown} points outside the bundle ('..')"
     if any(p in ("", ".") for p in parts):
-        return f"{value!r} has an empty or '.' component"
-    bad = next((p for p in parts if not _COMPONENT.match(p)), None)
+        return f"{shown} has an empty or '.' component"
+    bad = next((p for p in parts if not _COMPONENT.fullmatch(p)), None)
     if bad is not None:
-        return f"{value!r}: {bad!r} is not a plain file name (letters, digits, . _ + = @ -)"
+        return f"{shown}: {_short(bad)} is not a plain file name (letters, digits, . _ + = @ -)"
     return None
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 # type name -> (check, what it must be)
@@ -50,7 +56,7 @@ TYPES = {
     "counts": (lambda v: isinstance(v, list) and all(_count(x) for x in v), "a list of whole numbers"),
     "text-map": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
                  "an object of strings"),
-    "sha256": (lambda v: isinstance(v, str) and bool(_SHA256.match(v)), "64 lowercase hex digits"),
+    "sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "64 lowercase hex digits"),
     "path": (lambda v: path_problem(v) is None, "a relative path inside the bundle"),
     "file": (lambda v: path_problem(v) is None, "a file the manifest lists"),
 }
@@ -62,6 +68,13 @@ def _load_schema() -> dict[str, tuple[str, bool]]:
 
 
 FIELDS = _load_schema()
+
+
+class _Missing:
+    pass
+
+
+MISSING = _Missing()
 
 
 def _values(doc, key: str):
@@ -84,13 +97,6 @@ def _values(doc, key: str):
                 nxt.append((here, child))
         places = nxt
     return places
-
-
-class _Missing:
-    pass
-
-
-MISSING = _Missing()
 
 
 def problems(manifest) -> list[str]:
@@ -120,7 +126,7 @@ def _file_problems(manifest: dict) -> list[str]:
     seen = set()
     for n in names:
         if n in seen:
-            found.append(f"files: {n!r} is listed twice")
+            found.append(f"files: {_short(n)} is listed twice")
         seen.add(n)
         if n in RESERVED:
             found.append(f"files: {n!r} is written by rvdeploy itself and cannot be listed")
@@ -131,13 +137,8 @@ def _file_problems(manifest: dict) -> list[str]:
             continue
         for shown, value in _values(manifest, key):
             if isinstance(value, str) and value not in seen:
-                found.append(f"{shown}: {value!r} is not among the listed files")
+                found.append(f"{shown}: {_short(value)} is not among the listed files")
     return found
-
-
-def _short(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check(manifest, where: str) -> dict:

@@ -15,6 +15,7 @@ try:  # typer 0.2x carries its own copy of click; its exceptions are the ones ra
 except ImportError:  # older typer uses click itself
     from click import exceptions as click
 
+from .. import signals
 from ..errors import RvdeployError
 from . import bench, build, inspect, pack, probe, run, runtime, sim, targets
 
@@ -30,7 +31,6 @@ for module in (build, inspect, run, bench, pack, probe, runtime, sim, targets):
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 DEBUG_VAR = "RVDEPLOY_DEBUG"
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _stopping = False
 
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     exit 1, a usage error exit 2, an interruption (SIGINT, SIGTERM, SIGHUP) exit 130."""
     global _stopping
     _stopping = False
-    for sig in _STOP_SIGNALS:
+    for sig in signals.STOP:
         signal.signal(sig, _stop)
     try:
         code = app(args=argv, prog_name="rvdeploy", standalone_mode=False)
