@@ -151,14 +151,16 @@ def test_min_time_has_a_range(bundle, value):
     one_line_error(proc, "--min-time")
 
 
-def test_qemu_that_never_answers_is_stopped(tmp_path):
+@pytest.mark.parametrize("command", ["probe", "run"])
+def test_qemu_that_never_answers_is_stopped(tmp_path, built, command):
     fake = tmp_path / "bin" / "qemu-riscv64"
     fake.parent.mkdir()
     mark = "977.31415"  # the sleep's own command line: it does not name the script
     fake.write_text(f"#!/bin/sh\nsleep {mark}\n")
     fake.chmod(0o755)
     start = time.time()
-    proc = rvdeploy("probe", "--board", "qemu", env={"PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    args = ["probe"] if command == "probe" else ["run", str(built(str(DEMO), target="rv64gcv-vlen256").path)]
+    proc = rvdeploy(*args, "--board", "qemu", env={"PATH": f"{fake.parent}:{os.environ['PATH']}"})
     one_line_error(proc, "qemu-riscv64", "did not finish")
     assert time.time() - start < 60
     assert _processes_naming(fake, {os.getpid()}) == {} and _processes_naming(mark, {os.getpid()}) == {}
