@@ -158,6 +158,7 @@ def model_facts(bundle: Bundle) -> ModelFacts:
     config = {}
     if any(f["path"] == "config.json" for f in m["files"]):
         config = modelconfig.parse(bundle.read_text("config.json"), f"{bundle.path}/config.json")
+
     def number(key: str, default: int) -> int:  # config.json is the model's, not rvdeploy's: check what is used
         value = config.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

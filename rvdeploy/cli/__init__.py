@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -18,6 +17,8 @@ except ImportError:  # older typer uses click itself
 from .. import signals
 from ..errors import RvdeployError
 from . import bench, build, inspect, pack, probe, run, runtime, sim, targets
+
+_NO_ARGS = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2; before it, no-args help is no exception
 
 app = typer.Typer(
     name="rvdeploy",
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="rvdeploy", standalone_mode=False)
     except RvdeployError as exc:
         _fail(str(exc), exc.exit_code)
-    except click.NoArgsIsHelpError as exc:
+    except _NO_ARGS as exc:  # `rvdeploy` alone, `rvdeploy runtime`: the help, as typer shows it
         exc.show()
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
@@ -81,12 +82,10 @@ def main(argv: list[str] | None = None) -> None:
         _fail(exc.format_message(), exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         code = INTERRUPTED
-    except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say
-        sys.stderr = open(os.devnull, "w")
+    except BrokenPipeError:  # stdout closed early (`| head`): nothing more to say, and nothing left to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the one place where any failure becomes one line
-        if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
-            sys.exit(1)
         _unexpected(exc)
     if code == INTERRUPTED:
         print("rvdeploy: interrupted", file=sys.stderr)

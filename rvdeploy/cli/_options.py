@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from ..modelconfig import MAX_CONTEXT
+
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (logs go to stderr).")]
 BundleArg = Annotated[Path, typer.Argument(help="A bundle directory written by `rvdeploy build`.",
                                            show_default=False)]
@@ -16,9 +18,10 @@ Board = Annotated[str, typer.Option("--board", "-b", help="Where to run: `local`
                                     "an ssh config alias (a board over ssh; RVDEPLOY_SSH_CONFIG picks the config "
                                     "file).")]
 
-# Every numeric option has a range. Token counts stop at rvdeploy.modelconfig.MAX_CONTEXT (the model's own context,
-# checked later, is smaller); threads at IREE's 64 workers; repetitions and seconds at what a benchmark can use.
-MAX_TOKENS = 1 << 24
+# Every numeric option has a range. Token counts stop at the largest context a config.json may give (the model's
+# own, checked later, is smaller); threads at IREE's 64 workers (rvdeploy.bench.MAX_THREADS); repetitions and
+# seconds at what a benchmark can use.
+MAX_TOKENS = MAX_CONTEXT
 MAX_REPS = 1000
 MAX_MIN_TIME = 3600.0  # seconds per repetition
 

@@ -18,11 +18,13 @@ def bench(
     bundle: BundleArg,
     board: Annotated[Optional[str], typer.Option("--board", "-b", help="Where to measure: local, qemu[:TARGET], "
                                                  "\\[user@]host[:port] (as for `run`).")] = None,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, max=MAX_TOKENS, help="Prompt length P (ppP).")] = 64,
-    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, max=MAX_TOKENS, help="Generated tokens N (tgN; IREE: "
-                                            "timed as one decode step after P tokens; llama.cpp: N tokens after "
-                                            "P).")] = 32,
-    reps: Annotated[int, typer.Option("--reps", "-r", min=1, max=MAX_REPS, help="Repetitions (mean +- stddev over them).")] = 5,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, max=MAX_TOKENS,
+                                               help="Prompt length P (ppP).")] = 64,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, max=MAX_TOKENS, help="Generated tokens N "
+                                            "(tgN; IREE: timed as one decode step after P tokens; llama.cpp: N "
+                                            "tokens after P).")] = 32,
+    reps: Annotated[int, typer.Option("--reps", "-r", min=1, max=MAX_REPS,
+                                      help="Repetitions (mean +- stddev over them).")] = 5,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=MAX_THREADS, help="1: local-sync; "
                                          "T>1: local-task with T worker groups.")] = 1,
     compare: Annotated[Optional[str], typer.Option("--compare", help="baseline: also the same model built with "

@@ -31,7 +31,8 @@ def pack(
 def unpack(
     archive: Annotated[Path, typer.Argument(help="A bundle .tar.gz written by `rvdeploy pack` or `build --tar`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to create.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output (only a bundle "
+                                        "rvdeploy wrote, or an empty directory).")] = False,
     json_: Json = False,
 ) -> None:
     """Unpack a bundle archive, refusing absolute paths, '..' and links, then verify every file's sha256."""
