@@ -19,6 +19,7 @@ import shutil
 import stat
 import tarfile
 import zlib
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,29 +183,37 @@ def write_bundle(out: Path, files: dict[str, Path], manifest: dict, force: bool 
                  executables: frozenset[str] | set[str] = frozenset(), archive: Path | None = None) -> Bundle:
     """Copy `files` (bundle name -> source path) and write the manifest and SHA256SUMS, atomically.
     Names in `executables` get mode 0755 (recorded in the manifest), every other file 0644. With `archive`,
-    also its .tar.gz, packed from the finished directory before either is renamed into place."""
+    also its .tar.gz, packed from the finished directory before either is renamed into place (the bundle
+    first: an archive never stands beside a bundle that failed)."""
     out = outputs.directory(out, force)
     if archive is not None:
         archive = outputs.file(archive, force, outputs.ARCHIVE, flag="--tar")
-    with dir_into_place(out, lambda o: outputs.check_directory(o, force)) as staging:
-        entries = []
-        for name in sorted(files):
-            dst = staging / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(files[name], dst)
-            os.chmod(dst, 0o755 if name in executables else 0o644)
-            entry = {"path": name, "size": dst.stat().st_size, "sha256": sha256_file(dst)}
-            if name in executables:
-                entry["executable"] = True
-            entries.append(entry)
-        manifest = dict(manifest, schema_version=SCHEMA_VERSION, files=entries)
-        manifest_schema.check(json.loads(json.dumps(manifest)), f"the manifest for {out}")  # a bug if it fails
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        (staging / SUMS).write_text(_sums(entries))
-        if archive is not None:
-            with file_into_place(archive) as tmp:
-                _write_archive(Bundle.open(staging, label=str(out)), tmp)
+    with ExitStack() as later:
+        archive_tmp = later.enter_context(file_into_place(archive)) if archive is not None else None
+        with dir_into_place(out, lambda o: outputs.check_directory(o, force)) as staging:
+            _fill(staging, files, manifest, executables, out)
+            if archive_tmp is not None:
+                _write_archive(Bundle.open(staging, label=str(out)), archive_tmp)
     return Bundle.open(out)
+
+
+def _fill(staging: Path, files: dict[str, Path], manifest: dict, executables, out: Path) -> None:
+    """The bundle's files (copied), its manifest (checked against the schema: a failure is rvdeploy's bug) and
+    SHA256SUMS, into STAGING."""
+    entries = []
+    for name in sorted(files):
+        dst = staging / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files[name], dst)
+        os.chmod(dst, 0o755 if name in executables else 0o644)
+        entry = {"path": name, "size": dst.stat().st_size, "sha256": sha256_file(dst)}
+        if name in executables:
+            entry["executable"] = True
+        entries.append(entry)
+    manifest = dict(manifest, schema_version=SCHEMA_VERSION, files=entries)
+    manifest_schema.check(json.loads(json.dumps(manifest)), f"the manifest for {out}")  # a bug if it fails
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    (staging / SUMS).write_text(_sums(entries))
 
 
 # ---- .tar.gz form -------------------------------------------------------------------------------------
