@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from . import __version__
-from . import launcher, runtime_build, runtimes
+from . import launcher, modelconfig, outputs, runtime_build, runtimes
 from .boards import get_board
 from .bundle import Bundle, pack_bundle, unpack_bundle, write_bundle
 from .compiler import compile_module, compiler_version
@@ -141,25 +141,18 @@ def _pipeline_manifest(pipeline: str, flags: list[str], uk, lowered) -> dict:
             "ukernels": uk.to_dict() if uk else None, "mmt4d": mmt4d}
 
 
-def _max_context(config: Path | None) -> int | None:
-    if config is None or not config.is_file():
-        return None
-    try:
-        return json.loads(config.read_text()).get("max_position_embeddings")
-    except json.JSONDecodeError:
-        return None
-
-
 def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revision: str | None = None,
           target: str = "host", pipeline: str = "mmt4d", force: bool = False, workdir: Path | None = None,
           runtime: Path | str | None = None, tar: bool = False, ukernels: str | None = None,
-          quantize: str | None = None, no_runtime: bool = False, on_stage: StageHook = _noop,
-          on_progress: runtime_build.Progress = runtime_build.no_progress) -> BuildResult:
+          quantize: str | None = None, max_context: int | None = None, no_runtime: bool = False,
+          on_stage: StageHook = _noop, on_progress: runtime_build.Progress = runtime_build.no_progress
+          ) -> BuildResult:
     """`ukernels`: the mmt4d microkernel library, "project" or "upstream" (rvdeploy.ukernels; default
     rvdeploy.ukernels.DEFAULT). Only the mmt4d pipeline on a riscv64 RVV target links the project's.
     `quantize`: "int8" or "q4" quantizes the (fp32) graph first with rvdeploy.quantize.
-    `runtime`: the riscv64 runtime directory to bundle (default: the registered one; with none registered
-    one is built from IREE's sources, rvdeploy.runtime_build, unless `no_runtime`)."""
+    `max_context`: the context length for a model without config.json (or a lower one than its own).
+    `runtime`: the runtime directory to bundle (default: the registered one; with none registered one is
+    built from IREE's sources, rvdeploy.runtime_build, unless `no_runtime`)."""
     import time
 
     if pipeline not in PIPELINES:
@@ -169,9 +162,9 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
     if quantize is not None and quantize not in QUANT_FORMATS:
         raise RvdeployError(f"unknown quantization {quantize!r}", hint="known: " + ", ".join(QUANT_FORMATS))
     tgt = get_target(target)
-    out = Path(out)
-    if out.exists() and not force:  # fail before minutes of work, not after
-        raise RvdeployError(f"output directory {out} already exists", hint="pass --force to replace it")
+    # what may be written is settled before minutes of work, not after
+    out = outputs.directory(out, force)
+    archive = outputs.file(archive_path(out), force, outputs.ARCHIVE, flag="--tar") if tar else None
     seconds: dict[str, float] = {}
     own_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="rvdeploy-build-")) if own_workdir else Path(workdir)
@@ -194,6 +187,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         done("fetch")
         stage("check")
         graph = inspect_graph(files.onnx)
+        context = modelconfig.context_length(files.config, max_context, model)
         onnx_path = materialize(files.onnx, work / "source")
         quantized = None
         if quantize:
@@ -271,12 +265,12 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             "compiler": {"name": "iree-compile", "version": compiler},
             "entry_points": entry.entry_points,
             "tokenizer": "tokenizer.json" if files.tokenizer else None,
-            "max_context": _max_context(files.config),
+            "max_context": context,
             "parameters": {"scope": "model", "file": "model.irpa"},
             **board_entries,
         }
-        bundle = write_bundle(out, bundle_files, manifest, force=force, executables=board.executables)
-        archive = pack_bundle(out, archive_path(out)) if tar else None
+        bundle = write_bundle(out, bundle_files, manifest, force=force, executables=board.executables,
+                              archive=archive)
         done("bundle")
         return BuildResult(bundle, seconds, tuple(warnings), archive, board.runtime_built)
     finally:
@@ -289,8 +283,8 @@ def archive_path(bundle_dir: Path) -> Path:
     return bundle_dir.with_name(bundle_dir.name + ".tar.gz")
 
 
-def pack(bundle_path: Path, out: Path | None = None) -> Path:
-    return pack_bundle(bundle_path, out or archive_path(Path(bundle_path).resolve()))
+def pack(bundle_path: Path, out: Path | None = None, force: bool = False) -> Path:
+    return pack_bundle(bundle_path, out or archive_path(outputs.absolute(bundle_path)), force=force)
 
 
 def unpack(archive: Path, out: Path, force: bool = False) -> Bundle:
@@ -319,8 +313,8 @@ def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32)
                             hint="rebuild from a model directory that has tokenizer.json")
     codec = TextCodec(bundle.file(bundle.manifest["tokenizer"]))
     ids = codec.encode(prompt)
-    limit = bundle.manifest.get("max_context")
-    if limit and len(ids) + max_new_tokens > limit:
+    limit = bundle.manifest["max_context"]  # always there: the manifest check requires it
+    if len(ids) + max_new_tokens > limit:
         raise RvdeployError(f"prompt ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the "
                             f"model's context of {limit} tokens")
     with get_board(board) as b:
@@ -353,7 +347,7 @@ def _padding(row: dict, packed: dict) -> float | None:
         rhs = rest.split(" -> ")[0]
         m0 = int(lhs.split("x")[-2])
         n1, k1, n0, k0 = (int(d) for d in rhs.split("x")[-4:])
-    except ValueError:
+    except (ValueError, IndexError):  # a dynamic or short shape: no padding figure
         return None
     n = packed.get((n1, k1, n0, k0))
     if n is None:
@@ -365,7 +359,7 @@ def _padding(row: dict, packed: dict) -> float | None:
 
 def inspect(bundle_path: Path) -> dict:
     bundle = Bundle.open(bundle_path)
-    report = DispatchReport.from_dict(json.loads(bundle.file("dispatches.json").read_text()))
+    report = DispatchReport.parse(bundle.read_text("dispatches.json"), f"{bundle.path}/dispatches.json")
     dispatches = report.to_dict()
     mm = bundle.manifest["pipeline"].get("mmt4d") or {}
     packed = {tuple(pw["packed_shape"]): pw["n"] for pw in mm.get("packed_weights", [])}

@@ -21,6 +21,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import modelconfig, outputs
+from .atomic import file_into_place
 from .boards import get_board
 from .bundle import Bundle
 from .errors import RvdeployError
@@ -41,6 +43,9 @@ def _signature_types(manifest: dict, entry: str) -> list[tuple[list[str], str]]:
     types = []
     for body in _TENSOR.findall(inputs):
         *dims, elt = body.split("x")
+        if not all(d == "?" or d.isascii() and d.isdigit() for d in dims):
+            raise RvdeployError(f"the bundle's manifest: `{entry}` signature {body!r} is not one rvdeploy wrote",
+                                hint="rebuild the bundle")
         types.append((dims, elt))
     return types
 
@@ -62,8 +67,9 @@ def phase_inputs(manifest: dict, entry: str, prompt_tokens: int) -> list[str]:
     flags = []
     for name, (dims, elt) in zip(names, types):
         if name.startswith("past_key_values."):
-            if len(dims) != 4:
-                raise RvdeployError(f"{entry}: {name} is not a 4-D KV tensor: {'x'.join(dims)}")
+            if len(dims) != 4 or "?" in (dims[1], dims[3]):
+                raise RvdeployError(f"{entry}: {name} is not a 4-D KV tensor of static heads and head size: "
+                                    f"{'x'.join(dims)}")
             heads, hdim = int(dims[1]), int(dims[3])
             if entry == "prefill":  # an empty cache: no values to give
                 flags.append(f"--input=1x{heads}x0x{hdim}x{elt}")
@@ -81,9 +87,12 @@ def phase_inputs(manifest: dict, entry: str, prompt_tokens: int) -> list[str]:
     return flags
 
 
+MAX_THREADS = 64  # IREE's task executor manages at most 64 workers (IREE_TASK_EXECUTOR_MAX_WORKER_COUNT)
+
+
 def device_flags(threads: int) -> list[str]:
-    if threads < 1:
-        raise RvdeployError(f"--threads must be at least 1 (got {threads})")
+    if not 1 <= threads <= MAX_THREADS:
+        raise RvdeployError(f"--threads must be from 1 to {MAX_THREADS} (got {threads})")
     if threads == 1:
         return ["--device=local-sync"]
     return ["--device=local-task", f"--task_topology_max_group_count={threads}"]
@@ -147,17 +156,24 @@ def model_facts(bundle: Bundle) -> ModelFacts:
     m = bundle.manifest
     graph = m["model"]["graph"]
     config = {}
-    if m.get("files") and any(f["path"] == "config.json" for f in m["files"]):
-        config = json.loads(bundle.file("config.json").read_text())
+    if any(f["path"] == "config.json" for f in m["files"]):
+        config = modelconfig.parse(bundle.read_text("config.json"), f"{bundle.path}/config.json")
+
+    def number(key: str, default: int) -> int:  # config.json is the model's, not rvdeploy's: check what is used
+        value = config.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise RvdeployError(f"{bundle.path}/config.json: {key} is {value!r}, not a whole number")
+        return value
+
     layers, kvh, hd = graph["num_layers"], graph["num_kv_heads"], graph["head_dim"]
-    heads = config.get("num_attention_heads", kvh)
-    hidden = config.get("hidden_size", heads * hd)
-    vocab = graph.get("vocab_size") or config.get("vocab_size", 0)
+    heads = number("num_attention_heads", kvh)
+    hidden = number("hidden_size", heads * hd)
+    vocab = graph.get("vocab_size") or number("vocab_size", 0)
     packed = (m["pipeline"].get("mmt4d") or {}).get("packed_weights") or []
+    inter = number("intermediate_size", 0)
     if packed:
         weight_macs = sum(pw["k"] * pw["n"] for pw in packed)
-    elif config.get("intermediate_size"):
-        inter = config["intermediate_size"]
+    elif inter:
         per_layer = 2 * hidden * heads * hd + 2 * hidden * kvh * hd + 3 * hidden * inter
         weight_macs = layers * per_layer + hidden * vocab
     else:
@@ -204,8 +220,8 @@ def _stats(samples: list[float]) -> tuple[float, float]:
 def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
     if prompt_tokens < 1 or gen_tokens < 1:
         raise RvdeployError("-p and -n must be at least 1")
-    limit = bundle.manifest.get("max_context")
-    if limit and prompt_tokens + gen_tokens > limit:
+    limit = bundle.manifest["max_context"]  # always there: the manifest check requires it
+    if prompt_tokens + gen_tokens > limit:
         raise RvdeployError(f"-p {prompt_tokens} + -n {gen_tokens} exceeds the model's context of {limit} tokens")
 
 
@@ -250,7 +266,7 @@ def baseline_bundle(bundle: Bundle, path: Path | None = None, on_stage=None) -> 
         other = Bundle.open(path)
         if other.manifest["pipeline"]["name"] != "baseline" or not _same_model(m, other.manifest):
             raise RvdeployError(f"--baseline-bundle {path}: not a baseline build of the same model, target and "
-                                "compiler as {bundle.path}")
+                                f"compiler as {bundle.path}")
         return other, False
     path = default_baseline_path(bundle)
     if (path / "manifest.json").is_file():
@@ -432,8 +448,18 @@ def estimate(bundle: Bundle, target: str, prompt_tokens: int = 64) -> dict:
 
 
 # ---- plot -------------------------------------------------------------------------------------------------------
-def plot(report: BenchReport, path: Path) -> Path:
-    """A bar chart of tokens/s per test and pipeline, with stddev error bars (matplotlib: the `bench` extra)."""
+def plot_path(path: Path | str, force: bool = False) -> Path:
+    """Where --plot writes, checked before anything is measured: a .png file name (matplotlib would add the
+    suffix to any other name and write elsewhere), not a directory, an existing plot only with --force."""
+    if Path(path).suffix.lower() != ".png":
+        raise RvdeployError(f"--plot {path}: give a file name ending in .png")
+    return outputs.file(path, force, outputs.PLOT, flag="--plot")
+
+
+def plot(report: BenchReport, path: Path, force: bool = False) -> Path:
+    """A bar chart of tokens/s per test and pipeline, with stddev error bars (matplotlib: the `bench` extra),
+    written beside PATH and renamed into place."""
+    path = plot_path(path, force)
     try:
         import matplotlib
 
@@ -463,10 +489,11 @@ def plot(report: BenchReport, path: Path) -> Path:
     label = report.bundles[0]
     fig.suptitle(f"{label['model']} on {report.board}, {report.threads} thread(s), {report.reps} reps")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with file_into_place(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from iree.compiler.tools.binaries import find_tool
 
+from . import children
 from .errors import RvdeployError
 
 
@@ -20,7 +20,7 @@ class CompiledModule:
 
 
 def compiler_version() -> str:
-    out = subprocess.run([find_tool("iree-compile"), "--version"], capture_output=True, text=True).stdout
+    out = children.run([find_tool("iree-compile"), "--version"], capture_output=True, text=True).stdout
     for line in out.splitlines():
         if "IREE" in line and "version" in line:
             return line.split("version", 1)[1].strip()
@@ -35,7 +35,7 @@ def compile_module(mlir: Path, flags: list[str], workdir: Path) -> CompiledModul
     src = os.path.relpath(mlir, workdir)
     cmd = [find_tool("iree-compile"), src, *flags, "--iree-hal-dump-executable-files-to=executables",
            "-o", "model.vmfb"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    proc = children.run(cmd, capture_output=True, text=True, cwd=workdir)
     if proc.returncode != 0:
         errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
         first = errors[0] if errors else (proc.stderr.strip().splitlines() or ["no output"])[-1]

@@ -21,11 +21,14 @@ Caveat on sums: IREE deduplicates executables, so identical dispatches (the same
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import re
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+from .errors import RvdeployError
 
 # ----------------------------------------------------------------------------------------------------
 # Rows
@@ -91,6 +94,43 @@ class DispatchReport:
             rvv={str(k): int(v) for k, v in (d.get("rvv") or {}).items()},
             ukernel_tiles={str(k): int(v) for k, v in (d.get("ukernel_tiles") or {}).items()},
         )
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> "DispatchReport":
+        """dispatches.json's text -> the report; one RvdeployError naming WHERE when it is not one rvdeploy
+        wrote (every row field of its annotated type, so that readers never meet a wrong one)."""
+        try:
+            d = json.loads(text)
+            if not isinstance(d, dict):
+                raise TypeError("not an object")
+            for key, row_type in (("contractions", ContractionRow), ("packs", PackRow)):
+                for row in d.get(key, ()):
+                    _check_row(row_type, row)
+            return cls.from_dict(d)
+        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+            raise RvdeployError(f"{where}: not a dispatch report rvdeploy wrote ({str(exc)[:80]})",
+                                hint="rebuild the bundle") from None
+
+
+_ROW_TYPES = {"str": (str,), "bool": (bool,), "str | None": (str, type(None)), "int | None": (int, type(None))}
+_SHAPE = r"(?:(?:[0-9]+|\?)(?:x(?:[0-9]+|\?))*)?"  # _Type.shape: "1x?x16", "" for a scalar
+# fields the analysis parses further, in the form _analyze writes them
+_ROW_FORMATS = {"shapes": re.compile(rf"{_SHAPE}(?: \* {_SHAPE})* -> {_SHAPE}"),
+                "source_shape": re.compile(_SHAPE), "dest_shape": re.compile(_SHAPE)}
+
+
+def _check_row(row_type, row) -> None:
+    if not isinstance(row, dict):
+        raise TypeError(f"a {row_type.__name__} is not an object")
+    for f in fields(row_type):
+        if f.name not in row:
+            continue
+        value = row[f.name]
+        if not isinstance(value, _ROW_TYPES[f.type]) or (f.type == "int | None" and isinstance(value, bool)):
+            raise TypeError(f"{row_type.__name__}.{f.name} is {value!r}")
+        form = _ROW_FORMATS.get(f.name)
+        if form is not None and not form.fullmatch(value):
+            raise ValueError(f"{row_type.__name__}.{f.name} is {value[:40]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------

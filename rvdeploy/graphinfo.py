@@ -12,7 +12,6 @@ Expected interface (optimum `--task text-generation-with-past` and onnx-communit
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,7 @@ from typing import Iterator
 import onnx
 from onnx import TensorProto
 
+from rvdeploy import modelconfig
 from rvdeploy.errors import RvdeployError
 
 _PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -177,10 +177,7 @@ def _config_json(onnx_path: Path) -> dict | None:
     for d in (onnx_path.parent, onnx_path.parent.parent):
         p = d / "config.json"
         if p.is_file():
-            try:
-                return json.loads(p.read_text())
-            except (OSError, ValueError):
-                return None
+            return modelconfig.read(p)
     return None
 
 

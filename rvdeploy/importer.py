@@ -7,11 +7,11 @@ into memory, and a subprocess returns that memory to the system before the next 
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import children
 from .errors import RvdeployError
 from .onnx_shapes import PhaseGraphs
 
@@ -34,7 +34,7 @@ def _run_import(onnx_path: Path, data_dir: Path, out: Path, params: Path | None,
     if large:  # past protobuf's 2 GB: the importer must not re-serialize the weights into one proto
         cmd.append("--large-model")
     cmd += [f"--save-params-to={params}"] if params else ["--no-save-params"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = children.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RvdeployError(f"iree-import-onnx failed on {onnx_path.name}: {_first_error(proc.stderr)}")
 

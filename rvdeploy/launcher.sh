@@ -21,7 +21,8 @@ prefix=${RVDEPLOY_RUN_PREFIX:-}
 verify() {
   command -v sha256sum >/dev/null 2>&1 || refuse "sha256sum not found on the board (install coreutils)"
   if ! out=$(sha256sum -c SHA256SUMS 2>&1); then
-    bad=$(printf '%s\n' "$out" | grep -v ': OK$' | sed 's/: .*//' | head -n 3 | tr '\n' ' ')
+    # only the per-file verdicts: sha256sum's own "sha256sum: WARNING: ..." lines name no file of the bundle
+    bad=$(printf '%s\n' "$out" | grep -E ': FAILED( open or read)?$' | sed 's/: FAILED.*//' | head -n 3 | tr '\n' ' ')
     refuse "file(s) do not match their sha256 in the manifest: ${bad:-SHA256SUMS}(altered or damaged copy)"
   fi
 }

@@ -22,9 +22,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
+from . import children
 from .atomic import file_into_place
 from .bundle import Bundle
 from .errors import RvdeployError
@@ -58,7 +58,7 @@ def _compile_cached(name: str, source: Path, cmd: list[str], extra_key: bytes = 
     if out.is_file():
         return out
     with file_into_place(out) as tmp:
-        proc = subprocess.run([*cmd, "-o", str(tmp), str(source)], capture_output=True, text=True)
+        proc = children.run([*cmd, "-o", str(tmp), str(source)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RvdeployError(f"compiling {source.name} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         os.chmod(tmp, 0o755)
@@ -71,7 +71,7 @@ def plugin_library() -> Path:
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         raise RvdeployError("no C compiler for the qemu plugin", hint="apt-get install gcc")
-    glib = subprocess.run(["pkg-config", "--cflags", "glib-2.0"], capture_output=True, text=True)
+    glib = children.run(["pkg-config", "--cflags", "glib-2.0"], capture_output=True, text=True)
     if glib.returncode != 0:
         raise RvdeployError("glib-2.0 headers not found (the qemu plugin header includes glib.h)",
                             hint="apt-get install libglib2.0-dev pkg-config")

@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -38,7 +37,7 @@ from .bundle import sha256_file
 from .errors import RvdeployError
 from .filelock import exclusive
 from .paths import cache_dir
-from .procgroup import run_logged
+from . import children
 
 CONFIG = tomllib.loads(Path(__file__).with_name("runtime_build.toml").read_text())
 RUNNER_DIR = Path(__file__).with_name("runner")
@@ -149,7 +148,7 @@ def _tree_digest(top: Path) -> str:
 def _git_commit(top: Path) -> str | None:
     if not (top / ".git").exists() or shutil.which("git") is None:
         return None
-    proc = subprocess.run(["git", "-C", str(top), "rev-parse", "HEAD"], capture_output=True, text=True)
+    proc = children.run(["git", "-C", str(top), "rev-parse", "HEAD"], capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -195,10 +194,10 @@ def _from_git(ref: str, progress: Progress) -> IreeSource:
             progress(f"cloning IREE {ref} (shallow, runtime submodules only)", None, None)
             tree = tmp / "iree"
             log = tmp / "git.log"
-            run_logged(["git", "clone", "--depth", "1", "--branch", ref, url, str(tree)], log,
+            children.run_logged(["git", "clone", "--depth", "1", "--branch", ref, url, str(tree)], log,
                        what=f"cloning {url} at {ref}",
                        hint=f"offline? pass --source DIR|FILE.tar.gz (or set {ENV_SOURCE}) with IREE's source")
-            run_logged(["git", "-C", str(tree), "submodule", "update", "--init", "--depth", "1",
+            children.run_logged(["git", "-C", str(tree), "submodule", "update", "--init", "--depth", "1",
                         *CONFIG["source"]["submodules"]], log, what="fetching IREE's runtime submodules")
             _check_tree(tmp, url)
             log.unlink()
@@ -250,7 +249,7 @@ def _cmake() -> tuple[str, str]:
     need = _version_tuple(CONFIG["toolchain"]["cmake_min"])
     found = []
     for exe in candidates:
-        proc = subprocess.run([exe, "--version"], capture_output=True, text=True)
+        proc = children.run([exe, "--version"], capture_output=True, text=True)
         version = proc.stdout.splitlines()[0] if proc.returncode == 0 and proc.stdout else ""
         if _version_tuple(version) >= need:
             return exe, version.strip()
@@ -299,7 +298,7 @@ def toolchain(arch: str = "riscv64") -> dict:
     if CONFIG["arch"][arch]["cross"] and not (Path(tc["sysroot"]) / "lib" / "libc.a").is_file():
         raise RvdeployError(f"the riscv64 C library is missing ({tc['sysroot']}/lib/libc.a)", hint=tc["apt_hint"])
     cmake, cmake_version = _cmake()
-    clang = subprocess.run([tc["c_compiler"], "--version"], capture_output=True, text=True).stdout
+    clang = children.run([tc["c_compiler"], "--version"], capture_output=True, text=True).stdout
     host = host_tools_dir()
     return {"cmake": cmake, "cmake_version": cmake_version, "ninja": _ninja(),
             "clang": (clang.splitlines() or ["unknown"])[0].strip(), "host_tools": str(host),
@@ -380,7 +379,7 @@ def build(source: Path | str | None = None, ref: str | None = None, jobs: int | 
         try:
             (work / "toolchain.cmake").write_text(toolchain_file(arch))
             progress(f"configuring IREE's runtime for {where} (cmake)", None, None)
-            run_logged([tc["cmake"], "-G", "Ninja", "-S", str(RUNNER_DIR), "-B", str(work / "b"),
+            children.run_logged([tc["cmake"], "-G", "Ninja", "-S", str(RUNNER_DIR), "-B", str(work / "b"),
                         f"-DIREE_ROOT={src.tree}", f"-DCMAKE_MAKE_PROGRAM={tc['ninja']}",
                         f"-DCMAKE_TOOLCHAIN_FILE={work / 'toolchain.cmake'}",
                         f"-DIREE_HOST_BIN_DIR={tc['host_tools']}", *CONFIG["build"]["cmake"]],
@@ -391,7 +390,7 @@ def build(source: Path | str | None = None, ref: str | None = None, jobs: int | 
                 if m:
                     progress(f"building IREE's runtime for {where}", int(m.group(1)), int(m.group(2)))
 
-            run_logged([tc["ninja"], "-C", str(work / "b"), f"-j{jobs or os.cpu_count() or 2}", *tools(arch)],
+            children.run_logged([tc["ninja"], "-C", str(work / "b"), f"-j{jobs or os.cpu_count() or 2}", *tools(arch)],
                        log, what="building IREE's runtime", on_line=on_line)
             info = {"arch": machine(arch), "version": src.version, "source": src.to_dict(), "key": key,
                     "tools": list(tools(arch)), "static": CONFIG["arch"][arch]["static"],

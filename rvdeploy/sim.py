@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sshd
+from . import children, sshd
 from .boards.qemu import checked_qemu, qemu_version, MIN_VERSION, UPGRADE_HINT
 from .boards.ssh import COUNT_KIT
 from .errors import RvdeployError
@@ -104,25 +104,48 @@ def _require_root() -> None:
                             hint="run `sudo rvdeploy sim up`")
 
 
-def ensure_binfmt() -> bool:
-    """riscv64 ELF files run through qemu-user (>= 8.1) via binfmt_misc. True when this call registered it."""
-    if not (BINFMT / "register").exists():
-        r = subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], capture_output=True, text=True)
+def binfmt_entry(text: str) -> dict:
+    """/proc/sys/fs/binfmt_misc/NAME's text -> {"enabled": bool, "interpreter": str | None, "flags": str}."""
+    lines = text.splitlines()
+    fields = dict(ln.split(None, 1) for ln in lines[1:] if len(ln.split(None, 1)) == 2)
+    return {"enabled": bool(lines) and lines[0] == "enabled", "interpreter": fields.get("interpreter"),
+            "flags": fields.get("flags:", "")}
+
+
+def with_fix_binary(rule: str) -> str:
+    """A binfmt_misc registration line (':name:type:offset:magic:mask:interpreter:flags') with the F flag."""
+    rule = rule.strip()
+    head, sep, flags = rule.rpartition(rule[0])
+    return rule if "F" in flags else f"{head}{sep}{flags}F"
+
+
+def ensure_binfmt(root: Path = BINFMT) -> bool:
+    """riscv64 ELF files run through qemu-user (>= 8.1) via binfmt_misc, with the F (fix binary) flag: the
+    kernel opens the interpreter when the entry is registered, so it is found from inside the board's chroot,
+    where /usr/libexec/qemu-binfmt does not exist. True when this call registered the entry."""
+    if not (root / "register").exists():
+        r = children.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(root)], capture_output=True, text=True)
         if r.returncode != 0:
             raise RvdeployError(f"cannot mount binfmt_misc: {r.stderr.strip()[:200]}",
                                 hint="run as root on a host (or a privileged container)")
-    entry = BINFMT / "qemu-riscv64"
+    entry = root / "qemu-riscv64"
     registered_now = False
     if not entry.exists():
         conf = next((c for c in BINFMT_CONF if Path(c).is_file()), None)
         if conf is None:
             raise RvdeployError("qemu-user's binfmt definition for riscv64 is missing", hint=UPGRADE_HINT)
-        (BINFMT / "register").write_text(Path(conf).read_text().strip() + "\n")
+        (root / "register").write_text(with_fix_binary(Path(conf).read_text()) + "\n")
         registered_now = True
-    lines = entry.read_text().splitlines()
-    if lines and lines[0] == "disabled":
+    info = binfmt_entry(entry.read_text())
+    interp = info["interpreter"]
+    if "F" not in info["flags"]:
+        raise RvdeployError(f"binfmt_misc's riscv64 entry {entry} has flags {info['flags'] or '(none)'!r}, without "
+                            f"F (fix binary): inside the board's chroot the kernel would look for {interp} there "
+                            "and debootstrap fails with 'No such file or directory'",
+                            hint=f"remove the entry (echo -1 > {entry}) and run `rvdeploy sim up` again: it "
+                                 "registers qemu-user's definition with F")
+    if not info["enabled"]:
         entry.write_text("1\n")
-    interp = next((ln.split(None, 1)[1] for ln in lines if ln.startswith("interpreter ")), None)
     if interp and Path(interp).exists():
         # Debian's interpreter is a symlink named *-binfmt-P (argv0 mode): ask the qemu it points to
         try:
@@ -156,7 +179,7 @@ def ensure_userland(directory: Path, on_step: Step = _noop) -> Path:
     with open(log, "wb") as out:
         for what, cmd, env in steps:
             on_step(what)
-            r = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
+            r = children.run(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env})
             if r.returncode != 0:
                 tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
                 raise RvdeployError(f"{what} failed: {tail[0][:200]}", hint=f"full log: {log}")
@@ -173,7 +196,7 @@ def ensure_userland(directory: Path, on_step: Step = _noop) -> Path:
 
 def _shared_libraries(exe: Path) -> tuple[list[Path], Path | None]:
     """(libraries, dynamic loader) that `ldd` resolves for an x86-64 executable or library here."""
-    out = subprocess.run(["ldd", str(exe)], capture_output=True, text=True).stdout
+    out = children.run(["ldd", str(exe)], capture_output=True, text=True).stdout
     libs, loader = [], None
     for line in out.splitlines():
         m = re.search(r"=>\s*(/\S+)", line)

@@ -17,6 +17,10 @@ class TextCodec:
             raise RvdeployError(f"{path}: not a tokenizers tokenizer.json ({exc})") from exc
 
     def encode(self, text: str) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 reach Python as lone surrogates
+            raise RvdeployError("the prompt is not valid UTF-8 text", hint="pass --prompt as UTF-8") from None
         ids = self._tok.encode(text).ids
         if not ids:
             raise RvdeployError("the prompt encodes to no tokens: give a non-empty --prompt")

@@ -23,11 +23,11 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import children
 from .datafiles import data_dir
 from .errors import RvdeployError
 from .paths import cache_dir
@@ -89,7 +89,7 @@ def build_bitcode(target: Target, cache: Path | None = None) -> tuple[Path, dict
     """ukernels/rvd_mmt4d.c -> bitcode for this target's VLEN, cached; returns (path, provenance)."""
     clang = _find(_CLANGS, "clang")
     llvm_as = _find(_LLVM_AS, "llvm-as")
-    version = subprocess.run([clang, "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip()
+    version = children.run([clang, "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip()
     flags = clang_flags(target)
     src = source_dir()
     h = hashlib.sha256()
@@ -104,13 +104,13 @@ def build_bitcode(target: Target, cache: Path | None = None) -> tuple[Path, dict
         root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
             ll = Path(tmp) / "rvd_mmt4d.ll"
-            proc = subprocess.run([clang, *flags, "-S", "-emit-llvm", str(src / "rvd_mmt4d.c"), "-o", str(ll)],
-                                  capture_output=True, text=True)
+            proc = children.run([clang, *flags, "-S", "-emit-llvm", str(src / "rvd_mmt4d.c"), "-o", str(ll)],
+                                capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RvdeployError(f"clang failed on ukernels/rvd_mmt4d.c: {proc.stderr.strip()[:300]}")
             ll.write_text(_STRIP_RE.sub("", ll.read_text()))
             bc = Path(tmp) / "rvd_mmt4d.bc"
-            proc = subprocess.run([llvm_as, str(ll), "-o", str(bc)], capture_output=True, text=True)
+            proc = children.run([llvm_as, str(ll), "-o", str(bc)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RvdeployError(f"llvm-as failed on the ukernel IR: {proc.stderr.strip()[:300]}")
             os.replace(bc, out)  # atomic: concurrent builds never see a partial file

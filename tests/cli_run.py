@@ -13,9 +13,11 @@ def rvdeploy(*args, env=None):
 
 
 def one_line_error(proc, *needles):
-    """stderr is exactly one `rvdeploy: error:` line naming every needle; returns that line."""
+    """stderr is exactly one `rvdeploy: error:` line naming every needle (after any progress lines, "fetch..."),
+    and no traceback; returns that line."""
     assert proc.returncode != 0, proc.stdout
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.endswith("...")]
     assert len(lines) == 1 and lines[0].startswith("rvdeploy: error: "), proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]

@@ -56,7 +56,8 @@ def test_stored_transposed_copy_of_tied_table_dropped(tmp_path):
         node.input[:] = ["lm_head.weight" if i == transpose.output[0] else i for i in node.input]
     (tmp_path / "m").mkdir()
     onnx.save(model, str(tmp_path / "m" / "model.onnx"))
-    (tmp_path / "m" / "tokenizer.json").write_bytes((TINY / "tokenizer.json").read_bytes())
+    for name in ("tokenizer.json", "config.json"):  # config.json: the context length a bundle records
+        (tmp_path / "m" / name).write_bytes((TINY / name).read_bytes())
     bundle = api.build(str(tmp_path / "m" / "model.onnx"), out=tmp_path / "b", target="host").bundle
     archive = _archive(bundle)
     assert [k for k in archive if "embed" in k or "lm_head" in k] == ["model.embed_tokens.weight.T.mmt4d_8x1"]

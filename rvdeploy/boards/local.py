@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import platform
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..runtime import generate_args, parse_generate_output
@@ -76,7 +76,7 @@ class LocalBoard:
                *generate_args(str(bundle.file("model.vmfb")), str(bundle.file("model.irpa")), prompt_ids,
                               max_new_tokens)]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = children.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             last = last_line(proc.stderr)

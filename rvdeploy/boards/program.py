@@ -9,9 +9,10 @@ Python's own RSS. GNU time's child starts from GNU time's few hundred KiB instea
 from __future__ import annotations
 
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
+
+from .. import children
 
 GNU_TIME = "/usr/bin/time"
 
@@ -27,11 +28,11 @@ class ProgramRun:
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> ProgramRun:
     """Run CMD here; its peak RSS (KiB from GNU time) when /usr/bin/time exists."""
     if not os.access(GNU_TIME, os.X_OK):
-        proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+        proc = children.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
         return ProgramRun(proc.stdout, proc.stderr, proc.returncode, None)
     with tempfile.NamedTemporaryFile("r", prefix="rvdeploy-rss-") as rss:
-        proc = subprocess.run([GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd], env=env, cwd=cwd,
-                              capture_output=True, text=True)
+        proc = children.run([GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd], env=env, cwd=cwd,
+                            capture_output=True, text=True)
         text = rss.read().strip().splitlines()
     peak = int(text[-1]) * 1024 if text and text[-1].isdigit() else None
     return ProgramRun(proc.stdout, proc.stderr, proc.returncode, peak)

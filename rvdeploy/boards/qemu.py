@@ -12,11 +12,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
+from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..probe import probe_binary
@@ -38,8 +38,14 @@ def qemu_path() -> str:
     return path
 
 
+VERSION_TIMEOUT = 10  # seconds: `qemu-riscv64 --version` answers at once, or the file is not a working qemu
+
+
 def qemu_version(path: str) -> tuple[int, int, int]:
-    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    try:
+        out = children.run([path, "--version"], capture_output=True, text=True, timeout=VERSION_TIMEOUT).stdout
+    except OSError as exc:
+        raise RvdeployError(f"cannot run {path}: {exc.strerror}", hint=UPGRADE_HINT) from None
     m = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", out)
     if not m:
         raise RvdeployError(f"cannot tell the version of {path}: {out.strip()[:100]!r}", hint=UPGRADE_HINT)
@@ -124,8 +130,8 @@ class QemuBoard:
         self.check(bundle)
         env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
         start = time.perf_counter()
-        proc = subprocess.run(generate_command(bundle, prompt_ids, max_new_tokens), cwd=bundle.path, env=env,
-                              capture_output=True, text=True)
+        proc = children.run(generate_command(bundle, prompt_ids, max_new_tokens), cwd=bundle.path, env=env,
+                            capture_output=True, text=True)
         seconds = time.perf_counter() - start
         raise_for(self.name, proc.returncode, proc.stderr, bundle)
         return GenerateResult(parse_generate_output(proc.stdout), seconds)
@@ -134,6 +140,9 @@ class QemuBoard:
         cmd = [checked_qemu()]
         if self._cpu(None):
             cmd += ["-cpu", self._cpu(None)]
-        proc = subprocess.run([*cmd, str(probe_binary())], capture_output=True, text=True)
+        proc = children.run([*cmd, str(probe_binary())], capture_output=True, text=True)
         raise_for(self.name, proc.returncode, proc.stderr)
-        return json.loads(proc.stdout)
+        try:
+            return json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise RvdeployError(f"{self.name}: the probe printed no JSON: {proc.stdout.strip()[:100]!r}") from None

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import children
 from ..bundle import MANIFEST, SUMS, Bundle, sha256_file
 from ..errors import RvdeployError
 from ..probe import describe_unix, probe_binary
@@ -52,17 +53,21 @@ SSH_ERRORS = {  # ssh's stderr -> what to do
 
 
 def parse_spec(spec: str) -> tuple[str | None, str, str | None]:
-    """'[user@]host[:port]' -> (user, host, port). A bare name may be an ssh-config alias."""
-    user, _, rest = spec.rpartition("@")
+    """'[user@]host[:port]' -> (user, host, port). A bare name may be an ssh-config alias. Checked before
+    anything is sent: no name lookup for a spec that is not one."""
+    at, sep, rest = spec.rpartition("@")
     host, port = rest, None
     if rest.count(":") == 1:
         host, port = rest.split(":")
-        if not port.isdigit() or not 0 < int(port) < 65536:
-            raise RvdeployError(f"--board {spec}: port {port!r} is not a number from 1 to 65535")
-    # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...)
-    if not host or host.startswith("-") or not _HOST_RE.match(host) or (user and not _USER_RE.match(user)):
+        # ASCII digits only: str.isdigit() accepts '²', which int() then refuses
+        if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+            raise RvdeployError(f"--board {spec!r}: port {port!r} is not a number from 1 to 65535")
+    user = at if sep else None
+    # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...); 'user@' needs a user
+    if not host or host.startswith("-") or not _HOST_RE.fullmatch(host) or \
+            (user is not None and not _USER_RE.fullmatch(user)):
         raise RvdeployError(f"--board {spec!r}: not [user@]host[:port] or an ssh config alias")
-    return user or None, host, port
+    return user, host, port
 
 
 class SshBoard:
@@ -82,7 +87,10 @@ class SshBoard:
 
     def __exit__(self, *exc):
         if self._control is not None:
-            subprocess.run([*self._ssh_base(), "-O", "exit", "--", self.host], capture_output=True, timeout=30)
+            try:  # ends the shared connection (its master process); a failure here must not hide another
+                children.run([*self._ssh_base(), "-O", "exit", "--", self.host], capture_output=True, timeout=30)
+            except (RvdeployError, OSError):
+                pass
             shutil.rmtree(self._control, ignore_errors=True)
             self._control = None
         return False
@@ -104,7 +112,8 @@ class SshBoard:
 
     def sh(self, script: str, *, stdin=None, check_connect: bool = True) -> subprocess.CompletedProcess:
         """Run a POSIX sh script on the board (every value in it already quoted)."""
-        proc = subprocess.run([*self._ssh_base(), "--", self.host, script], stdin=stdin, capture_output=True)
+        proc = children.run([*self._ssh_base(), "--", self.host, script], stdin=stdin or subprocess.DEVNULL,
+                            capture_output=True)
         proc.stdout = proc.stdout.decode(errors="replace")
         proc.stderr = proc.stderr.decode(errors="replace")
         if check_connect and proc.returncode == 255:

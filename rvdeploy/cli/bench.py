@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from .. import api
-from ..bench import BenchReport, human_count, human_size, plot
-from ._options import BundleArg, Json
+from ..bench import MAX_THREADS, BenchReport, human_count, human_size, plot, plot_path
+from ._options import MAX_MIN_TIME, MAX_REPS, MAX_TOKENS, BundleArg, Json, seconds
 from ._output import err, out, print_json, print_table, stage_progress
 
 
@@ -18,13 +18,15 @@ def bench(
     bundle: BundleArg,
     board: Annotated[Optional[str], typer.Option("--board", "-b", help="Where to measure: local, qemu[:TARGET], "
                                                  "\\[user@]host[:port] (as for `run`).")] = None,
-    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, help="Prompt length P (ppP).")] = 64,
-    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, help="Generated tokens N (tgN; IREE: "
-                                            "timed as one decode step after P tokens; llama.cpp: N tokens after "
-                                            "P).")] = 32,
-    reps: Annotated[int, typer.Option("--reps", "-r", min=1, help="Repetitions (mean +- stddev over them).")] = 5,
-    threads: Annotated[int, typer.Option("--threads", "-t", min=1, help="1: local-sync; T>1: local-task with T "
-                                         "worker groups.")] = 1,
+    prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, max=MAX_TOKENS,
+                                               help="Prompt length P (ppP).")] = 64,
+    gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, max=MAX_TOKENS, help="Generated tokens N "
+                                            "(tgN; IREE: timed as one decode step after P tokens; llama.cpp: N "
+                                            "tokens after P).")] = 32,
+    reps: Annotated[int, typer.Option("--reps", "-r", min=1, max=MAX_REPS,
+                                      help="Repetitions (mean +- stddev over them).")] = 5,
+    threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=MAX_THREADS, help="1: local-sync; "
+                                         "T>1: local-task with T worker groups.")] = 1,
     compare: Annotated[Optional[str], typer.Option("--compare", help="baseline: also the same model built with "
                                                    "--pipeline baseline (built next to BUNDLE if absent). "
                                                    "llama.cpp: llama.cpp's llama-bench on the same board and "
@@ -48,18 +50,23 @@ def bench(
                                        "qemu[:TARGET] or one from `rvdeploy sim up` (plugin-capable qemu).")] = False,
     plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a bar chart (PNG) of the results "
                                                       "(needs matplotlib: the `bench` extra).")] = None,
-    min_time: Annotated[Optional[float], typer.Option("--min-time", help="Minimum seconds per repetition "
-                                                      "(iree-benchmark-module's default: 0.5).")] = None,
+    min_time: Annotated[Optional[float], typer.Option("--min-time", callback=seconds(0.0, MAX_MIN_TIME),
+                                                      help="Minimum seconds per repetition, above 0 and at most "
+                                                      f"{MAX_MIN_TIME:g} (iree-benchmark-module's default: "
+                                                      "0.5).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing --plot file.")] = False,
     json_: Json = False,
 ) -> None:
     """Measure prompt processing (ppP) and generation (tgN) speed of a bundle on a board."""
+    if plot_file is not None:  # before minutes of measuring, not after
+        plot_file = plot_path(plot_file, force)
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         report = api.bench(bundle, board=board, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, reps=reps,
                            threads=threads, compare=compare, baseline=baseline_bundle, hf_model=hf_model,
                            gguf_types=gguf_type, estimate_target=target,
                            estimate_only=estimate, cost=cost, min_time=min_time, on_stage=hook)
     if plot_file is not None:
-        path = plot(report, plot_file)
+        path = plot(report, plot_file, force)
         err.print(f"wrote {path}")
     for note in report.notes:
         err.print(note, soft_wrap=True, markup=False)

@@ -9,7 +9,7 @@ import typer
 
 from .. import api
 from ..source import DEFAULT_MODEL
-from ._options import Json
+from ._options import MAX_TOKENS, Json
 from ._output import err, out, print_json, stage_progress
 
 
@@ -22,7 +22,8 @@ def build(
     pipeline: Annotated[str, typer.Option(help="mmt4d (weight contractions on RVV mmt4d microkernels, weights "
                                           "pre-packed) or baseline (upstream IREE defaults).")] = "mmt4d",
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to write.")] = Path("out/bundle"),
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output (only a bundle "
+                                        "rvdeploy wrote, or an empty directory).")] = False,
     runtime: Annotated[Optional[Path], typer.Option(help="A riscv64 IREE runtime build directory to bundle "
                                                     "(default: the registered one; with none registered, "
                                                     "`rvdeploy runtime build` runs first).")] = None,
@@ -35,13 +36,17 @@ def build(
     quantize: Annotated[Optional[str], typer.Option(help="Quantize an fp32 model's weight matmuls first: int8 "
                                                     "(per-channel int8 weights, dynamic int8 activations) or q4 "
                                                     "(4-bit blocks of 32, one scale each, like llama.cpp Q4_0).")] = None,
+    max_context: Annotated[Optional[int], typer.Option("--max-context", min=1, max=MAX_TOKENS,
+                                                       help="Context length in tokens, for a model without "
+                                                       "config.json (or below its max_position_embeddings).")] = None,
     json_: Json = False,
 ) -> None:
     """Build a bundle: fetch the model, import it, add prefill/decode/generate, lower to mmt4d, compile."""
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         result = api.build(model, out=output, variant=variant, revision=revision, target=target,
                            pipeline=pipeline, force=force, runtime=runtime, tar=tar, ukernels=ukernels,
-                           quantize=quantize, no_runtime=no_runtime, on_stage=hook, on_progress=hook.progress)
+                           quantize=quantize, max_context=max_context, no_runtime=no_runtime, on_stage=hook,
+                           on_progress=hook.progress)
     m = result.bundle.manifest
     if result.runtime_built is not None:
         rb = result.runtime_built

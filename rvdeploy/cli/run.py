@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from .. import api
-from ._options import Board, BundleArg, Json
+from ._options import MAX_TOKENS, Board, BundleArg, Json
 from ._output import err, out, print_json
 
 
@@ -15,7 +15,7 @@ def run(
     bundle: BundleArg,
     board: Board = "local",
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue (tokenized on this machine).")] = "Beautiful is",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, max=MAX_TOKENS,
                                                 help="Tokens to generate (greedy).")] = 32,
     json_: Json = False,
 ) -> None:

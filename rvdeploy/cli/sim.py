@@ -28,7 +28,8 @@ def _show(s: simmod.Sim, json_: bool) -> None:
 
 @app.command("up")
 def up(
-    vlen: Annotated[int, typer.Option(help="Vector length in bits (uses the rv64gcv-vlenN target's CPU).")] = 256,
+    vlen: Annotated[int, typer.Option(min=128, max=1024, help="Vector length in bits (uses the rv64gcv-vlenN "
+                                      "target's CPU).")] = 256,
     cpu: Annotated[Optional[str], typer.Option(help="A full qemu -cpu string instead (e.g. "
                                                "rv64,v=true,vlen=128,zvfh=true).")] = None,
     dir_: Annotated[Optional[Path], typer.Option("--dir", help="Where the riscv64 userland lives (default: the "

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import children
 from ..atomic import file_into_place
 from ..boards.launch import last_line
 from ..bundle import Bundle
@@ -124,7 +124,7 @@ def gguf_path(checkpoint: Path, gguf_type: str) -> Path:
 
 
 def _run(cmd: list[str], what: str, env: dict | None = None) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = children.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         text = proc.stderr + proc.stdout
         if "No module named" in text:

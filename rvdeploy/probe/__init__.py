@@ -13,9 +13,9 @@ import hashlib
 import os
 import platform
 import shutil
-import subprocess
 from pathlib import Path
 
+from .. import children
 from ..atomic import file_into_place
 from ..errors import RvdeployError
 from ..paths import cache_dir
@@ -46,7 +46,7 @@ def probe_binary() -> Path:
         return out
     clang = _clang()
     with file_into_place(out) as tmp:
-        proc = subprocess.run([clang, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
+        proc = children.run([clang, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
             raise RvdeployError(f"cross-compiling the riscv64 probe failed: {last[:300]}", hint=INSTALL_HINT)
