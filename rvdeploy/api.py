@@ -38,9 +38,9 @@ from .ukernels import choose as choose_ukernels
 from .probe import NAME as PROBE_NAME, probe_binary
 from .source import DEFAULT_MODEL, materialize, resolve_model
 from .targets import get_target
-from .tokenizer import TextCodec
+from .session import RunResult, run as session_run
 
-BUILD_STAGES = ("runtime", "fetch", "check", "import", "entry points", "mmt4d lowering", "pack weights", "compile",
+BUILD_STAGES = ("fetch", "check", "runtime", "import", "entry points", "mmt4d lowering", "pack weights", "compile",
                 "inspect", "bundle")
 StageHook = Callable[[str], None]
 
@@ -178,10 +178,6 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         seconds[name] = round(time.perf_counter() - seconds[name], 3)
 
     try:
-        stage("runtime")
-        board = _board_side(tgt, runtime, no_runtime, on_progress)
-        board_entries, warnings = board.entries, board.warnings
-        done("runtime")
         stage("fetch")
         files = resolve_model(model, variant=variant, revision=revision)
         done("fetch")
@@ -196,6 +192,10 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             quantized = {"format": quantize, "by": "rvdeploy.quantize", "matmuls": count}
         onnx_path, normalized = normalize_quantized(onnx_path, work / "normalized")
         done("check")
+        stage("runtime")
+        board = _board_side(tgt, runtime, no_runtime, on_progress)
+        board_entries, warnings = board.entries, board.warnings
+        done("runtime")
         stage("import")
         phases = split_phases(onnx_path, work)
         imported = import_graphs(phases, work)
@@ -240,8 +240,13 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         done("inspect")
         stage("bundle")
         bundle_files = {"model.vmfb": compiled.vmfb, "model.irpa": params, "dispatches.json": work / "dispatches.json"}
+        tokenizer_config = files.tokenizer.with_name("tokenizer_config.json") if files.tokenizer else None
         if files.tokenizer:
             bundle_files["tokenizer.json"] = files.tokenizer
+        if tokenizer_config is not None and tokenizer_config.is_file():  # the chat template (run --chat)
+            bundle_files["tokenizer_config.json"] = tokenizer_config
+        else:
+            tokenizer_config = None
         if files.config:
             bundle_files["config.json"] = files.config
         bundle_files.update(board.files)
@@ -265,6 +270,8 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             "compiler": {"name": "iree-compile", "version": compiler},
             "entry_points": entry.entry_points,
             "tokenizer": "tokenizer.json" if files.tokenizer else None,
+            "tokenizer_config": "tokenizer_config.json" if tokenizer_config else None,
+            "eos_token_ids": modelconfig.eos_token_ids(files.config),
             "max_context": context,
             "parameters": {"scope": "model", "file": "model.irpa"},
             **board_entries,
@@ -291,35 +298,9 @@ def unpack(archive: Path, out: Path, force: bool = False) -> Bundle:
     return unpack_bundle(archive, out, force=force)
 
 
-@dataclass(frozen=True)
-class RunResult:
-    prompt: str
-    prompt_ids: list[int]
-    ids: list[int]
-    text: str
-    seconds: float
-    board: str
-
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "prompt_ids": self.prompt_ids, "ids": self.ids, "text": self.text,
-                "seconds": round(self.seconds, 4), "board": self.board}
-
-
-def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32) -> RunResult:
-    bundle = Bundle.open(bundle_path)
-    bundle.verify()
-    if not bundle.manifest.get("tokenizer"):
-        raise RvdeployError(f"{bundle.path} has no tokenizer.json: the model came without one",
-                            hint="rebuild from a model directory that has tokenizer.json")
-    codec = TextCodec(bundle.file(bundle.manifest["tokenizer"]))
-    ids = codec.encode(prompt)
-    limit = bundle.manifest["max_context"]  # always there: the manifest check requires it
-    if len(ids) + max_new_tokens > limit:
-        raise RvdeployError(f"prompt ({len(ids)} tokens) + --max-new-tokens {max_new_tokens} exceeds the "
-                            f"model's context of {limit} tokens")
-    with get_board(board) as b:
-        result = b.generate(bundle, ids, max_new_tokens)
-    return RunResult(prompt, ids, result.ids, codec.decode(result.ids), result.seconds, b.name)
+def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32, **options) -> RunResult:
+    """Generate on a board through the bundle's runner (rvdeploy.session.run: sampling, --chat, streaming)."""
+    return session_run(bundle_path, board=board, prompt=prompt, max_new_tokens=max_new_tokens, **options)
 
 
 def bench(bundle_path: Path, **kwargs):

@@ -54,3 +54,19 @@ def context_length(config: Path | None, override: int | None, model: str) -> int
                             "generation before it runs past it",
                             hint="put the model's config.json beside it, or pass --max-context N")
     return limit
+
+
+def eos_token_ids(config: Path | None) -> list[int]:
+    """The ids that end generation: generation_config.json's eos_token_id (beside config.json), else
+    config.json's; an int or a list of ints in either. None known: an empty list (generation runs to its
+    token limit or the context)."""
+    if config is None:
+        return []
+    for path in (config.with_name("generation_config.json"), config):
+        if not path.is_file():
+            continue
+        value = read(path).get("eos_token_id")
+        ids = value if isinstance(value, list) else [value]
+        if value is not None and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            return sorted(set(ids))
+    return []

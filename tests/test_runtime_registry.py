@@ -78,11 +78,11 @@ def test_version_mismatch_warns(riscv_runtime, tmp_path):
 
 
 def test_refuses_host_elf_missing_tool_and_other_programs(riscv_runtime, tmp_path):
-    host = tmp_path / "host"
+    host = tmp_path / "host"  # this machine's programs, but not IREE's
     host.mkdir()
     for tool in runtimes.TOOLS:
         os.symlink(sys.executable, host / tool)
-    with pytest.raises(RvdeployError, match="not riscv64"):
+    with pytest.raises(RvdeployError, match="x86_64 program but not IREE's rvdeploy-runner"):
         runtimes.inspect_runtime(host)
     half = _copy_runtime(riscv_runtime, tmp_path / "half")
     (half / "iree-benchmark-module").unlink()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import time
@@ -69,6 +70,14 @@ class LocalBoard:
             last = last_line(run.stderr)
             raise RvdeployError(f"{exe.name} failed on {self.name}: {last}")
         return run
+
+    def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
+        """The bundle's runner (host build, in its runtime/) through its launcher, live."""
+        from .runner import RunnerProcess, launcher_command
+
+        self.check(bundle)
+        env = {k: v for k, v in os.environ.items() if k not in ("RVDEPLOY_RUN_PREFIX", "QEMU_CPU")}
+        return RunnerProcess(launcher_command(args), self.name, bundle, env=env, cwd=str(bundle.path))
 
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)

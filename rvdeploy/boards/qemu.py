@@ -126,6 +126,14 @@ class QemuBoard:
             run = self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile))
             return parse_counts(outfile.read_text()), run
 
+    def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
+        """The bundle's riscv64 runner through its launcher under qemu, live."""
+        from .runner import RunnerProcess, launcher_command
+
+        self.check(bundle)
+        env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
+        return RunnerProcess(launcher_command(args), self.name, bundle, env=env, cwd=str(bundle.path))
+
     def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
         self.check(bundle)
         env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}

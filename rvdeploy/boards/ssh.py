@@ -189,6 +189,15 @@ class SshBoard:
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
         return GenerateResult(parse_generate_output(proc.stdout), seconds)
 
+    def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
+        """The bundle's runner through its launcher on the board, live over the shared connection (tokens
+        stream back as the runner prints them; stdin carries further turns)."""
+        from .runner import RunnerProcess, launcher_command
+
+        require_launcher(bundle)
+        script = self._materialize(bundle) + shlex.join(launcher_command(args))
+        return RunnerProcess([*self._ssh_base(), "--", self.host, script], f"board {self.name}", bundle)
+
     def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> ProgramRun:
         """Run an IREE tool through the bundle's launcher on the board (ARGS relative to the bundle)."""
         require_launcher(bundle)

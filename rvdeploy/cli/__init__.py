@@ -16,7 +16,7 @@ except ImportError:  # older typer uses click itself
 
 from .. import signals
 from ..errors import RvdeployError
-from . import bench, build, inspect, pack, probe, run, runtime, sim, targets
+from . import bench, build, chat, inspect, pack, probe, run, runtime, sim, targets
 
 _NO_ARGS = getattr(click, "NoArgsIsHelpError", ())  # click >= 8.2; before it, no-args help is no exception
 
@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (build, inspect, run, bench, pack, probe, runtime, sim, targets):
+for module in (build, inspect, run, chat, bench, pack, probe, runtime, sim, targets):
     module.register(app)
 
 INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C

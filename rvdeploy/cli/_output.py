@@ -56,7 +56,7 @@ class StageHook:
         tenth = (10 * done // total) if done is not None and total else None
         if not self.quiet and (phase, tenth) != self._last:
             self._last = (phase, tenth)
-            err.print(f"[dim]{phase}{steps}[/dim]")
+            err.print(f"[dim]{phase}{steps}...[/dim]")
 
 
 @contextmanager

@@ -11,7 +11,7 @@
 //
 // stdout, line by line (flushed each time):
 //   <token id>                     a generated token
-//   end <eos|length|context>       the turn is over, and why
+//   end <eos|length|context|interrupted>   the turn is over, and why (SIGINT ends a turn, not the session)
 //   stats k=v ...                  load_s prompt_tokens prefill_s generated decode_s context_used peak_rss_kb
 // With --interactive, after "end" and "stats" it reads the next turn from stdin as one line
 // "MAX_NEW_TOKENS ID,ID,..." and continues the same session (the KV cache is kept); EOF ends it.
@@ -26,7 +26,10 @@
 //
 // Exit codes: 0 done, 1 runtime error (message on stderr), 2 usage.
 
+#define _GNU_SOURCE  // getline, sigaction
+
 #include <math.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +59,13 @@ IREE_FLAG(int32_t, top_k, 0, "Keep the k most likely tokens (0: all).");
 IREE_FLAG(float, top_p, 1.0f, "Keep the smallest set of tokens whose probability reaches p (1: all).");
 IREE_FLAG(int64_t, seed, 0, "Seed of the sampler's PCG32 generator.");
 IREE_FLAG(bool, interactive, false, "Read further turns from stdin, keeping the session (chat).");
+
+static volatile sig_atomic_t interrupted = 0;  // SIGINT: end the current turn
+
+static void on_sigint(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
 
 enum { ROLE_IDS, ROLE_MASK, ROLE_POS };
 #define MAX_ROLES 3
@@ -353,7 +363,12 @@ static iree_status_t turn(session_t* s, const int64_t* ids, int64_t n, int64_t m
   IREE_RETURN_IF_ERROR(step(s, ids, n));
   if (*scratch == NULL) *scratch = (cand_t*)malloc(sizeof(cand_t) * s->vocab);
   s->prompt_tokens += n;
+  interrupted = 0;
   while (generated < max_new) {
+    if (interrupted) {
+      why = "interrupted";
+      break;
+    }
     int64_t token = sample(s->logits, s->vocab, rng, *scratch);
     *out_pending = token;
     printf("%lld\n", (long long)token);
@@ -503,6 +518,10 @@ int main(int argc, char** argv) {
   iree_flags_set_usage("rvdeploy-runner",
                        "Generates tokens with a bundle's prefill/decode entry points (see the source's header).\n");
   iree_flags_parse_checked(IREE_FLAGS_PARSE_MODE_DEFAULT, &argc, &argv);
+  struct sigaction action;
+  memset(&action, 0, sizeof(action));
+  action.sa_handler = on_sigint;  // no SA_RESTART: a turn waiting on stdin is not blocked by it
+  sigaction(SIGINT, &action, NULL);
   iree_vm_instance_t* instance = NULL;
   iree_status_t status = iree_tooling_create_instance(iree_allocator_system(), &instance);
   if (iree_status_is_ok(status)) status = run(instance);
