@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 
-def rvdeploy(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True,
+def rvdeploy(*args, env=None, input=None):
+    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True, input=input,
                           env={**os.environ, **(env or {})})
 
 

@@ -72,6 +72,7 @@ def greedy_tokens(
     *,
     eos_token_id: int | None = None,
     intra_op_num_threads: int = 1,
+    choose=None,
 ) -> tuple[list[int], list[np.ndarray]]:
     """Greedy decoding with onnxruntime and a KV cache.
 
@@ -80,7 +81,7 @@ def greedy_tokens(
     Returns (generated ids, the last-position logits of every step as float32 1-D arrays);
     logits[i] is the distribution generated[i] was taken from. Stops early only when
     eos_token_id is given and generated. A graph without past inputs is run on the whole
-    sequence every step.
+    sequence every step. `choose(logits) -> id` replaces argmax (a sampler).
     """
     onnx_path = Path(onnx_path)
     if not prompt_ids:
@@ -117,7 +118,7 @@ def greedy_tokens(
         feeds.update(past)
         outs = dict(zip(output_names, sess.run(output_names, feeds)))
         last = np.asarray(outs["logits"][0, -1], dtype=np.float32).copy()
-        tok = int(np.argmax(last))
+        tok = int(np.argmax(last)) if choose is None else int(choose(last))
         generated.append(tok)
         step_logits.append(last)
         past = {p: outs[q] for p, q in zip(past_names, present_names)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,8 @@ from rvdeploy import sshd
 def _setup_done():
     if not os.path.exists(sshd.SSHD) or os.geteuid() != 0:
         system_part_missing("needs openssh-server and root (scripts/setup.sh)")
+
+
 PROMPT = "Beautiful is"
 
 
@@ -51,6 +54,43 @@ def test_same_tokens_over_ssh_as_local(board, host_bundle):
     remote = run_json(host_bundle, board["name"], board["env"])
     assert remote["ids"] == local["ids"] and remote["text"] == local["text"]
     assert remote["text"].startswith(" better than ugly")
+
+
+def _runners_under(home) -> list[str]:
+    """Live rvdeploy-runner processes whose command line or directory is in HOME (the board's side)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if "rvdeploy-runner" in cmd and str(home) in cwd + cmd:
+            found.append(cmd)
+    return found
+
+
+def test_board_that_drops_mid_session(board, host_bundle, monkeypatch):
+    """The ssh connection dies while a chat session waits for its next turn: one line, and the runner on the
+    board ends with it (its stdin closes) instead of waiting forever."""
+    from rvdeploy import session
+    from rvdeploy.errors import RvdeployError
+    from rvdeploy.generation import Sampling
+
+    monkeypatch.setenv("RVDEPLOY_SSH_CONFIG", board["env"]["RVDEPLOY_SSH_CONFIG"])
+    b, codec = session.open_bundle(host_bundle.path)
+    with session.Session(b, codec, board["name"], Sampling(), 4) as s:
+        s.say(PROMPT)
+        assert _runners_under(board["home"])  # the session's runner waits on the board for the next turn
+        s._proc.proc.kill()  # the ssh client dies (a dropped link)
+        s._proc.proc.wait()
+        with pytest.raises(RvdeployError) as exc:
+            s.say(" Simple is")
+    assert "\n" not in str(exc.value) and "rvdeploy-runner" in str(exc.value)
+    deadline = time.monotonic() + 10
+    while _runners_under(board["home"]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _runners_under(board["home"])
 
 
 def test_unchanged_bundle_is_not_sent_twice(board, host_bundle):

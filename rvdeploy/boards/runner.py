@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 from .. import children
 from ..bundle import Bundle
+from ..errors import RvdeployError
 from ..generation import RUNNER
 from .launch import raise_for, tool_command
 
@@ -45,8 +46,12 @@ class RunnerProcess:
                 return
 
     def send(self, line: str) -> None:
-        self.proc.stdin.write(line)
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(line)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):  # the runner (or the link to the board) is gone: say why
+            self.finish()
+            raise RvdeployError(f"{RUNNER} on {self.where} ended the session before this turn") from None
 
     def interrupt(self) -> None:
         """SIGINT to the runner (the launcher execs it, so the group leader is the runner or its qemu)."""
@@ -59,12 +64,14 @@ class RunnerProcess:
         """Close stdin (an interactive session ends), wait, and turn a failure into one RvdeployError."""
         try:
             self.proc.stdin.close()
-        except BrokenPipeError:
+        except (BrokenPipeError, OSError):
             pass
         rest = self.proc.stdout.read()
         self.proc.wait()
         self._reader.join(timeout=5)
         stderr = "".join(self._stderr)
+        if self.proc.returncode < 0:
+            raise RvdeployError(f"{RUNNER} on {self.where} was ended by signal {-self.proc.returncode}")
         if self.proc.returncode != 0:
             raise_for(self.where, self.proc.returncode, stderr or rest, self.bundle, tool=RUNNER)
 
