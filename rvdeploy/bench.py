@@ -3,20 +3,17 @@ baseline pipeline or llama.cpp (rvdeploy.peers); upper bounds from a target's pu
 executed guest instructions under emulation (cost, rvdeploy.qemu_cost). Everything here returns values and
 prints nothing.
 
-Timing uses the bundle's own `iree-benchmark-module` on the board (through the same board plumbing as
-`run`), one process per phase:
-- ppP: `prefill` on a P-token prompt (batch 1, input_ids/attention_mask 1xP, position_ids 0..P-1, an empty
-  KV cache 1xHx0xD per past input): P / time per call.
-- tgN: one `decode` step with a KV cache of length P (zeros: the values do not change the work): 1 / time
-  per call. N names the test as llama-bench does; the cost method uses it (N+1 minus 1 generated tokens).
-Each of `--benchmark_repetitions=R` repetitions gives one tokens/s figure; the report is mean +- sample
-standard deviation over them.
+Timing comes from the bundle's own runner (rvdeploy-runner, what `run` uses) on the board, one process per
+repetition, with llama-bench's meaning of the tests:
+- ppP: the runner's prefill of a P-token prompt: P / its prefill seconds.
+- tgN: the N decode steps that follow (N+1 new tokens: the first comes from the prefill's logits), each
+  reading a KV cache of P tokens and more: N / their seconds.
+Greedy, no end-of-sequence stop. Each repetition gives one tokens/s figure per test; the report is mean +-
+sample standard deviation over them. What bench reports is what `run` delivers.
 """
 
 from __future__ import annotations
 
-import json
-import re
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,63 +25,7 @@ from .bundle import Bundle
 from .errors import RvdeployError
 from .targets import get_target
 
-_TENSOR = re.compile(r"tensor<([^>]*)>")
 _DTYPE_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "f64": 8, "i8": 1}
-TOOL = "iree-benchmark-module"
-
-
-# ---- inputs --------------------------------------------------------------------------------------------
-def _signature_types(manifest: dict, entry: str) -> list[tuple[list[str], str]]:
-    """Input types of an entry point as (dims, element type), from the manifest's signature text."""
-    sig = manifest.get("entry_points", {}).get(entry)
-    if not sig:
-        raise RvdeployError(f"the bundle's manifest has no `{entry}` entry point", hint="rebuild the bundle")
-    inputs = sig.split("->")[0]
-    types = []
-    for body in _TENSOR.findall(inputs):
-        *dims, elt = body.split("x")
-        if not all(d == "?" or d.isascii() and d.isdigit() for d in dims):
-            raise RvdeployError(f"the bundle's manifest: `{entry}` signature {body!r} is not one rvdeploy wrote",
-                                hint="rebuild the bundle")
-        types.append((dims, elt))
-    return types
-
-
-def _iree_input(dims: list[int], elt: str, values: list[int] | int) -> str:
-    shape = "x".join(str(d) for d in dims)
-    if isinstance(values, int):  # a splat
-        return f"--input={shape}x{elt}={values}"
-    return f"--input={shape}x{elt}=" + ",".join(str(v) for v in values)
-
-
-def phase_inputs(manifest: dict, entry: str, prompt_tokens: int) -> list[str]:
-    """--input flags for `prefill` on a P-token prompt or for one `decode` step after P tokens."""
-    names = manifest["model"]["graph"]["inputs"]
-    types = _signature_types(manifest, entry)
-    if len(types) != len(names):
-        raise RvdeployError(f"{entry}: the signature has {len(types)} inputs, the graph {len(names)}")
-    p = prompt_tokens
-    flags = []
-    for name, (dims, elt) in zip(names, types):
-        if name.startswith("past_key_values."):
-            if len(dims) != 4 or "?" in (dims[1], dims[3]):
-                raise RvdeployError(f"{entry}: {name} is not a 4-D KV tensor of static heads and head size: "
-                                    f"{'x'.join(dims)}")
-            heads, hdim = int(dims[1]), int(dims[3])
-            if entry == "prefill":  # an empty cache: no values to give
-                flags.append(f"--input=1x{heads}x0x{hdim}x{elt}")
-            else:
-                flags.append(_iree_input([1, heads, p, hdim], elt, 0))
-        elif entry == "prefill":
-            values = list(range(p)) if name == "position_ids" else 1
-            flags.append(_iree_input([1, p], elt, values))
-        elif name == "attention_mask":
-            flags.append(_iree_input([1, p + 1], elt, 1))
-        elif name == "position_ids":
-            flags.append(_iree_input([1, 1], elt, p))
-        else:
-            flags.append(_iree_input([1, 1], elt, 1))
-    return flags
 
 
 MAX_THREADS = 64  # IREE's task executor manages at most 64 workers (IREE_TASK_EXECUTOR_MAX_WORKER_COUNT)
@@ -98,34 +39,19 @@ def device_flags(threads: int) -> list[str]:
     return ["--device=local-task", f"--task_topology_max_group_count={threads}"]
 
 
-def benchmark_args(manifest: dict, entry: str, prompt_tokens: int, reps: int, threads: int,
-                   min_time: float | None = None) -> list[str]:
-    """iree-benchmark-module's arguments (paths relative to the bundle directory)."""
-    scope = manifest.get("parameters", {}).get("scope", "model")
-    params = manifest.get("parameters", {}).get("file", "model.irpa")
-    args = ["--module=model.vmfb", f"--parameters={scope}={params}", *device_flags(threads),
-            f"--function={entry}", *phase_inputs(manifest, entry, prompt_tokens),
-            f"--benchmark_repetitions={reps}", "--benchmark_format=json"]
-    if min_time is not None:
-        args.append(f"--benchmark_min_time={min_time}s")
-    return args
+def synthetic_prompt(manifest: dict, prompt_tokens: int) -> list[int]:
+    """P token ids for measuring (the values do not change the work)."""
+    vocab = manifest["model"]["graph"].get("vocab_size") or 2
+    return [1 + i % (vocab - 1) for i in range(prompt_tokens)]
 
 
-def parse_benchmark_json(stdout: str) -> list[float]:
-    """Seconds per call, one per repetition, from iree-benchmark-module's --benchmark_format=json output."""
-    start = stdout.find("{")
-    try:
-        doc = json.loads(stdout[start:]) if start >= 0 else None
-    except json.JSONDecodeError:
-        doc = None
-    if not doc or "benchmarks" not in doc:
-        raise RvdeployError(f"{TOOL} printed no JSON report: " + (stdout.strip().splitlines() or ["(nothing)"])[-1][:200])
-    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}
-    times = [b["real_time"] * scale[b.get("time_unit", "ns")] for b in doc["benchmarks"]
-             if b.get("run_type", "iteration") == "iteration"]
-    if not times:
-        raise RvdeployError(f"{TOOL} reported no iterations")
-    return times
+def measuring_args(manifest: dict, prompt_tokens: int, new_tokens: int, threads: int = 1) -> list[str]:
+    """The runner's arguments for a measurement: greedy, no EOS stop, THREADS workers."""
+    from .generation import Sampling, runner_args
+
+    args = runner_args(manifest, synthetic_prompt(manifest, prompt_tokens), new_tokens, Sampling(),
+                       stop_at_eos=False)
+    return [a for a in args if not a.startswith("--device=")] + device_flags(threads)
 
 
 # ---- model facts -----------------------------------------------------------------------------------------
@@ -226,20 +152,35 @@ def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
 
 
 def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32, reps: int = 5,
-            threads: int = 1, min_time: float | None = None) -> list[Measurement]:
-    """ppP and tgN of one bundle on an open board (a board object inside `with`)."""
-    check_lengths(bundle, prompt_tokens, gen_tokens)
+            threads: int = 1) -> list[Measurement]:
+    """ppP and tgN of one bundle on an open board (a board object inside `with`): REPS runner processes."""
+    from .generation import Turn, parse_line
+
+    check_lengths(bundle, prompt_tokens, gen_tokens + 1)
     if reps < 1:
         raise RvdeployError(f"-r must be at least 1 (got {reps})")
+    args = measuring_args(bundle.manifest, prompt_tokens, gen_tokens + 1, threads)
+    stats = []
+    for _ in range(reps):
+        turn = Turn()
+        with board.start_runner(bundle, args) as proc:
+            for line in proc.lines():
+                parse_line(line, turn)
+            proc.finish()
+        if turn.stats.get("decode_steps") != gen_tokens:
+            raise RvdeployError(f"the runner stopped after {len(turn.ids)} of {gen_tokens + 1} tokens "
+                                f"({turn.reason or 'no reason given'})")
+        stats.append(turn.stats)
+    peaks = [s.get("peak_rss_kb", -1) for s in stats]
+    peak = max(peaks) * 1024 if min(peaks) > 0 else None
     rows = []
-    for entry, test, tokens in (("prefill", f"pp{prompt_tokens}", prompt_tokens), ("decode", f"tg{gen_tokens}", 1)):
-        run = board.run_tool(bundle, TOOL, benchmark_args(bundle.manifest, entry, prompt_tokens, reps, threads,
-                                                          min_time))
-        seconds = parse_benchmark_json(run.stdout)
-        samples = [tokens / s for s in seconds]
+    for test, tokens, key in ((f"pp{prompt_tokens}", prompt_tokens, "prefill_s"),
+                              (f"tg{gen_tokens}", gen_tokens, "decode_s")):
+        seconds = [s[key] for s in stats]
+        samples = [tokens / t for t in seconds]
         mean, sd = _stats(samples)
-        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples, seconds,
-                                peak_rss_bytes=run.peak_rss_bytes))
+        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples,
+                                [t / tokens for t in seconds], peak_rss_bytes=peak))
     return rows
 
 
@@ -354,7 +295,7 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
           reps: int = 5, threads: int = 1, compare: str | None = None, baseline: Path | None = None,
           hf_model: str | None = None, gguf_types: list[str] | None = None,
           estimate_target: str | None = None, estimate_only: bool = False, cost: bool = False,
-          min_time: float | None = None, on_stage=None) -> BenchReport:
+          on_stage=None) -> BenchReport:
     bundle = Bundle.open(bundle_path)
     bundle.verify()
     check_lengths(bundle, prompt_tokens, gen_tokens)
@@ -403,7 +344,7 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
                 report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens, gen_tokens)
         else:
             for bd in bundles:
-                report.results += measure(bd, b, prompt_tokens, gen_tokens, reps, threads, min_time)
+                report.results += measure(bd, b, prompt_tokens, gen_tokens, reps, threads)
             for t in llama.ggufs if llama else ():
                 label, rows = llamabench.measure(b, llama, t, prompt_tokens, gen_tokens, reps, threads)
                 report.bundles.append(label)

@@ -45,8 +45,9 @@ def eos_ids(manifest: dict) -> list[int]:
 
 
 def runner_args(manifest: dict, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
-                interactive: bool = False, device: str = "local-sync") -> list[str]:
-    """The runner's arguments, paths relative to the bundle directory (the launcher cd's there)."""
+                interactive: bool = False, device: str = "local-sync", stop_at_eos: bool = True) -> list[str]:
+    """The runner's arguments, paths relative to the bundle directory (the launcher cd's there).
+    local-sync: one thread, deterministic, no worker pool to start."""
     if not prompt_ids:
         raise RvdeployError("empty prompt: nothing to generate from")
     graph = manifest["model"]["graph"]
@@ -58,7 +59,7 @@ def runner_args(manifest: dict, prompt_ids: list[int], max_new_tokens: int, samp
             f"--head_dim={graph['head_dim']}", f"--kv_type={'f16' if graph.get('dtype') == 'f16' else 'f32'}",
             f"--prompt={','.join(str(int(i)) for i in prompt_ids)}", f"--max_new_tokens={int(max_new_tokens)}",
             f"--context={int(manifest.get('max_context') or 0)}", *sampling.args()]
-    eos = eos_ids(manifest)
+    eos = eos_ids(manifest) if stop_at_eos else []
     if eos:
         args.append(f"--eos={','.join(map(str, eos))}")
     if interactive:

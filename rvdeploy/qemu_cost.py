@@ -12,7 +12,8 @@ does the work of four at LMUL 1.
 
 Method: wall time under qemu is no proxy for RVV code (vector instructions are emulated by slow helpers), but
 single-threaded instruction counts repeat to ~0.001 %. Process start-up (module load, parameter reads) is
-large, so per-token figures are differences of whole runs of `generate` (device local-sync):
+large, so per-token figures are differences of whole runs of the bundle's runner (what `run` executes; device
+local-sync, greedy, no EOS stop):
   per prompt token    = (count(P-token prompt, 1 new token) - count(1-token prompt, 1 new token)) / (P - 1)
   per generated token = (count(P-token prompt, N+1 new tokens) - count(P-token prompt, 1 new token)) / N
 """
@@ -28,6 +29,7 @@ from . import children
 from .atomic import file_into_place
 from .bundle import Bundle
 from .errors import RvdeployError
+from .generation import RUNNER
 from .paths import cache_dir
 from .runtimes import BUILD_HINT
 
@@ -131,8 +133,9 @@ def require_counting(board) -> None:
 
 
 def measure_cost(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int) -> dict:
-    """Per-token instruction counts of a riscv64 bundle's `generate` on an open emulated board (one thread)."""
-    from .runtime import generate_args
+    """Per-token instruction counts of a riscv64 bundle's runner (what `run` executes) on an open emulated
+    board, one thread: (1-token prompt, 1 new), (P, 1 new) and (P, N+1 new) by difference."""
+    from .bench import measuring_args
 
     m = bundle.manifest
     if m["target"]["arch"] != "riscv64":
@@ -143,13 +146,10 @@ def measure_cost(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int) -> 
                             hint=BUILD_HINT)
     if prompt_tokens < 2:
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
-    vocab = m["model"]["graph"].get("vocab_size") or 2
-    ids = [1 + i % (vocab - 1) for i in range(prompt_tokens)]
     require_counting(board)
     counts, peaks = {}, []
-    for key, prompt, new in (("11", ids[:1], 1), ("p1", ids, 1), ("pn", ids, gen_tokens + 1)):
-        counts[key], run = board.count_tool(bundle, "iree-run-module",
-                                            generate_args("model.vmfb", "model.irpa", prompt, new))
+    for key, prompt, new in (("11", 1, 1), ("p1", prompt_tokens, 1), ("pn", prompt_tokens, gen_tokens + 1)):
+        counts[key], run = board.count_tool(bundle, RUNNER, measuring_args(m, prompt, new))
         peaks.append(run.peak_rss_bytes)
     result = by_difference(counts["11"], counts["p1"], counts["pn"], prompt_tokens, gen_tokens)
     result["peak_rss_bytes"] = max((v for v in peaks if v), default=None)

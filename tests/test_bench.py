@@ -19,21 +19,23 @@ def pair(built):
     return built(str(DEMO)), built(str(DEMO), pipeline="baseline")
 
 
-def test_phase_inputs_follow_the_manifest(pair):
+def test_measuring_args_follow_the_manifest(pair):
+    """The runner measures what run executes: the graph's input roles and KV layout, greedy, no EOS stop."""
     m = pair[0].manifest
-    pre = bench.phase_inputs(m, "prefill", 4)
-    assert pre == ["--input=1x4xi64=1", "--input=1x4xi64=1", "--input=1x4xi64=0,1,2,3"] + ["--input=1x2x0x16xf32"] * 4
-    dec = bench.phase_inputs(m, "decode", 4)
-    assert dec == ["--input=1x1xi64=1", "--input=1x5xi64=1", "--input=1x1xi64=4"] + ["--input=1x2x4x16xf32=0"] * 4
-    assert bench.device_flags(1) == ["--device=local-sync"]
-    assert bench.device_flags(3) == ["--device=local-task", "--task_topology_max_group_count=3"]
+    args = bench.measuring_args(m, 4, 3)
+    assert "--inputs=ids,mask,pos" in args and "--kv_count=4" in args and "--kv_heads=2" in args
+    assert "--head_dim=16" in args and "--prompt=1,2,3,4" in args and "--max_new_tokens=3" in args
+    assert "--temperature=0.0" in args and not any(a.startswith("--eos") for a in args)
+    assert args[-1] == "--device=local-sync" and sum(a.startswith("--device") for a in args) == 1
+    assert bench.measuring_args(m, 4, 3, threads=3)[-2:] == ["--device=local-task",
+                                                             "--task_topology_max_group_count=3"]
 
 
 def test_bench_local_both_pipelines_json(pair, tmp_path):
     mm, base = pair
     png = tmp_path / "bench.png"
     proc = rvdeploy("bench", str(mm.path), "--board", "local", "--compare", "baseline", "--baseline-bundle",
-                    str(base.path), "-p", "16", "-n", "8", "-r", "3", "--min-time", "0.02", "--json",
+                    str(base.path), "-p", "16", "-n", "8", "-r", "3", "--json",
                     "--plot", str(png))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
@@ -49,8 +51,7 @@ def test_bench_local_both_pipelines_json(pair, tmp_path):
 
 
 def test_bench_table_two_threads(pair):
-    proc = rvdeploy("bench", str(pair[0].path), "--board", "local", "-p", "8", "-r", "2", "--threads", "2",
-                    "--min-time", "0.02")
+    proc = rvdeploy("bench", str(pair[0].path), "--board", "local", "-p", "8", "-r", "2", "--threads", "2")
     assert proc.returncode == 0, proc.stderr
     for word in ("model", "params", "IREE mmt4d", "pp8", "tg32", "±"):
         assert word in proc.stdout

@@ -134,7 +134,7 @@ def test_fuzz_manifest(demo):
             before = _tree(w)
             for args in (("inspect", b), ("run", b, "--board", "local", "-n", "1"),
                          ("bench", b, "--estimate", "--target", "spacemit-k1"),
-                         ("bench", b, "--board", "local", "-p", "2", "-n", "1", "-r", "1", "--min-time", "0.001"),
+                         ("bench", b, "--board", "local", "-p", "2", "-n", "1", "-r", "1"),
                          ("pack", b, "-o", w / "out.tar.gz")):
                 assert_clean(*cli(*args))
             after = _tree(w)
@@ -276,7 +276,11 @@ def _option_commands(b: Path, w: Path) -> list:
     return [
         (["run", b, "--board", "local", "-n"], []),
         ([*estimate, "-p"], []), ([*estimate, "-n"], []), ([*estimate, "-r"], []),
-        ([*estimate, "--threads"], []), ([*estimate, "--min-time"], []),
+        ([*estimate, "--threads"], []),
+        (["run", b, "--board", "local", "-n", "1", "--temperature"], []),
+        (["run", b, "--board", "local", "-n", "1", "--temperature", "1", "--top-k"], []),
+        (["run", b, "--board", "local", "-n", "1", "--temperature", "1", "--top-p"], []),
+        (["run", b, "--board", "local", "-n", "1", "--temperature", "1", "--seed"], []),
         (["build", "--model", w / "no-model", "-o", w / "out", "--max-context"], []),
         (["sim", "up", "--vlen"], ["--name", "not a name!"]),
         (["run", b, "--board", "local", "-n", "2", "--prompt"], []),

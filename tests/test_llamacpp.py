@@ -294,7 +294,7 @@ def test_llama_cpp_greedy_matches_onnxruntime(host_tools):
 def test_bench_local_iree_next_to_llama_cpp(built, host_tools):
     bundle = built(str(TINY_HF))
     proc = rvdeploy("bench", str(bundle.path), "--board", "local", "--compare", "llama.cpp", "-p", "8", "-n", "4",
-                    "-r", "3", "--min-time", "0.02", "--json")
+                    "-r", "3", "--json")
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     got = {(r["pipeline"], r["test"]): r for r in doc["results"]}

@@ -19,26 +19,10 @@ Board = Annotated[str, typer.Option("--board", "-b", help="Where to run: `local`
                                     "file).")]
 
 # Every numeric option has a range. Token counts stop at the largest context a config.json may give (the model's
-# own, checked later, is smaller); threads at IREE's 64 workers (rvdeploy.bench.MAX_THREADS); repetitions and
-# seconds at what a benchmark can use.
+# own, checked later, is smaller); threads at IREE's 64 workers (rvdeploy.bench.MAX_THREADS); repetitions at
+# what a benchmark can use.
 MAX_TOKENS = MAX_CONTEXT
 MAX_REPS = 1000
-MAX_MIN_TIME = 3600.0  # seconds per repetition
-
-
-def seconds(low_open: float, high: float):
-    """A float option callback: a finite number in (LOW_OPEN, HIGH]; NaN and infinities are refused (a range
-    check alone lets NaN through, and `inf` seconds never end)."""
-
-    def check(value: float | None) -> float | None:
-        if value is None:
-            return value
-        if not (math.isfinite(value) and low_open < value <= high):
-            raise typer.BadParameter(f"{value} is not a number of seconds above {low_open:g} and at most {high:g}")
-        return value
-
-    return check
-
 
 
 def _finite(value: float) -> float:

@@ -10,7 +10,7 @@ import typer
 
 from .. import api
 from ..bench import MAX_THREADS, BenchReport, human_count, human_size, plot, plot_path
-from ._options import MAX_MIN_TIME, MAX_REPS, MAX_TOKENS, BundleArg, Json, seconds
+from ._options import MAX_REPS, MAX_TOKENS, BundleArg, Json
 from ._output import err, out, print_json, print_table, stage_progress
 
 
@@ -50,10 +50,6 @@ def bench(
                                        "qemu[:TARGET] or one from `rvdeploy sim up` (plugin-capable qemu).")] = False,
     plot_file: Annotated[Optional[Path], typer.Option("--plot", help="Write a bar chart (PNG) of the results "
                                                       "(needs matplotlib: the `bench` extra).")] = None,
-    min_time: Annotated[Optional[float], typer.Option("--min-time", callback=seconds(0.0, MAX_MIN_TIME),
-                                                      help="Minimum seconds per repetition, above 0 and at most "
-                                                      f"{MAX_MIN_TIME:g} (iree-benchmark-module's default: "
-                                                      "0.5).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing --plot file.")] = False,
     json_: Json = False,
 ) -> None:
@@ -64,7 +60,7 @@ def bench(
         report = api.bench(bundle, board=board, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, reps=reps,
                            threads=threads, compare=compare, baseline=baseline_bundle, hf_model=hf_model,
                            gguf_types=gguf_type, estimate_target=target,
-                           estimate_only=estimate, cost=cost, min_time=min_time, on_stage=hook)
+                           estimate_only=estimate, cost=cost, on_stage=hook)
     if plot_file is not None:
         path = plot(report, plot_file, force)
         err.print(f"wrote {path}")

@@ -36,12 +36,15 @@ def build(
     jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=1024,
                                                 help="Parallel compile jobs (default: the number of cores).",
                                                 show_default=False)] = None,
+    arch: Annotated[str, typer.Option(help="riscv64 (IREE's tools and the runner, cross-compiled) or host (the "
+                                      "runner for this machine's bundles).")] = "riscv64",
     json_: Json = False,
 ) -> None:
-    """Cross-compile IREE's runtime tools for riscv64 Linux (static, rv64gc: one runtime serves every riscv64
-    target) with clang-19, register it as `runtime add` does, and cache it (a second call is instant)."""
+    """Build IREE's runtime tools with rvdeploy's runner from IREE's sources: cross-compiled for riscv64 Linux
+    (static, rv64gc: one runtime serves every riscv64 target), or the runner for this machine; register it
+    as `runtime add` does and cache it (a second call is instant)."""
     with step_progress(quiet=json_) as progress:
-        rt, result = api.build_runtime(source=source, ref=ref, jobs=jobs, progress=progress)
+        rt, result = api.build_runtime(source=source, ref=ref, jobs=jobs, progress=progress, arch=arch)
     _warn_version(rt)
     if json_:
         print_json(rt.to_dict() | {"cached": result.cached, "seconds": round(result.seconds, 1)})
