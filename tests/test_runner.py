@@ -165,3 +165,22 @@ def test_context_is_enforced(demo_host):
 def test_sampling_values_out_of_range(demo_host, option, value):
     proc = rvdeploy("run", str(demo_host.path), "--board", "local", option, value)
     one_line_error(proc, option)
+
+
+def test_ctrl_c_ends_the_reply_not_the_chat(built):
+    """SIGINT while a reply streams (what Ctrl-C sends): the reply stops early, the next turn still runs."""
+    import signal
+    import subprocess
+    import sys
+
+    bundle = built(str(DEMO), "rv64gcv-vlen256")
+    proc = subprocess.Popen([sys.executable, "-m", "rvdeploy", "chat", str(bundle.path), "--board", "qemu", "-n",
+                             "200"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    proc.stdin.write("Beautiful is\n")
+    proc.stdin.flush()
+    assert proc.stdout.read(5)  # the reply is streaming
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate("Simple is\n", timeout=120)
+    assert proc.returncode == 0, err
+    assert "stop: interrupted" in err and err.count("stop: ") == 2, err

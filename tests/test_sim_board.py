@@ -107,6 +107,18 @@ def test_matching_board_runs_the_module_with_ids_only(boards, built, riscv_runti
     assert doc["ids"] == greedy_tokens(TINY / "model.onnx", ids, 8)[0]
 
 
+def test_chat_three_turns_on_the_emulated_ssh_board(boards, built, riscv_runtime):
+    """One runner session over ssh for the whole conversation: the cache grows turn by turn."""
+    bundle = built(str(DEMO), "rv64gcv-vlen256")
+    b = boards[256]
+    proc = rvdeploy("chat", str(bundle.path), "--board", b["name"], "-n", "8", env=b["env"],
+                    input="Beautiful is\nSimple is\nFlat is\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == " better than ugly."
+    used = [int(x.split("/")[0]) for x in proc.stderr.split("context ")[1:]]
+    assert len(used) == 3 and used[0] == 12 and used[0] < used[1] < used[2]
+
+
 def test_bundle_without_runtime_says_what_to_supply(boards, built):
     bundle = built(str(DEMO), "rv64gcv-vlen256", "mmt4d", no_runtime=True)
     b = boards[256]

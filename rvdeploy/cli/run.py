@@ -32,13 +32,16 @@ def run(
 ) -> None:
     """Generate on a board with the bundle's runner: tokens appear as they are chosen; greedy unless
     --temperature is given (then --top-k, --top-p and --seed apply)."""
+    started = {"prompt": chat}  # the prompt is echoed once generation has begun (it is valid text by then)
+
     def show(text: str) -> None:
+        if not started["prompt"]:
+            out.print(prompt, end="", markup=False, highlight=False)
+            started["prompt"] = True
         if text:
             out.print(text, end="", markup=False, highlight=False)
             out.file.flush()
 
-    if not json_ and not chat:
-        out.print(prompt, end="", markup=False, highlight=False)
     streamed = {} if json_ else {"on_text": show}
     result = api.run(bundle, board=board, prompt=prompt, max_new_tokens=max_new_tokens,
                      sampling=sampling(temperature, top_k, top_p, seed), chat=chat, system=system, **streamed)
