@@ -358,14 +358,27 @@ def dequantize_blocks(data: np.ndarray, scales: np.ndarray, zero_points: np.ndar
     return w.reshape(rows, cols)
 
 
-def _constant_through_reshape(name: str, ctx: _Ctx) -> np.ndarray | None:
-    """An initializer, or a Reshape of one (onnxruntime-genai reshapes the shared lm_head bytes)."""
+def _constant(name: str, ctx: _Ctx) -> np.ndarray | None:
+    """An initializer or a Constant node's value."""
     if name in ctx.inits:
         return numpy_helper.to_array(ctx.inits[name])
     p = ctx.producers.get(name)
-    if p is not None and p.op_type == "Reshape" and p.input[0] in ctx.inits and p.input[1] in ctx.inits:
-        shape = numpy_helper.to_array(ctx.inits[p.input[1]])
-        return numpy_helper.to_array(ctx.inits[p.input[0]]).reshape(shape)
+    if p is not None and p.op_type == "Constant" and p.attribute and p.attribute[0].name == "value":
+        return numpy_helper.to_array(p.attribute[0].t)
+    return None
+
+
+def _constant_through_reshape(name: str, ctx: _Ctx) -> np.ndarray | None:
+    """A constant, or a Reshape of one by a constant shape (onnxruntime-genai reshapes the lm_head's 4-bit
+    bytes for the tied embedding)."""
+    value = _constant(name, ctx)
+    if value is not None:
+        return value
+    p = ctx.producers.get(name)
+    if p is not None and p.op_type == "Reshape":
+        data, shape = _constant(p.input[0], ctx), _constant(p.input[1], ctx)
+        if data is not None and shape is not None:
+            return data.reshape(shape)
     return None
 
 
