@@ -178,3 +178,52 @@ def test_packed_qkv_on_mmt4d(host_bundles, name):
     shapes = {(pw["k"], pw["n"]) for pw in mm["packed_weights"]}
     assert (64, 128) in shapes  # hidden 64 -> (4 + 2 x 2) heads x 16
     assert not mm["not_lowered"]
+
+
+# ------------------------------------------------------------------------------------------------ riscv64
+
+RISCV = "rv64gcv-vlen256"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIXTURES)
+def test_riscv64_under_qemu_gives_onnxruntime_tokens(built, reference, name):
+    """The riscv64 bundle's runner under qemu-user (VLEN 256), fed ids with no position_ids."""
+    bundle = built(str(GENAI / name), RISCV)
+    from rvdeploy.tokenizer import TextCodec
+
+    text = "Beautiful is"
+    ids = TextCodec(bundle.path / "tokenizer.json").encode(text)
+    want, _ = greedy_tokens(reference(name), ids, NEW_TOKENS)
+    result = api.run(bundle.path, board="qemu", prompt=text, max_new_tokens=NEW_TOKENS)
+    eos = bundle.manifest["eos_token_ids"]
+    assert result.ids and result.ids == want[:len(result.ids)]
+    assert len(result.ids) == NEW_TOKENS or result.ids[-1] in eos
+
+
+COST_TOLERANCE = 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_riscv64_cost_equals_the_optimum_export(built, family):
+    """Same weights, two exporters: instructions per prompt token and per generated token under qemu
+    (`bench --cost`, P=32, N=16): the genai export costs at most 5 % more than the optimum one (measured: less)."""
+    from rvdeploy import qemu_cost
+
+    try:
+        qemu_cost.plugin_qemu()
+    except RvdeployError as exc:
+        from conftest import system_part_missing
+
+        system_part_missing(str(exc))
+    cost = {}
+    for kind, src in (("genai", GENAI / f"{family}-fp32"), ("optimum", OPTIMUM[family])):
+        bundle = built(str(src), RISCV)
+        report = api.bench(bundle.path, board="qemu", prompt_tokens=32, gen_tokens=16, cost=True)
+        cost[kind] = report.cost["mmt4d"]
+    ratios = {phase: cost["genai"][phase]["instructions"] / cost["optimum"][phase]["instructions"]
+              for phase in ("per_prompt_token", "per_generated_token")}
+    print(f"{family}: genai/optimum instructions per token {ratios}, genai {cost['genai']}, optimum {cost['optimum']}")
+    # never dearer; cheaper is allowed (grouped heads read the cache in place, one packed QKV contraction)
+    assert all(r <= 1 + COST_TOLERANCE for r in ratios.values()), ratios
