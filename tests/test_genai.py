@@ -227,3 +227,15 @@ def test_riscv64_cost_equals_the_optimum_export(built, family):
     print(f"{family}: genai/optimum instructions per token {ratios}, genai {cost['genai']}, optimum {cost['optimum']}")
     # never dearer; cheaper is allowed (grouped heads read the cache in place, one packed QKV contraction)
     assert all(r <= 1 + COST_TOLERANCE for r in ratios.values()), ratios
+
+
+def test_readme_compatibility_table_is_generated():
+    """README.md holds exactly what scripts/compat_table.py generates from the fixtures and support tables."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compat_table", ROOT / "scripts" / "compat_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    block = mod.block()
+    assert "| onnxruntime-genai builder | Qwen2 | int4 (MatMulNBits) | supported" in block
+    assert block in (ROOT / "README.md").read_text(), "run: python3 scripts/compat_table.py --write"
