@@ -239,3 +239,61 @@ def test_readme_compatibility_table_is_generated():
     block = mod.block()
     assert "| onnxruntime-genai builder | Qwen2 | int4 (MatMulNBits) | supported" in block
     assert block in (ROOT / "README.md").read_text(), "run: python3 scripts/compat_table.py --write"
+
+
+# ------------------------------------------------------------------------------------------------ variants
+
+GENAI_REPO = "microsoft/Tiny-Genai-Test-onnx"
+INT4_FOLDER = "cpu_and_mobile/cpu-int4-rtn-block-32-acc-level-4"
+FP32_FOLDER = "cpu_and_mobile/cpu-fp32"
+
+
+@pytest.fixture
+def genai_hub(tmp_path, monkeypatch):
+    """A hub cache (huggingface_hub's layout, offline) holding a genai repo with two variant folders."""
+    from hubcache_repo import add_snapshot
+
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    files = {"README.md": b"a genai repo\n"}
+    for folder, name in ((INT4_FOLDER, "llama-int4"), (FP32_FOLDER, "llama-fp32")):
+        for p in (GENAI / name).iterdir():
+            files[f"{folder}/{p.name}"] = p.read_bytes()
+    add_snapshot(cache, GENAI_REPO, files)
+    return cache
+
+
+def test_genai_variant_folders_listed_offline(genai_hub):
+    from rvdeploy.source import list_variants
+
+    assert list_variants(GENAI_REPO) == ["cpu-fp32", "cpu-int4-rtn-block-32-acc-level-4"]
+    from cli_run import rvdeploy
+
+    proc = rvdeploy("build", "--model", GENAI_REPO, "--list-variants")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cpu-fp32", "cpu-int4-rtn-block-32-acc-level-4"]
+
+
+def test_genai_variant_resolves_to_its_folder(genai_hub):
+    from rvdeploy.source import resolve_model
+
+    files = resolve_model(GENAI_REPO, variant="cpu-int4-rtn-block-32-acc-level-4")
+    assert files.onnx.parent.name == "cpu-int4-rtn-block-32-acc-level-4" and files.onnx.name == "model.onnx"
+    assert files.tokenizer.parent == files.onnx.parent and files.kind == "hub" and files.revision
+    assert inspect_graph(files.onnx).op_counts["com.microsoft::MatMulNBits"] == 11
+    with pytest.raises(RvdeployError) as e:
+        resolve_model(GENAI_REPO, variant="cuda-int4")
+    assert "unknown variant 'cuda-int4'" in str(e.value) and "cpu-fp32" in e.value.hint
+
+
+@pytest.mark.slow
+def test_genai_variant_builds_from_the_hub_cache(genai_hub, reference, tmp_path):
+    bundle = api.build(GENAI_REPO, variant="cpu-int4-rtn-block-32-acc-level-4", out=tmp_path / "b").bundle
+    assert bundle.manifest["model"]["variant"] == "cpu-int4-rtn-block-32-acc-level-4"
+    assert bundle.manifest["max_context"] == 256  # genai_config.json's context_length (no config.json)
+    tokens, _ = greedy_logits(bundle, PROMPT, 6)
+    assert tokens == greedy_tokens(reference("llama-int4"), PROMPT, 6)[0]
