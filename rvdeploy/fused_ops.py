@@ -135,8 +135,12 @@ class _Builder:
         return self.op("Squeeze", [one_elem, self.i64(0)])
 
 
-def _np_dtype(elem_type: int):
-    return {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}[elem_type]
+def _np_dtype(elem_type: int, where: str):
+    dt = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}.get(elem_type)
+    if dt is None:
+        raise RvdeployError(f"{where}: KV cache of type {TensorProto.DataType.Name(elem_type).lower()}; rvdeploy "
+                            "handles f32 and f16", "export with -p fp32 (or fp16)")
+    return dt
 
 
 # ------------------------------------------------------------------------------------------ rotary
@@ -206,8 +210,12 @@ def _gqa(node, ctx: _Ctx, b: _Builder) -> None:
     if not past_k or not past_v:
         raise RvdeployError(f"{where}: past_key and past_value inputs are required (a KV-cache graph)")
     head = ctx.head_dim
+    q_width = ctx.last_dims.get(query)
+    if not key and q_width and q_width != (n_heads + 2 * n_kv) * head:
+        raise RvdeployError(f"{where}: packed QKV width {q_width} is not (num_heads {n_heads} + 2 x kv_num_heads "
+                            f"{n_kv}) x head size {head}", "check genai_config.json's head_size")
     dtype = ctx.types.get(past_k, TensorProto.FLOAT)
-    npdt = _np_dtype(dtype)
+    npdt = _np_dtype(dtype, where)
     scale = _attr(node, "scale", 0.0) or 1.0 / np.sqrt(head)
     softcap = _attr(node, "softcap", 0.0)
     window = _attr(node, "local_window_size", -1)

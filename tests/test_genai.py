@@ -297,3 +297,21 @@ def test_genai_variant_builds_from_the_hub_cache(genai_hub, reference, tmp_path)
     assert bundle.manifest["max_context"] == 256  # genai_config.json's context_length (no config.json)
     tokens, _ = greedy_logits(bundle, PROMPT, 6)
     assert tokens == greedy_tokens(reference("llama-int4"), PROMPT, 6)[0]
+
+
+def test_build_refuses_an_unsupported_setting_in_one_line(tmp_path):
+    """Through the CLI: one line naming op, node and attribute, and what to use instead; no traceback."""
+    from cli_run import rvdeploy
+
+    dst = tmp_path / "m"
+    shutil.copytree(GENAI / "qwen2-int4", dst)
+    model = onnx.load(str(dst / "model.onnx"), load_external_data=False)
+    node = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    next(a for a in node.attribute if a.name == "gather_axis").i = 1
+    onnx.save(model, str(dst / "model.onnx"))
+    proc = rvdeploy("build", "--model", str(dst), "-o", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert any(f"GatherBlockQuantized node '{node.name}': attribute gather_axis=1 is not supported" in ln
+               and "quantize the embedding table per row" in ln for ln in lines), proc.stderr
