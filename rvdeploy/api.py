@@ -23,6 +23,7 @@ from .compiler import compile_module, compiler_version
 from .dispatches import DispatchReport, analyze_dump, summarize
 from .entrypoints import assemble
 from .errors import RvdeployError
+from .genai_interface import io_names, prepare as prepare_interface, read_config as read_genai_config
 from .graphinfo import inspect_graph
 from .importer import import_graphs
 from .mmt4d import lower_to_mmt4d
@@ -183,8 +184,17 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         done("fetch")
         stage("check")
         graph = inspect_graph(files.onnx)
-        context = modelconfig.context_length(files.config, max_context, model)
+        genai = read_genai_config(files.onnx)
+        if files.config is None and genai is not None and genai.context_length and max_context is None:
+            context = genai.context_length  # an onnxruntime-genai folder carries genai_config.json, not config.json
+        else:
+            context = modelconfig.context_length(files.config, max_context, model)
         onnx_path = materialize(files.onnx, work / "source")
+        # onnxruntime-genai exports: the common interface and standard ops (rvdeploy.genai_interface)
+        onnx_path, interface = prepare_interface(onnx_path, work / "interface", graph.num_kv_heads, graph.head_dim,
+                                                 genai)
+        if interface:
+            graph = replace(graph, **io_names(onnx_path))
         quantized = None
         if quantize:
             count = quantize_file(onnx_path, work / "quantized" / "model.onnx", quantize)
@@ -264,6 +274,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             "rvdeploy_version": __version__,
             "model": {"id": files.model_id, "revision": files.revision, "variant": files.variant,
                       "quantized": quantized, "quantized_ops_rewritten": normalized or None,
+                      "fused_ops_rewritten": interface or None,
                       "source": files.kind, "graph": graph.to_dict() | {"path": files.onnx.name}},
             "target": tgt.to_dict(),
             "pipeline": _pipeline_manifest(pipeline, flags, uk, lowered),
@@ -271,7 +282,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             "entry_points": entry.entry_points,
             "tokenizer": "tokenizer.json" if files.tokenizer else None,
             "tokenizer_config": "tokenizer_config.json" if tokenizer_config else None,
-            "eos_token_ids": modelconfig.eos_token_ids(files.config),
+            "eos_token_ids": modelconfig.eos_token_ids(files.config) or (list(genai.eos_token_ids) if genai else []),
             "max_context": context,
             "parameters": {"scope": "model", "file": "model.irpa"},
             **board_entries,

@@ -22,8 +22,9 @@ from typing import Iterator
 import onnx
 from onnx import TensorProto
 
-from rvdeploy import modelconfig
+from rvdeploy import genai_interface, modelconfig
 from rvdeploy.errors import RvdeployError
+from rvdeploy.fused_ops import refusal as fused_refusal
 
 _PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT_RE = re.compile(r"^present\.(\d+)\.(key|value)$")
@@ -269,6 +270,11 @@ def _check_ops(path: Path, model: onnx.ModelProto) -> dict[str, int]:
             if key in table:
                 where = f"function {func.domain}::{func.name}" + (f" > {ref.where}" if ref.where else "")
                 bad.append((table[key], _NodeRef(ref.node, ref.index, where)))
+    consumed = {x for n in model.graph.node for x in n.input} | {o.name for o in model.graph.output}
+    for ref in _walk_nodes(model.graph):
+        refused = fused_refusal(ref.node, consumed)
+        if refused:  # an onnxruntime fused op with a setting rvdeploy.fused_ops does not rewrite
+            raise RvdeployError(f"{path}: {refused[0]}", refused[1])
     if bad:
         op, ref = bad[0]
         where = f" in {ref.where}" if ref.where else ""
@@ -300,8 +306,13 @@ def inspect_graph(onnx_path: Path) -> LlmGraph:
 
     opset = next((o.version for o in model.opset_import if _norm_domain(o.domain) == ""), 0)
     init_names = {t.name for t in graph.initializer}
-    input_vis = {vi.name: vi for vi in graph.input if vi.name not in init_names}
-    output_vis = {vi.name: vi for vi in graph.output}
+    # onnxruntime-genai exports name their inputs in genai_config.json: checked under the common names
+    genai = genai_interface.read_config(path)
+    raw_in = [vi.name for vi in graph.input if vi.name not in init_names]
+    rename = genai_interface.common_names(genai, raw_in, False) | genai_interface.common_names(
+        genai, [vi.name for vi in graph.output], True)
+    input_vis = {rename.get(vi.name, vi.name): vi for vi in graph.input if vi.name not in init_names}
+    output_vis = {rename.get(vi.name, vi.name): vi for vi in graph.output}
     inputs, outputs = list(input_vis), list(output_vis)
 
     num_layers = _check_kv(path, inputs, outputs)
@@ -339,6 +350,10 @@ def inspect_graph(onnx_path: Path) -> LlmGraph:
     lg_dims = _dims(logits_vi) or [None]
     kv_heads, head_dim, vocab = pk_dims[1], pk_dims[3], lg_dims[-1]
 
+    if genai is not None:  # genai_config.json gives what its graph leaves symbolic (head_dim: "kv_cache_dim")
+        kv_heads = kv_heads or genai.num_kv_heads
+        head_dim = head_dim or genai.head_dim
+        vocab = vocab or genai.vocab_size
     if kv_heads is None or head_dim is None or vocab is None:
         cfg = _config_json(path) or {}
         heads = cfg.get("num_attention_heads")

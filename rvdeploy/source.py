@@ -22,6 +22,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from rvdeploy import genai_variants
 from rvdeploy.errors import RvdeployError
 
 DEFAULT_MODEL = "onnx-community/Llama-3.2-1B-Instruct"
@@ -133,12 +134,17 @@ def hub_endpoint() -> str | None:
 def resolve_model(spec: str = DEFAULT_MODEL, variant: str = "fp32", revision: str | None = None) -> ModelFiles:
     """Local files for a model spec: "demo", an .onnx file, a directory, or a hub repo id (org/name)."""
     table = _table().variants
-    if variant not in table:
+    path = Path(spec).expanduser()
+    if variant not in table:  # an onnxruntime-genai variant folder, or nothing
+        if path.is_dir():
+            _no_revision(spec, revision)
+            return _from_genai_dir(spec, path, variant)
+        if _REPO_ID_RE.match(spec) and not path.exists():
+            return _from_genai_hub(spec, variant, revision)
         raise RvdeployError(f"unknown variant {variant!r}", f"known variants: {', '.join(table)}")
     if spec == "demo":
         return _from_demo(variant, revision)
 
-    path = Path(spec).expanduser()
     if path.is_file():
         _no_revision(spec, revision)
         return _from_file(spec, path, variant)
@@ -534,3 +540,97 @@ def _from_hub(repo_id: str, variant: str, revision: str | None) -> ModelFiles:
         variant=variant,
         kind="hub",
     )
+
+
+# ------------------------------------------------------------------------------------------- genai variant folders
+
+
+def _unknown_variant(variant: str, found: dict[str, str]) -> RvdeployError:
+    known = ", ".join(_table().variants)
+    hint = f"known variants: {known}" + (f"; onnxruntime-genai folders: {', '.join(found)}" if found else "")
+    return RvdeployError(f"unknown variant {variant!r}", hint)
+
+
+def _genai_files(spec: str, root: Path, folder: str, variant: str, revision: str | None, kind: str) -> ModelFiles:
+    d = root / folder
+    graph = d / genai_variants.graph_name(d)
+    if not graph.is_file():
+        raise RvdeployError(f"{spec}: variant folder {folder} has no {graph.name}",
+                            "the folder's genai_config.json names a graph that is not there")
+    missing = _check_external_data(graph, spec)
+    if missing:
+        _raise_missing_data(graph, missing, "copy the variant folder together with its data files")
+    return ModelFiles(onnx=graph, tokenizer=_beside("tokenizer.json", d, root), config=_beside("config.json", d, root),
+                      model_id=spec, revision=revision, variant=variant, kind=kind)
+
+
+def _from_genai_dir(spec: str, root: Path, variant: str) -> ModelFiles:
+    found = genai_variants.folders(genai_variants.local_paths(root))
+    folder = genai_variants.match(variant, found)
+    if folder is None:
+        raise _unknown_variant(variant, found)
+    return _genai_files(spec, root, folder, variant, None, "dir")
+
+
+def _hub_genai_folders(repo_id: str, revision: str | None) -> tuple[Path, dict[str, str]]:
+    """(snapshot directory, variant folders) of a hub repo: online from the repo's file list, offline from the
+    genai_config.json files in the cached snapshot."""
+    from huggingface_hub import HfApi, snapshot_download
+
+    cache, offline, endpoint = hub_cache_dir(), hub_offline(), hub_endpoint()
+    rev = _expand_short_sha(cache, repo_id, revision) if (offline and revision) else revision
+    with _hub_errors(repo_id, revision, cache, offline):
+        snapshot = Path(snapshot_download(repo_id, revision=rev, cache_dir=cache, local_files_only=offline,
+                                          endpoint=endpoint, allow_patterns=[f"**/{genai_variants.CONFIG}"]))
+        if offline:
+            paths = genai_variants.local_paths(snapshot)
+        else:
+            paths = HfApi(endpoint=endpoint).list_repo_files(repo_id, revision=snapshot.name)
+    return snapshot, genai_variants.folders(paths)
+
+
+def _from_genai_hub(repo_id: str, variant: str, revision: str | None) -> ModelFiles:
+    from huggingface_hub import snapshot_download
+
+    try:
+        snapshot, found = _hub_genai_folders(repo_id, revision)
+    except RvdeployError as e:  # no repo to look for variant folders in: the name is not a table variant either
+        raise RvdeployError(f"unknown variant {variant!r}", f"known variants: {', '.join(_table().variants)}; "
+                            f"onnxruntime-genai folders: none found ({e})") from None
+    folder = genai_variants.match(variant, found)
+    if folder is None:
+        raise _unknown_variant(variant, found)
+    cache, offline = hub_cache_dir(), hub_offline()
+    if not offline:
+        with _hub_errors(repo_id, revision, cache, offline):
+            snapshot_download(repo_id, revision=snapshot.name, cache_dir=cache, endpoint=hub_endpoint(),
+                              allow_patterns=[f"{folder}/*"] + list(_table().support_files))
+    graph_dir = snapshot / folder
+    if not (graph_dir / genai_variants.graph_name(graph_dir)).is_file():
+        raise RvdeployError(f"variant {variant} ({folder}) of {repo_id}@{snapshot.name[:7]} is not in the local "
+                            f"cache at {cache}", "unset HF_HUB_OFFLINE with network access to download it")
+    return _genai_files(repo_id, snapshot, folder, variant, snapshot.name, "hub")
+
+
+def list_variants(spec: str, revision: str | None = None) -> list[str]:
+    """The variants a model offers: variants.toml's graphs present, then onnxruntime-genai folders. Hub repos are
+    read from the hub, or offline from the local cache (what is cached)."""
+    path = Path(spec).expanduser()
+    if spec == "demo":
+        return ["fp32"]
+    if path.is_file():
+        return [_from_file(spec, path, "fp32").variant]
+    if path.is_dir():
+        return _variants_in(path) + list(genai_variants.folders(genai_variants.local_paths(path)))
+    if not _REPO_ID_RE.match(spec):
+        raise RvdeployError(f"model not found: {spec!r} is not a file, a directory or a hub repo id (org/name)")
+    snapshot, found = _hub_genai_folders(spec, revision)
+    if hub_offline():
+        table = _variants_in(snapshot)
+    else:
+        from huggingface_hub import HfApi
+
+        with _hub_errors(spec, revision, hub_cache_dir(), False):
+            files = set(HfApi(endpoint=hub_endpoint()).list_repo_files(spec, revision=snapshot.name))
+        table = [t.name for t in _table().variants.values() if t.graph in files]
+    return table + list(found)

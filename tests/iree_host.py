@@ -31,13 +31,17 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
     m = HostModule(bundle.path)
     n = len(prompt)
     kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
-    out = m.call("prefill", np.array([prompt], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)
+    def roles(ids: list[int], past: int) -> list[np.ndarray]:
+        """The leading inputs the graph has (an onnxruntime-genai export has no position_ids), in its order."""
+        values = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, past + len(ids)), np.int64),
+                  "position_ids": np.arange(past, past + len(ids), dtype=np.int64)[None]}
+        return [values[name] for name in graph["inputs"] if name in values]
+
+    out = m.call("prefill", *roles(prompt, 0), *kv)
     logits, kv, tokens = [out[0][0, -1]], out[1:], []
     for step in range(steps):
         tokens.append(int(np.argmax(logits[-1])))
-        past = n + step
-        out = m.call("decode", np.array([[tokens[-1]]], np.int64), np.ones((1, past + 1), np.int64),
-                     np.array([[past]], np.int64), *kv)
+        out = m.call("decode", *roles(tokens[-1:], n + step), *kv)
         logits.append(out[0][0, -1])
         kv = out[1:]
     return tokens, logits

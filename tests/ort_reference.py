@@ -1,7 +1,8 @@
 """onnxruntime greedy decoding: the numerical reference for optimum-style decoder exports.
 
 Works for any `optimum-cli export onnx --task text-generation-with-past` style model
-(onnx-community Llama exports have the same interface):
+(onnx-community Llama exports have the same interface), and for onnxruntime-genai builder exports (the same
+names, no position_ids, head_dim from genai_config.json; onnxruntime runs their fused ops itself):
 
   inputs   input_ids [B,S] i64, attention_mask [B,P+S] i64, position_ids [B,S] i64 (optional),
            past_key_values.N.key / past_key_values.N.value [B, kv_heads, P, head_dim]
@@ -52,6 +53,11 @@ def _kv_layout(session: ort.InferenceSession, onnx_path: Path) -> tuple[list[str
         raise ValueError(f"{onnx_path}: unsupported KV cache type {first.type}")
     shape = first.shape  # [batch, kv_heads, past_len, head_dim]; symbolic dims are str/None
     kv_heads, head_dim = shape[1], shape[3]
+    genai_path = onnx_path.parent / "genai_config.json"  # onnxruntime-genai exports: head_dim is "kv_cache_dim"
+    if (not isinstance(kv_heads, int) or not isinstance(head_dim, int)) and genai_path.is_file():
+        dec = json.loads(genai_path.read_text())["model"]["decoder"]
+        kv_heads = kv_heads if isinstance(kv_heads, int) else dec["num_key_value_heads"]
+        head_dim = head_dim if isinstance(head_dim, int) else dec["head_size"]
     if not isinstance(kv_heads, int) or not isinstance(head_dim, int):
         cfg_path = onnx_path.parent / "config.json"
         if not cfg_path.is_file():

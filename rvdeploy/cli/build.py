@@ -16,7 +16,10 @@ from ._output import err, out, print_json, stage_progress
 def build(
     model: Annotated[str, typer.Option("--model", "-m", help="Hub repo id (org/name), a local model directory, "
                                        "a .onnx file, or `demo` (the bundled Zen-of-Python model).")] = DEFAULT_MODEL,
-    variant: Annotated[str, typer.Option(help="Which ONNX file of a hub-layout repo: fp32, fp16, int8, q4, ...")] = "fp32",
+    variant: Annotated[str, typer.Option(help="Which ONNX file of a hub-layout repo: fp32, fp16, int8, q4, ..., or "
+                                         "an onnxruntime-genai variant folder (see --list-variants).")] = "fp32",
+    list_variants: Annotated[bool, typer.Option("--list-variants", help="List the model's variants and exit "
+                                                "(offline: those in the hub cache).")] = False,
     revision: Annotated[Optional[str], typer.Option(help="Hub branch, tag or commit (hub models only).")] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Target profile: see `rvdeploy targets`.")] = "host",
     pipeline: Annotated[str, typer.Option(help="mmt4d (weight contractions on RVV mmt4d microkernels, weights "
@@ -42,6 +45,16 @@ def build(
     json_: Json = False,
 ) -> None:
     """Build a bundle: fetch the model, import it, add prefill/decode/generate, lower to mmt4d, compile."""
+    if list_variants:
+        from ..source import list_variants as variants_of
+
+        names = variants_of(model, revision)
+        if json_:
+            print_json({"model": model, "variants": names})
+        else:
+            for name in names:
+                out.print(name, soft_wrap=True, highlight=False)
+        return
     with stage_progress(api.BUILD_STAGES, quiet=json_) as hook:
         result = api.build(model, out=output, variant=variant, revision=revision, target=target,
                            pipeline=pipeline, force=force, runtime=runtime, tar=tar, ukernels=ukernels,
