@@ -217,15 +217,18 @@ def test_int8_matmuls_on_mmt4d_and_q4_weights_stay_4bit(build):
 
 @pytest.mark.slow
 def test_riscv_int8_on_rvv_s8_microkernels(build):
-    """`--quantize int8 --target rv64gcv-vlen256`: every integer matmul is an s8 x s8 -> s32 mmt4d with IREE's
-    7 x VLEN/8 x 1 RVV tiles (1 x 32 x 1 for decode at VLEN 256): the default library switches to upstream
-    for int8 models (the project library has no RVV s8 kernel)."""
+    """`--quantize int8 --target rv64gcv-vlen256`: every integer matmul is an s8 x s8 -> s32 mmt4d on the project
+    library's RVV s8 kernels (the default library): 7 x VLEN/4 x 1 tiles, 1 x 64 x 1 for decode at VLEN 256,
+    and the dispatches call the RVV tile functions, not the portable C one."""
     bundle = build("demo-int8", "rv64gcv-vlen256")
     report = api.inspect(bundle.path)
     mm = report["manifest"]["pipeline"]["mmt4d"]
-    assert mm["tiles"]["i8"] == {"prefill": "7x32x1", "decode": "1x32x1"}
-    assert report["manifest"]["pipeline"]["ukernels"]["library"] == "upstream"
+    assert mm["tiles"]["i8"] == {"prefill": "7x64x1", "decode": "1x64x1"}
+    assert report["manifest"]["pipeline"]["ukernels"]["library"] == "project"
     rows = [r for r in report["dispatches"]["contractions"] if r["types"] == "i8*i8->i32"]
-    assert rows and all(r["mmt4d"] and r["ukernel"] for r in rows)
-    assert {r["tile"] for r in rows if r["entry"] == "decode"} == {"1x32x1"}
+    assert rows and all(r["mmt4d"] and r["ukernel"] and r["library"] == "project" for r in rows)
+    assert {r["tile"] for r in rows if r["entry"] == "decode"} == {"1x64x1"}
+    kernels = {r["kernel"] for r in rows}
+    assert kernels and not any("generic" in k for k in kernels), kernels
+    assert any("s8s8s32_1xN0x1_rvv_m8" in k for k in kernels) and any("s8s8s32_7xN0x1_rvv_m4" in k for k in kernels)
     assert not any(r["types"].startswith("f32") and r["op"] == "linalg.mmt4d" for r in report["dispatches"]["contractions"])
