@@ -154,7 +154,7 @@ def test_normalized_graph_is_the_same_model(cases, tmp_path, name):
 
 # ------------------------------------------------------------------------------------------------ builds
 
-HOST_CASES = ["demo-int8", "tiny-ort-int8", "demo-q4", "tiny-q4", "tiny-q4-asym"]
+HOST_CASES = ["demo-int8", "tiny-int8", "tiny-ort-int8", "demo-q4", "tiny-q4", "tiny-q4-asym"]
 
 
 @pytest.mark.slow
@@ -232,3 +232,22 @@ def test_riscv_int8_on_rvv_s8_microkernels(build):
     assert kernels and not any("generic" in k for k in kernels), kernels
     assert any("s8s8s32_1xN0x1_rvv_m8" in k for k in kernels) and any("s8s8s32_7xN0x1_rvv_m4" in k for k in kernels)
     assert not any(r["types"].startswith("f32") and r["op"] == "linalg.mmt4d" for r in report["dispatches"]["contractions"])
+
+
+@pytest.mark.slow
+def test_int8_embedding_table_is_int8_and_stored_once(build):
+    """--quantize int8 on a tied model (tiny-random): the embedding table is int8 rows with
+    a scale each, looked up from lm_head's packed int8 copy: no fp32 table, no second int8 one."""
+    import iree.runtime as rt
+
+    bundle = build("tiny-int8")
+    index = rt.ParameterIndex()
+    index.load(str(bundle.path / "model.irpa"))
+    sizes = {key: entry.length for key, entry in index.items()}
+    import json
+
+    config = json.loads((bundle.path / "config.json").read_text())
+    vocab, hidden = config["vocab_size"], config["hidden_size"]
+    assert not [k for k, n in sizes.items() if n >= vocab * hidden * 2], sizes  # no fp32 (or f16) table
+    tables = [k for k, n in sizes.items() if n == vocab * hidden]
+    assert len(tables) == 1 and tables[0].endswith(".T.mmt4d_8x2"), sizes
