@@ -3,7 +3,8 @@
 pipeline and llama.cpp f32 / f16 / Q8_0 / Q4_0, one thread, one table.
 
   python benchmarks/make_llama.py mid /tmp/bench/models/mid        # once: ONNX + HF checkpoint, same weights
-  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--types T ...] [--json]
+  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--types T ...]
+                                 [--quantize [int8] [q4]] [--json]
 
 The same at the Llama-3.2-1B shape (about 15 minutes for two types; 11 GB of model files, 5 GB peak):
   python benchmarks/make_llama.py llama-3.2-1b DIR
@@ -59,17 +60,20 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def iree_rows(model: Path, target: str, out: Path, p: int, n: int) -> dict:
+def iree_rows(model: Path, target: str, out: Path, p: int, n: int, quantize: tuple[str, ...] = ()) -> dict:
     rows = {}
     try:
         api.build_runtime(progress=lambda phase, done, total: None if done else log(phase))
     except RvdeployError as exc:  # nothing to run the bundles with: do not build them just to skip them
         log(f"no riscv64 IREE runtime: {exc}")
         return {pipeline: {"skipped": f"no riscv64 IREE runtime ({exc.message})"} for pipeline in ("mmt4d", "baseline")}
-    for pipeline in ("mmt4d", "baseline"):
+    # (row name, pipeline, --quantize): the fp32 pipelines, then the mmt4d pipeline on quantized weights
+    builds = [("mmt4d", "mmt4d", None), ("baseline", "baseline", None)] + \
+        [(f"mmt4d --quantize {q}", "mmt4d", q) for q in quantize]
+    for pipeline, pipe, quant in builds:
         log(f"building the {pipeline} bundle")
-        bundle = api.build(str(model), out=out / f"mid-{target}-{pipeline}", target=target, pipeline=pipeline,
-                           force=True).bundle
+        bundle = api.build(str(model), out=out / f"mid-{target}-{pipeline.replace(' --quantize ', '-')}",
+                           target=target, pipeline=pipe, quantize=quant, force=True).bundle
         why = iree_runnable(bundle)
         if why:
             rows[pipeline] = {"skipped": why.removeprefix("IREE rows skipped: ")}
@@ -131,6 +135,8 @@ def main() -> None:
     ap.add_argument("-p", type=int, default=64)
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="llama.cpp GGUF types")
+    ap.add_argument("--quantize", nargs="*", default=["int8", "q4"], choices=["int8", "q4"],
+                    help="also the mmt4d pipeline with --quantize (rows beside llama.cpp's Q8_0 / Q4_0)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not gguf.is_checkpoint(args.model):
@@ -141,7 +147,7 @@ def main() -> None:
         shape = None  # not from make_llama.py: no anchors to show
     t0 = time.perf_counter()
     try:
-        rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n),
+        rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n, tuple(args.quantize)),
                 **llama_rows(args.model, args.target, args.p, args.n, args.types)}
     except RvdeployError as e:
         sys.exit(f"error: {e}")

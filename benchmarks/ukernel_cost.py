@@ -14,7 +14,9 @@ instruction of the dispatch function (an upper bound on per-tile overhead, since
     per MAC at K = (loop instructions x iterations + other instructions) / (K x M0 x N0).
 No instruction is counted at run time (qemu-user here has no TCG plugins).
 
-    python3 benchmarks/ukernel_cost.py [--vlen 256 ...] [--json]
+    python3 benchmarks/ukernel_cost.py [--vlen 256 ...] [--elt f32|i8] [--json]
+
+--elt i8: the s8 x s8 -> s32 tiles of int8 models (int8 operands, int32 accumulators).
 """
 
 from __future__ import annotations
@@ -44,12 +46,13 @@ _LABEL = re.compile(r"^(\S+):\s*(#.*)?$")
 _VSET = re.compile(r"vset[i]?vli\s+[^,]+,\s*[^,]+,\s*e(\d+),\s*m(f?\d)")
 
 
-def _module(n0: int) -> str:
+def _module(n0: int, elt: str = "f32") -> str:
+    acc = "i32" if elt == "i8" else elt
     funcs = []
     for phase, m0, k in SHAPES:
-        lhs = f"tensor<1x{k}x{m0}x1xf32>"
-        rhs = f"tensor<{N1}x{k}x{n0}x1xf32>"
-        out = f"tensor<1x{N1}x{m0}x{n0}xf32>"
+        lhs = f"tensor<1x{k}x{m0}x1x{elt}>"
+        rhs = f"tensor<{N1}x{k}x{n0}x1x{elt}>"
+        out = f"tensor<1x{N1}x{m0}x{n0}x{acc}>"
         funcs.append(f"""func.func @{phase}_k{k}(%a: {lhs}, %b: {rhs}, %c: {out}) -> {out} {{
   %r = linalg.mmt4d ins(%a, %b : {lhs}, {rhs}) outs(%c : {out}) -> {out}
   return %r : {out}
@@ -113,13 +116,13 @@ def _analyze(lines: list[str], vlen: int, n0: int) -> dict | None:
     return best
 
 
-def measure(vlen: int, library: str) -> list[dict]:
+def measure(vlen: int, library: str, elt: str = "f32") -> list[dict]:
     target = get_target(f"rv64gcv-vlen{vlen}")
-    tile = tile_for(target, "f32", library)
+    tile = tile_for(target, elt, library)
     choice = ukernels.choose(target, library)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "m.mlir"
-        src.write_text(_module(tile.n0))
+        src.write_text(_module(tile.n0, elt))
         dump = Path(tmp) / "dump"
         flags = [f for f in compile_flags(target, "mmt4d") if f != "--iree-input-type=onnx"] + choice.compile_flags()
         proc = subprocess.run([find_tool("iree-compile"), str(src), *flags, f"--iree-hal-dump-executable-files-to={dump}",
@@ -150,12 +153,13 @@ def measure(vlen: int, library: str) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vlen", type=int, action="append", choices=[128, 256, 512])
+    ap.add_argument("--elt", choices=["f32", "i8"], default="f32")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = []
     for vlen in args.vlen or [128, 256, 512]:
         for lib in ("upstream", "project"):
-            rows += measure(vlen, lib)
+            rows += measure(vlen, lib, args.elt)
     up = {(r["vlen"], r["phase"], r["k"]): r for r in rows if r["library"] == "upstream" and "error" not in r}
     for r in rows:
         u = up.get((r["vlen"], r["phase"], r["k"]))

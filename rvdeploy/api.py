@@ -11,7 +11,7 @@ import platform
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -34,7 +34,6 @@ from .quantize import FORMATS as QUANT_FORMATS
 from .quantize import quantize_file
 from .pipeline import PIPELINES, compile_flags
 from .ukernels import LIBRARIES as UKERNEL_LIBRARIES
-from .ukernels import DEFAULT as DEFAULT_UKERNELS
 from .ukernels import choose as choose_ukernels
 from .probe import NAME as PROBE_NAME, probe_binary
 from .source import DEFAULT_MODEL, materialize, resolve_model
@@ -221,14 +220,6 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             uk = choose_ukernels(tgt, ukernels)  # the tiles depend on the library
             lowered = lower_to_mmt4d(entry, tgt, work, uk.library,
                                      is_transpose=partial(is_transposed_copy, imported.params))
-            if ukernels is None and uk.library == "project" and "i8" in lowered.tiles:
-                # the project library replaces IREE's iree_uk_mmt4d entirely and has no RVV s8 kernel yet (its
-                # portable C tile would run the int8 matmuls): an int8 model is better off on IREE's RVV s8 tiles
-                uk = replace(choose_ukernels(tgt, "upstream"), requested=DEFAULT_UKERNELS,
-                             note="int8 matmuls: IREE's RVV s8s8s32 kernels (the project library has no RVV s8 "
-                                  "kernel; --ukernels project forces its portable C one)")
-                lowered = lower_to_mmt4d(entry, tgt, work, uk.library,
-                                         is_transpose=partial(is_transposed_copy, imported.params))
             module_mlir = lowered.mlir
             done("mmt4d lowering")
         stage("pack weights")

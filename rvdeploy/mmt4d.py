@@ -87,13 +87,13 @@ def _gathers_from_packed(module, globals_, packed_syms: dict, helpers: dict, ops
         gname = ir.FlatSymbolRefAttr(load.attributes["global"]).value
         pw = packed_syms.get("rvd_packed." + gname + ".T")
         axis = ir.IntegerAttr(op.attributes["torch.onnx.axis"]).value if "torch.onnx.axis" in op.attributes else 0
-        if pw is None or pw.k0 != 1 or axis != 0:
+        if pw is None or pw.k % pw.k0 or axis != 0:
             continue
         ids = TensorType.parse(str(op.operands[1].type))
         if len(ids.dims) != 2 or ids.elt != "i64":
             continue
-        helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}"
-        helpers.setdefault(helper, embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, opset))
+        helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}_{pw.n0}x{pw.k0}"
+        helpers.setdefault(helper, embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, opset, pw.k0))
         wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{pw.elt}>"
         with ir.InsertionPoint(op), op.location:
             args = [_builtin(op.operands[1], ids, "tensor<?x?xi64>"), _load("rvd_packed." + gname + ".T", wt)]
@@ -267,9 +267,12 @@ def _lower_q4(module, globals_, opset, helpers, packed, skipped) -> int:
     return count
 
 
-def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped) -> int:
+def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped,
+                          sym_to_packed) -> int:
     """MatMulInteger(x uint8, W int8 global, x_zero_point) -> s8 x s8 -> s32 mmt4d (see int8_matmul_fn).
-    rvdeploy.qgraph has already dropped zero weight zero points and turned uint8 weights into int8 ones."""
+    rvdeploy.qgraph has already dropped zero weight zero points and turned uint8 weights into int8 ones.
+    W may be a Transpose of an int8 embedding table (rvdeploy.quantize's tied lm_head): packed from it, and
+    registered in sym_to_packed so that the table's lookups read the packed copy too."""
     ops = []
     _walk(module.operation, lambda op: ops.append(op) if op.name == "torch.operator"
           and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMulInteger" else None)
@@ -277,9 +280,10 @@ def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, pa
     for op in ops:
         where = str(op.location)
         found = _weight_global(op.operands[1]) if len(op.operands) >= 2 else None
-        if found is None or found[1]:
+        if found is None:
             continue  # activation x activation: left to IREE's code generation
-        gname = found[0]
+        gname, transposed = found
+        tsuffix = ".T" if transposed else ""
         x = TensorType.parse(str(op.operands[0].type))
         w = TensorType.parse(str(op.operands[1].type))
         if len(op.operands) != 3:
@@ -302,10 +306,11 @@ def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, pa
         helper = f"rvd_mmt4d_s8_{'decode' if decode else 'prefill'}_{k}x{n}"
         helpers.setdefault(helper, int8_matmul_fn(helper, k, n, tile, decode, opset))
         source_key = _param_key(globals_[gname])
-        key = f"{source_key}.mmt4d_{tile.n0}x{tile.k0}"
-        pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, "i8", tile.n0, tile.k0,
-                                                 colsum_key=f"{source_key}.colsum"))
-        packed_sym, colsum_sym = "rvd_packed." + gname, "rvd_colsum." + gname
+        key = f"{source_key}{tsuffix}.mmt4d_{tile.n0}x{tile.k0}"
+        pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, "i8", tile.n0, tile.k0, transposed,
+                                                 colsum_key=f"{source_key}{tsuffix}.colsum"))
+        packed_sym, colsum_sym = "rvd_packed." + gname + tsuffix, "rvd_colsum." + gname + tsuffix
+        sym_to_packed[gname + tsuffix] = pw
         hx = f"tensor<1x1x{k}xi8>" if decode else f"tensor<?x?x{k}xi8>"
         wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + "xi8>"
         ct = f"tensor<{n}xi32>"
@@ -386,7 +391,8 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
             lowered += 1
 
         q4 = _lower_q4(module, globals_, opset, helpers, packed, skipped)
-        lowered += _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped)
+        lowered += _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped,
+                                         sym_to_packed)
         packed_syms = {"rvd_packed." + pw_sym: pw for pw_sym, pw in sym_to_packed.items()}
         _gathers_from_packed(module, globals_, packed_syms, helpers, opset)
 

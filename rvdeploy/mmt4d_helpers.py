@@ -165,17 +165,18 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
     ])
 
 
-def embed_lookup_fn(name: str, vocab: int, hidden: int, elt: str, n0: int, opset: int) -> str:
+def embed_lookup_fn(name: str, vocab: int, hidden: int, elt: str, n0: int, opset: int, k0: int = 1) -> str:
     """Embedding lookup straight from lm_head's packed tile layout (a tied embedding is then stored once):
-    row v of the NxK table is P[v / N0, :, v % N0, 0]."""
+    row v of the NxK table is P[v / N0, h / K0, v % N0, h % K0] for h < K."""
     n1 = -(-vocab // n0)
-    p = f"tensor<{n1}x{hidden}x{n0}x1x{elt}>"
+    p = f"tensor<{n1}x{hidden // k0}x{n0}x{k0}x{elt}>"
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
     return "\n".join([
         f"func.func private @{name}(%ids: tensor<?x?xi64>, %p: {p}) -> tensor<?x?x{hidden}x{elt}> {attrs} {{",
         "  %c0 = arith.constant 0 : index",
         "  %c1 = arith.constant 1 : index",
         f"  %cn0 = arith.constant {n0} : index",
+        f"  %ck0 = arith.constant {k0} : index",
         "  %b = tensor.dim %ids, %c0 : tensor<?x?xi64>",
         "  %s = tensor.dim %ids, %c1 : tensor<?x?xi64>",
         f"  %e = tensor.empty(%b, %s) : tensor<?x?x{hidden}x{elt}>",
@@ -184,10 +185,12 @@ def embed_lookup_fn(name: str, vocab: int, hidden: int, elt: str, n0: int, opset
         f"ins(%ids : tensor<?x?xi64>) outs(%e : tensor<?x?x{hidden}x{elt}>) {{",
         f"  ^bb0(%id: i64, %o: {elt}):",
         "    %h = linalg.index 2 : index",
+        "    %hk = arith.divui %h, %ck0 : index",
+        "    %hr = arith.remui %h, %ck0 : index",
         "    %v = arith.index_cast %id : i64 to index",
         "    %t = arith.divui %v, %cn0 : index",
         "    %j = arith.remui %v, %cn0 : index",
-        f"    %x = tensor.extract %p[%t, %h, %j, %c0] : {p}",
+        f"    %x = tensor.extract %p[%t, %hk, %j, %hr] : {p}",
         f"    linalg.yield %x : {elt}",
         f"  }} -> tensor<?x?x{hidden}x{elt}>",
         f"  return %r : tensor<?x?x{hidden}x{elt}>",

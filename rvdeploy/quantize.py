@@ -15,7 +15,8 @@ q4    4-bit symmetric blocks of 32 along K like llama.cpp's Q4_0 (one f32 scale 
       MatMulNBits (bits 4, block_size 32), the node onnxruntime's `MatMulNBitsQuantizer` and the hub's
       `model_q4.onnx` exports use. rvdeploy.q4 then rewrites it into standard ONNX for IREE.
 
-Embedding Gathers, norms and everything that is not a weight matmul stay fp32.
+int8 also stores the embedding tables as int8 rows with a scale per row (dequantized on lookup), shared with a
+tied lm_head. Norms and everything else that is not a weight matmul stay fp32.
 """
 
 from __future__ import annotations
@@ -116,17 +117,56 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
+def _embedding_tables(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Embedding tables: fp32 2-D initializers [vocab, hidden] read by a Gather on axis 0 (token ids)."""
+    inits = {i.name: i for i in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.input[0] not in inits:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        t = inits[node.input[0]]
+        if axis == 0 and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT and node.input[0] not in out:
+            out[node.input[0]] = numpy_helper.to_array(t)
+    return out
+
+
 def quantize_int8(model: onnx.ModelProto) -> int:
+    """Weight MatMuls as described above. Embedding tables too: int8 rows with one scale per row, dequantized
+    on lookup (Gather -> Cast -> Mul by the row's scale), so no fp32 table stays in the model. A tied lm_head
+    (a MatMul reading the table through a Transpose, or a stored transposed copy of it, as optimum exports
+    without `accelerate` write it) reads the same int8 table through a Transpose: its per-output-channel
+    scales are the table's per-row scales, so the table is stored once."""
     new_nodes: dict[int, list] = {}
     dql: dict[str, tuple[str, str, str]] = {}  # activation -> (Xq, Xs, Xzp)
+    tables = _embedding_tables(model)
+    table_q: dict[str, tuple[str, str]] = {}  # table -> (int8 table [vocab, hidden], row scales [vocab])
+
+    def quantized_table(name: str) -> tuple[str, str]:
+        if name not in table_q:
+            q, scale = quantize_int8_weight(tables[name].T)  # per vocab row = per lm_head output channel
+            table_q[name] = (f"{name}.int8", f"{name}.int8_scale")
+            model.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q.T), table_q[name][0]),
+                                            numpy_helper.from_array(scale, table_q[name][1])])
+        return table_q[name]
+
     count = 0
     for i, node, w, w_name in list(_weight_matmuls(model)):
         x, y = node.input[0], node.output[0]
         base = (node.name or y).replace("/", "_").strip("_")
-        q, scale = quantize_int8_weight(w)
-        wq, ws = f"{w_name}.int8", f"{w_name}.int8_scale"
-        model.graph.initializer.extend([numpy_helper.from_array(q, wq), numpy_helper.from_array(scale, ws)])
+        tied = w_name[:-2] if w_name.endswith(".T") and w_name[:-2] in tables else None
+        if tied is None:  # a stored copy of a table, transposed
+            tied = next((t for t, a in tables.items() if a.shape == w.shape[::-1] and np.array_equal(a.T, w)), None)
         out = []
+        if tied is not None:
+            tq, ws = quantized_table(tied)
+            wq = f"{tq}.T"
+            if not any(n.output[0] == wq for nodes in new_nodes.values() for n in nodes):
+                out.append(helper.make_node("Transpose", [tq], [wq], perm=[1, 0], name=f"{base}.TableTranspose"))
+        else:
+            q, scale = quantize_int8_weight(w)
+            wq, ws = f"{w_name}.int8", f"{w_name}.int8_scale"
+            model.graph.initializer.extend([numpy_helper.from_array(q, wq), numpy_helper.from_array(scale, ws)])
         if x not in dql:
             dql[x] = (f"{base}.xq", f"{base}.xs", f"{base}.xzp")
             out.append(helper.make_node("DynamicQuantizeLinear", [x], list(dql[x]), name=f"{base}.DynamicQuantizeLinear"))
@@ -139,6 +179,22 @@ def quantize_int8(model: onnx.ModelProto) -> int:
         ]
         new_nodes[i] = out
         count += 1
+    if count:
+        for i, node in enumerate(model.graph.node):
+            if node.op_type != "Gather" or node.input[0] not in tables or i in new_nodes:
+                continue
+            tq, ts = quantized_table(node.input[0])
+            base = (node.name or node.output[0]).replace("/", "_").strip("_")
+            ts_col = f"{ts}.col"  # [vocab, 1]: the gathered scales broadcast over the row
+            if not any(init.name == ts_col for init in model.graph.initializer):
+                scale = numpy_helper.to_array(next(init for init in model.graph.initializer if init.name == ts))
+                model.graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, 1), ts_col))
+            new_nodes[i] = [
+                helper.make_node("Gather", [tq, node.input[1]], [f"{base}.q"], axis=0, name=f"{base}.GatherInt8"),
+                helper.make_node("Cast", [f"{base}.q"], [f"{base}.qf"], to=TensorProto.FLOAT, name=f"{base}.Cast"),
+                helper.make_node("Gather", [ts_col, node.input[1]], [f"{base}.s"], axis=0, name=f"{base}.GatherScale"),
+                helper.make_node("Mul", [f"{base}.qf", f"{base}.s"], [node.output[0]], name=f"{base}.Dequantize"),
+            ]
     _replace_nodes(model, new_nodes)
     return count
 

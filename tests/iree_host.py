@@ -45,3 +45,16 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
         logits.append(out[0][0, -1])
         kv = out[1:]
     return tokens, logits
+
+
+def perplexity(bundle, ids: list[int]) -> float:
+    """exp(mean negative log-likelihood of ids[1:]) from one prefill call's logits over the whole text."""
+    graph = bundle.manifest["model"]["graph"]
+    m = HostModule(bundle.path)
+    n = len(ids)
+    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+    logits = m.call("prefill", np.array([ids], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)[0][0]
+    logits = logits[:-1].astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(np.exp(-logp[np.arange(n - 1), ids[1:]].mean()))

@@ -30,7 +30,8 @@ def _need_toolchain():
 @pytest.mark.parametrize("vlen", [128, 256, 512])
 def test_harness_under_qemu(tmp_path, vlen):
     """Every kernel (f32 M0 = 1..8 incl. rvdeploy's 1 x VLEN/4 and 7 x VLEN/4 tiles at K = 2048/8192, s16 RVV
-    kernels, the portable fallback for all ten element-type combinations and K0 > 1), K = 0/1/large,
+    kernels, s8 x s8 -> s32 M0 = 1..7 incl. rvdeploy's int8 tiles, the portable fallback for all ten element-type
+    combinations and K0 > 1), K = 0/1/large,
     accumulate on and off: exact for integers and integer-valued floats, the summation bound otherwise."""
     _need_toolchain()
     exe = tmp_path / f"harness{vlen}"
@@ -49,6 +50,13 @@ def test_harness_under_qemu(tmp_path, vlen):
     assert f"tile=1x{vlen // 4}x1" in out and "rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8" in out
     assert f"tile=7x{vlen // 4}x1" in out and "rvdeploy_uk_mmt4d_tile_f32f32f32_7xN0x1_rvv_m4" in out
     assert "K=8192" in out and "rvdeploy_uk_mmt4d_tile_s16s8s32_7xN0x1_rvv" in out
+    # int8 builds' tiles: s8 x s8 -> s32 on the RVV kernels at Llama depth, including all -128 operands
+    s8 = [ln for ln in out.splitlines() if " s8s8s32 " in ln]
+    assert any(f"K=8192  tile=1x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_1xN0x1_rvv_m8")
+               for ln in s8)
+    assert any(f"tile=7x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_7xN0x1_rvv_m4")
+               for ln in s8)
+    assert not any("tile_generic" in ln for ln in s8 if "x1 acc" in ln and " tile=8x" not in ln)
 
 
 def test_bitcode_is_cached_and_linkable(tmp_path, monkeypatch):

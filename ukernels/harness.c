@@ -71,9 +71,11 @@ static void set(void* b, int t, int64_t e, double v) {
     }
   }
 }
+static int extreme_s8;  // s8 operands all -128: the largest products and sums the int8 kernels can see
+
 static double random_value(int t, int integer_valued) {
   switch (t) {
-    case S8: return (int)(rnd() % 256) - 128;
+    case S8: return extreme_s8 ? -128 : (int)(rnd() % 256) - 128;
     case S16: return (int)(rnd() % 601) - 300;  // sums stay inside int32 at K * K0 <= 8192
     case S32: return (int)(rnd() % 2001) - 1000;
     case S4: return (int)(rnd() % 16) - 8;
@@ -237,6 +239,25 @@ int main(int argc, char** argv) {
     run_case(&TYPES[6], 2, 2, 19, 3, nu + 3, 1, acc, 0, seed++);
     run_case(&TYPES[8], 2, 2, 19, 5, 2 * nu + 1, 1, acc, 0, seed++);
   }
+  // s8 x s8 -> s32, the tiles rvdeploy's int8 builds use (decode 1 x VLEN/4 x 1, prefill 7 x VLEN/4 x 1) at Llama
+  // depths, every M0 with rvdeploy's, IREE's and odd N0s, and the extremes (-128 x -128 over 8192 steps)
+  for (int acc = 0; acc <= 1; ++acc) {
+    int64_t ks[] = {1, 3, 5, 64, 2048, 8192};
+    for (unsigned i = 0; i < sizeof ks / sizeof ks[0]; ++i) {
+      if (quick && ks[i] > 64) continue;
+      run_case(&TYPES[1], 1, ks[i] >= 2048 ? 2 : 3, ks[i], 1, nr, 1, acc, 0, seed++);
+      run_case(&TYPES[1], 2, 2, ks[i] > 2048 ? 2048 : ks[i], 7, nr, 1, acc, 0, seed++);
+    }
+    for (int m0 = 1; m0 <= 8; ++m0) {
+      int n0s[] = {nr, nu, 1, 7, nr + 5, 3 * nr};
+      for (unsigned i = 0; i < sizeof n0s / sizeof n0s[0]; ++i)
+        run_case(&TYPES[1], 2, 3, 37, m0, n0s[i], 1, acc, 0, seed++);
+    }
+  }
+  extreme_s8 = 1;
+  run_case(&TYPES[1], 1, 2, quick ? 64 : 8192, 1, nr, 1, 0, 0, seed++);
+  run_case(&TYPES[1], 1, 2, quick ? 64 : 2048, 7, nr, 1, 1, 0, seed++);
+  extreme_s8 = 0;
   // K = 0: clears the output unless accumulating
   run_case(&TYPES[0], 2, 2, 0, 7, nr, 1, 0, 1, seed++);
   run_case(&TYPES[0], 2, 2, 0, 7, nr, 1, 1, 1, seed++);

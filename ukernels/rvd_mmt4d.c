@@ -10,9 +10,12 @@
 //   f32  M0 = 1 (decode)   one LMUL-8 accumulator (N0 <= VLEN/4 columns per vector op), K unrolled by 4:
 //                          each vfmacc does 2x the multiply-adds of IREE's LMUL-4 decode tile.
 //   f32  M0 = 2..7         LMUL-4 accumulators per row, columns in chunks of VLEN/8 (IREE's inner loop).
+//   s8 x s8 -> s32 M0 = 1 (decode): one LMUL-8 s32 accumulator (N0 <= VLEN/4), int8 rows sign-extended to
+//                          int16 and vwmacc.vx, K unrolled by 4.
+//   s8 x s8 -> s32 M0 = 2..7: LMUL-4 s32 accumulators per row, columns in chunks of VLEN/8.
 //   s16 x s16 -> s32, s16 x s8 -> s32, M0 = 1..7: vwmacc.vx on LMUL-4 s32 accumulators (IREE runs these
 //                          types on its generic C tile on riscv64).
-// rvdeploy's tiles (rvdeploy/tiles.toml, library "project") are f32 1 x VLEN/4 x 1 and 7 x VLEN/4 x 1.
+// rvdeploy's tiles (rvdeploy/tiles.toml, library "project") are f32 and s8 1 x VLEN/4 x 1 and 7 x VLEN/4 x 1.
 // Every RVV kernel walks the columns in chunks of at most VLMAX, so it is correct for any N0 on any
 // VLEN it runs on (a larger N0 than one vector only costs more passes over the LHS).
 //
@@ -192,6 +195,94 @@ RVD_S16_ROWS(6)
 RVD_S16_ROWS(7)
 
 // ---------------------------------------------------------------------------------------------------
+// s8 x s8 -> s32 (int8 models: MatMulInteger with the uint8 activations flipped to int8).
+//
+// Per K step the RHS row is loaded as int8 and sign-extended once to int16 (vle8 + vsext.vf2), then each
+// LHS row does one vwmacc.vx (int16 scalar x int16 vector, widened into int32): exact for any int8 inputs.
+// (Accumulating two products in int16 before widening would save an instruction per pair, but overflows
+// when both operands are -128: (-128)(-128) x 2 = 32768.)
+
+// M0 = 1 (decode): N0 <= VLEN/4 columns per pass: int8 m2 -> int16 m4 -> one int32 m8 accumulator, so each
+// vwmacc does 2x the multiply-adds of IREE's 1 x VLEN/8 tile (int32 m4); K unrolled by 4.
+RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_s8s8s32_1xN0x1_rvv_m8(const rvd_params* p) {
+  const int64_t N0 = p->N0, K = p->K;
+  const int accumulate = (p->flags & RVD_FLAG_ACCUMULATE) != 0;
+  for (int64_t i = 0; i < p->M; ++i) {
+    const int8_t* lhs_row = (const int8_t*)p->lhs + i * p->lhs_stride0;
+    int32_t* out_row = (int32_t*)p->out + i * p->out_stride0;
+    for (int64_t j = 0; j < p->N; ++j) {
+      const int8_t* rhs_panel = (const int8_t*)p->rhs + j * p->rhs_stride0;
+      int32_t* out_tile = out_row + j * N0;
+      for (int64_t c = 0; c < N0;) {
+        size_t vl = __riscv_vsetvl_e8m2((size_t)(N0 - c));
+        const int8_t* r = rhs_panel + c;
+        const int8_t* l = lhs_row;
+        vint32m8_t acc = accumulate ? __riscv_vle32_v_i32m8(out_tile + c, vl) : __riscv_vmv_v_x_i32m8(0, vl);
+#define RVD_S8_STEP(Q, R)                                                                          \
+  acc = __riscv_vwmacc_vx_i32m8(acc, (int16_t)(Q), __riscv_vsext_vf2_i16m4(__riscv_vle8_v_i8m2((R), vl), vl), vl);
+        int64_t k = K;
+        for (; k >= 4; k -= 4) {
+          RVD_S8_STEP(l[0], r)
+          RVD_S8_STEP(l[1], r + N0)
+          RVD_S8_STEP(l[2], r + 2 * N0)
+          RVD_S8_STEP(l[3], r + 3 * N0)
+          r += 4 * N0;
+          l += 4;
+        }
+        for (; k > 0; --k) {
+          RVD_S8_STEP(*l++, r)
+          r += N0;
+        }
+#undef RVD_S8_STEP
+        __riscv_vse32_v_i32m8(out_tile + c, acc, vl);
+        c += (int64_t)vl;
+      }
+    }
+  }
+}
+
+// M0 = 2..7 (prefill): M0 int32 m4 accumulators (7 x 4 registers + the int8 m1 row + its int16 m2 copy = 31),
+// columns in chunks of VLEN/8; IREE's inner loop, without a call per N0 tile.
+RVD_INLINE void rvd_s8_rows_m4(const rvd_params* p, const int M0) {
+  const int64_t N0 = p->N0, K = p->K;
+  const int accumulate = (p->flags & RVD_FLAG_ACCUMULATE) != 0;
+  for (int64_t i = 0; i < p->M; ++i) {
+    const int8_t* lhs_panel = (const int8_t*)p->lhs + i * p->lhs_stride0;
+    int32_t* out_row = (int32_t*)p->out + i * p->out_stride0;
+    for (int64_t j = 0; j < p->N; ++j) {
+      const int8_t* rhs_panel = (const int8_t*)p->rhs + j * p->rhs_stride0;
+      int32_t* out_tile = out_row + j * M0 * N0;
+      for (int64_t c = 0; c < N0;) {
+        size_t vl = __riscv_vsetvl_e32m4((size_t)(N0 - c));
+        vint32m4_t a0, a1, a2, a3, a4, a5, a6;
+        RVD_ROWS_DO(M0, RVD_IINIT)
+        const int8_t* r = rhs_panel + c;
+        const int8_t* l = lhs_panel;
+        for (int64_t k = 0; k < K; ++k) {
+          vint16m2_t b = __riscv_vsext_vf2_i16m2(__riscv_vle8_v_i8m1(r, vl), vl);
+          RVD_ROWS_DO(M0, RVD_WMACC)
+          r += N0;
+          l += M0;
+        }
+        RVD_ROWS_DO(M0, RVD_ISTORE)
+        c += (int64_t)vl;
+      }
+    }
+  }
+}
+
+#define RVD_S8_ROWS(M0)                                                                       \
+  RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_s8s8s32_##M0##xN0x1_rvv_m4(const rvd_params* p) { \
+    rvd_s8_rows_m4(p, M0);                                                                    \
+  }
+RVD_S8_ROWS(2)
+RVD_S8_ROWS(3)
+RVD_S8_ROWS(4)
+RVD_S8_ROWS(5)
+RVD_S8_ROWS(6)
+RVD_S8_ROWS(7)
+
+// ---------------------------------------------------------------------------------------------------
 // Portable C fallback: every type, any M0 / N0 / K0, honouring ACCUMULATE and (f16/bf16 outputs)
 // SKIP_INTERMEDIATE_ROUNDINGS the way IREE's generic tiles do.
 
@@ -361,6 +452,13 @@ RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_generic(const rvd_params* p) {
   X(type == RVD_TYPE_F32F32F32 && M0 == 5, rvdeploy_uk_mmt4d_tile_f32f32f32_5xN0x1_rvv_m4) \
   X(type == RVD_TYPE_F32F32F32 && M0 == 6, rvdeploy_uk_mmt4d_tile_f32f32f32_6xN0x1_rvv_m4) \
   X(type == RVD_TYPE_F32F32F32 && M0 == 7, rvdeploy_uk_mmt4d_tile_f32f32f32_7xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 1, rvdeploy_uk_mmt4d_tile_s8s8s32_1xN0x1_rvv_m8) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 2, rvdeploy_uk_mmt4d_tile_s8s8s32_2xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 3, rvdeploy_uk_mmt4d_tile_s8s8s32_3xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 4, rvdeploy_uk_mmt4d_tile_s8s8s32_4xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 5, rvdeploy_uk_mmt4d_tile_s8s8s32_5xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 6, rvdeploy_uk_mmt4d_tile_s8s8s32_6xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_S8S8S32 && M0 == 7, rvdeploy_uk_mmt4d_tile_s8s8s32_7xN0x1_rvv_m4) \
   X(type == RVD_TYPE_S16S16S32 && M0 == 1, rvdeploy_uk_mmt4d_tile_s16s16s32_1xN0x1_rvv)    \
   X(type == RVD_TYPE_S16S16S32 && M0 == 2, rvdeploy_uk_mmt4d_tile_s16s16s32_2xN0x1_rvv)    \
   X(type == RVD_TYPE_S16S16S32 && M0 == 3, rvdeploy_uk_mmt4d_tile_s16s16s32_3xN0x1_rvv)    \
