@@ -4,7 +4,7 @@ on a board (default: the demo built for rv64gcv-vlen256, under qemu), next to th
 
   python benchmarks/runner_stream.py [--bundle DIR] [--board qemu] [-p PROMPT] [-n 64] [-r 3] [--json]
 
-Without --bundle the demo is built for rv64gcv-vlen256 into a temporary directory (offline, the riscv64
+A bundle without tokenizer.json gets synthetic ids, one per word of the prompt. Without --bundle the demo is built for rv64gcv-vlen256 into a temporary directory (offline, the riscv64
 runtime comes from RVDEPLOY_IREE_SOURCE). Time to first token is wall time from starting the runner's launcher
 to the first token id on this side (bundle checks, module load and prefill included); decode tokens/s and
 load time are the runner's own figures. Under qemu, wall times are emulation times (not a board's), and the
@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rvdeploy import api  # noqa: E402
+from rvdeploy.bench import synthetic_prompt  # noqa: E402
 from rvdeploy.boards import get_board  # noqa: E402
 from rvdeploy.bundle import Bundle  # noqa: E402
 from rvdeploy.generation import Sampling, Turn, parse_line, runner_args  # noqa: E402
@@ -59,7 +60,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rvdeploy-bench-") as tmp:
         path = args.bundle or api.build("demo", out=Path(tmp) / "demo", target="rv64gcv-vlen256").bundle.path
         bundle = Bundle.open(path)
-        ids = TextCodec(bundle.file(bundle.manifest["tokenizer"])).encode(args.prompt)
+        if bundle.manifest.get("tokenizer"):
+            ids = TextCodec(bundle.file(bundle.manifest["tokenizer"])).encode(args.prompt)
+        else:  # a model without tokenizer.json (benchmarks/make_llama.py's): as many synthetic ids as words
+            ids = synthetic_prompt(bundle.manifest, len(args.prompt.split()))
         with get_board(args.board) as board:
             runs = [one_run(bundle, board, ids, args.n) for _ in range(args.r)]
     weights = (bundle.path / bundle.manifest["parameters"]["file"]).stat().st_size
