@@ -96,6 +96,8 @@ def _board_side(tgt, runtime_dir: Path | str | None, no_runtime: bool,
         raise RvdeployError("--no-runtime is for riscv64 targets: host bundles carry this machine's runner")
     arch = platform.machine() if tgt.is_host else tgt.arch
     rt = None if no_runtime else runtimes.for_arch(arch, runtime_dir)
+    if rt is not None and runtime_dir is None and runtime_build.stale(rt.path):
+        rt = None  # built by an older rvdeploy: rebuilt (cached by source) with the current runner
     if rt is None and not no_runtime:
         rt, built = build_runtime(progress=progress, arch="host" if tgt.is_host else tgt.arch)
     if rt is not None:

@@ -251,9 +251,9 @@ class BenchReport:
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "results"}
         d["results"] = [r.to_dict() for r in self.results]
-        d["method"] = {"pp": f"P / time of one prefill call on a {self.prompt_tokens}-token prompt (batch 1, empty KV)",
-                       "tg": f"1 / time of one decode step with a KV cache of {self.prompt_tokens} tokens",
-                       "stat": "mean and sample stddev over --benchmark_repetitions"}
+        d["method"] = {"pp": f"P / the runner's prefill time for a {self.prompt_tokens}-token prompt",
+                       "tg": f"N / the time of the runner's N decode steps after a {self.prompt_tokens}-token prompt",
+                       "stat": "mean and sample stddev over -r runner processes"}
         return d
 
 

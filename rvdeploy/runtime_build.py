@@ -346,6 +346,16 @@ def build_key(src: IreeSource, tc: dict, arch: str = "riscv64") -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def stale(runtime_dir: Path) -> bool:
+    """A runtime this rvdeploy built from an older runner source: its runner may not speak the current
+    protocol, so builds replace it (a runtime registered by hand, without BUILD.json, is taken as it is)."""
+    try:
+        info = json.loads((Path(runtime_dir) / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("runner_sha256") not in (None, runner_digest())
+
+
 def _complete(out: Path, arch: str) -> bool:
     return (out / INFO_FILE).is_file() and all(os.access(out / t, os.X_OK) for t in tools(arch))
 

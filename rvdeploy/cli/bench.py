@@ -21,8 +21,8 @@ def bench(
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", "-p", min=1, max=MAX_TOKENS,
                                                help="Prompt length P (ppP).")] = 64,
     gen_tokens: Annotated[int, typer.Option("--gen-tokens", "-n", min=1, max=MAX_TOKENS, help="Generated tokens N "
-                                            "(tgN; IREE: timed as one decode step after P tokens; llama.cpp: N "
-                                            "tokens after P).")] = 32,
+                                            "(tgN: N tokens after a P-token prompt, for the bundle's runner as for "
+                                            "llama.cpp).")] = 32,
     reps: Annotated[int, typer.Option("--reps", "-r", min=1, max=MAX_REPS,
                                       help="Repetitions (mean +- stddev over them).")] = 5,
     threads: Annotated[int, typer.Option("--threads", "-t", min=1, max=MAX_THREADS, help="1: local-sync; "
@@ -86,9 +86,10 @@ def _print(report: BenchReport) -> None:
         for test, by in report.ratios.items():
             for other, ratio in by.items():
                 out.print(f"{test}: {main} / {other} = {ratio:.2f}x (t/s)")
-        tg = f"IREE: one decode step after {report.prompt_tokens} tokens"
+        tg = f"{report.gen_tokens} tokens after a {report.prompt_tokens}-token prompt (the runner's decode steps"
         if any(r.pipeline.startswith("llama.cpp") for r in report.results):
-            tg += f"; llama.cpp: {report.gen_tokens} tokens after {report.prompt_tokens} (-d {report.prompt_tokens})"
+            tg += f"; llama.cpp: -n {report.gen_tokens} -d {report.prompt_tokens}"
+        tg += ")"
         out.print(f"[dim]board {report.board}, {report.reps} repetitions; tg = {tg}[/dim]")
     if report.estimate:
         e = report.estimate
