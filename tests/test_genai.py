@@ -205,10 +205,15 @@ COST_TOLERANCE = 0.05
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", [
+    # issue 16 stays open on this: counted through the runner (bench --cost since the runner landed), the
+    # genai llama's decode step costs 1.09x the optimum one's (0.94x when counted through `generate`)
+    pytest.param("llama", marks=pytest.mark.xfail(strict=True, reason="issue 16: genai decode step 1.09x optimum's")),
+    "qwen2"])
 def test_riscv64_cost_equals_the_optimum_export(built, family):
     """Same weights, two exporters: instructions per prompt token and per generated token under qemu
-    (`bench --cost`, P=32, N=16): the genai export costs at most 5 % more than the optimum one (measured: less)."""
+    (`bench --cost` through the runner, P=32, N=16): the genai export costs at most 5 % more than the optimum
+    one."""
     from rvdeploy import qemu_cost
 
     try:

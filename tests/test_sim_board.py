@@ -138,7 +138,11 @@ def test_llama_cpp_on_the_emulated_ssh_board(boards, built):
     assert [(r["pipeline"], r["test"]) for r in doc["results"]] == [
         ("mmt4d", "pp8"), ("mmt4d", "tg4"), ("llama.cpp Q8_0", "pp8"), ("llama.cpp Q8_0", "tg4")]
     for r in doc["results"]:
-        assert r["t/s"] > 0 and len(r["samples"]) == 2 and r["peak_rss_bytes"] is None  # measured elsewhere
+        assert r["t/s"] > 0 and len(r["samples"]) == 2
+        if r["pipeline"] == "mmt4d":  # the runner reports its own peak (getrusage on the board)
+            assert r["peak_rss_bytes"] > 1 << 20
+        else:  # llama-bench ran elsewhere: GNU time here cannot see it
+            assert r["peak_rss_bytes"] is None
 
 
 def test_cost_on_the_emulated_ssh_board_matches_the_qemu_board(boards, built):

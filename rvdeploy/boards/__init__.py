@@ -1,5 +1,6 @@
-"""Where a bundle runs. Each board turns (bundle, prompt ids) into generated ids, and can say what it has
-(probe). Boards are context managers: an ssh board holds one shared connection while in use."""
+"""Where a bundle runs. Each board starts the bundle's runner live (start_runner: token ids stream back),
+runs IREE tools and other programs, and can say what it has (probe). Boards are context managers: an ssh
+board holds one shared connection while in use."""
 
 from __future__ import annotations
 

@@ -6,19 +6,12 @@ from __future__ import annotations
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..launcher import EXIT_NO_RUNTIME, EXIT_REFUSED
-from ..runtime import generate_args
 
 HWPROBE_MISSING = "riscv_hwprobe syscall failed"
 HWPROBE_HINT = ("the board's kernel or emulator lacks the riscv_hwprobe syscall that IREE's riscv64 runtime needs: "
                 "qemu-user older than 8.1 (Debian 12: apt-get install -t bookworm-backports qemu-user) or Linux "
                 "older than 6.4 on a real board (upgrade its kernel)")
 NO_SPACE = "No space left on device"
-
-
-def generate_command(bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> list[str]:
-    """The launcher invocation, with paths relative to the bundle directory (the launcher cd's there)."""
-    return ["sh", "launcher.sh", "run", "iree-run-module",
-            *generate_args("model.vmfb", "model.irpa", prompt_ids, max_new_tokens)]
 
 
 def tool_command(tool: str, args: list[str]) -> list[str]:

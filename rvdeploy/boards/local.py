@@ -1,26 +1,16 @@
-"""--board local: this machine, with the host IREE tools from iree-base-runtime."""
+"""--board local: this machine: host bundles, their runner, and the host IREE tools from iree-base-runtime."""
 
 from __future__ import annotations
 
 import os
 import platform
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
-from ..runtime import generate_args, parse_generate_output
 from .launch import last_line
 from .program import ProgramRun, run_measured
-
-
-@dataclass(frozen=True)
-class GenerateResult:
-    ids: list[int]
-    seconds: float  # wall time of the whole invocation (module load included)
 
 
 def _host_tool(name: str) -> str:
@@ -78,16 +68,3 @@ class LocalBoard:
         self.check(bundle)
         env = {k: v for k, v in os.environ.items() if k not in ("RVDEPLOY_RUN_PREFIX", "QEMU_CPU")}
         return RunnerProcess(launcher_command(args), self.name, bundle, env=env, cwd=str(bundle.path))
-
-    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
-        self.check(bundle)
-        cmd = [_host_tool("iree-run-module"),
-               *generate_args(str(bundle.file("model.vmfb")), str(bundle.file("model.irpa")), prompt_ids,
-                              max_new_tokens)]
-        start = time.perf_counter()
-        proc = children.run(cmd, capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if proc.returncode != 0:
-            last = last_line(proc.stderr)
-            raise RvdeployError(f"iree-run-module failed on {bundle.path}: {last}")
-        return GenerateResult(parse_generate_output(proc.stdout), seconds)

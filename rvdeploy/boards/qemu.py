@@ -13,17 +13,14 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..probe import probe_binary
-from ..runtime import parse_generate_output
 from ..targets import get_target
-from .launch import generate_command, raise_for, require_launcher, tool_command
-from .local import GenerateResult
+from .launch import raise_for, require_launcher, tool_command
 from .program import ProgramRun, run_measured
 
 MIN_VERSION = (8, 1)
@@ -133,16 +130,6 @@ class QemuBoard:
         self.check(bundle)
         env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
         return RunnerProcess(launcher_command(args), self.name, bundle, env=env, cwd=str(bundle.path))
-
-    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
-        self.check(bundle)
-        env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
-        start = time.perf_counter()
-        proc = children.run(generate_command(bundle, prompt_ids, max_new_tokens), cwd=bundle.path, env=env,
-                            capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        raise_for(self.name, proc.returncode, proc.stderr, bundle)
-        return GenerateResult(parse_generate_output(proc.stdout), seconds)
 
     def probe(self) -> dict:
         cmd = [checked_qemu()]

@@ -23,16 +23,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from .. import children
 from ..bundle import MANIFEST, SUMS, Bundle, sha256_file
 from ..errors import RvdeployError
 from ..probe import describe_unix, probe_binary
-from ..runtime import parse_generate_output
-from .launch import NO_SPACE, generate_command, last_line, raise_for, require_launcher, tool_command
-from .local import GenerateResult
+from .launch import NO_SPACE, last_line, raise_for, require_launcher, tool_command
 from .program import ProgramRun
 
 CONNECT_TIMEOUT = 10  # seconds
@@ -180,15 +177,6 @@ class SshBoard:
         return "set -e\n" + "\n".join(lines) + "\nset +e\n"
 
     # ---- board API --------------------------------------------------------------------------------------
-    def generate(self, bundle: Bundle, prompt_ids: list[int], max_new_tokens: int) -> GenerateResult:
-        require_launcher(bundle)
-        prepare = self._materialize(bundle)
-        start = time.perf_counter()
-        proc = self.sh(prepare + shlex.join(generate_command(bundle, prompt_ids, max_new_tokens)))
-        seconds = time.perf_counter() - start
-        raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
-        return GenerateResult(parse_generate_output(proc.stdout), seconds)
-
     def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
         """The bundle's runner through its launcher on the board, live over the shared connection (tokens
         stream back as the runner prints them; stdin carries further turns)."""
