@@ -40,7 +40,7 @@ if [[ "${RVDEPLOY_SKIP_APT:-0}" != 1 ]] && command -v apt-get >/dev/null; then
     coreutils mount procps time
   )
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${APT_PACKAGES[@]}" >/dev/null
-  # The policy text is captured first: `apt-cache policy | grep -q` under pipefail returns 141 when grep
+  # The policy text is captured first: piping apt-cache policy into grep -q under pipefail returns 141 when grep
   # stops reading early, which once sent every fresh machine to Debian 12's qemu 7.2.
   qemu_policy=$(apt-cache policy qemu-user 2>/dev/null || true)
   if [[ "$qemu_policy" == *bpo12* ]]; then
