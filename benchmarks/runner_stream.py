@@ -28,19 +28,18 @@ from rvdeploy import api  # noqa: E402
 from rvdeploy.bench import synthetic_prompt  # noqa: E402
 from rvdeploy.boards import get_board  # noqa: E402
 from rvdeploy.bundle import Bundle  # noqa: E402
-from rvdeploy.generation import Sampling, Turn, parse_line, runner_args  # noqa: E402
+from rvdeploy.generation import Sampling, runner_args  # noqa: E402
 from rvdeploy.tokenizer import TextCodec  # noqa: E402
 
 
 def one_run(bundle: Bundle, board, ids: list[int], n: int) -> dict:
     args = runner_args(bundle.manifest, ids, n, Sampling(), stop_at_eos=False)
-    turn, first = Turn(), None
+    arrivals = []
     start = time.monotonic()
     with board.start_runner(bundle, args) as proc:
-        for line in proc.lines():
-            if parse_line(line, turn) is not None and first is None:
-                first = time.monotonic() - start
+        turn = proc.read_turn(on_token=lambda _: arrivals.append(time.monotonic() - start))
         proc.finish()
+    first = arrivals[0] if arrivals else None
     total = time.monotonic() - start
     s = turn.stats
     return {"first_token_s": first, "total_s": total, "load_s": s["load_s"], "prefill_s": s["prefill_s"],

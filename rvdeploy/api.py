@@ -90,10 +90,10 @@ def _board_side(tgt, runtime_dir: Path | str | None, no_runtime: bool,
     executables: set[str] = set()
     warnings: list[str] = []
     built = None
-    if not tgt.is_host and runtime_dir is not None and no_runtime:
-        raise RvdeployError("--runtime and --no-runtime contradict each other", hint="pass one of them")
-    if tgt.is_host and no_runtime:
+    if no_runtime and tgt.is_host:
         raise RvdeployError("--no-runtime is for riscv64 targets: host bundles carry this machine's runner")
+    if no_runtime and runtime_dir is not None:
+        raise RvdeployError("--runtime and --no-runtime contradict each other", hint="pass one of them")
     arch = platform.machine() if tgt.is_host else tgt.arch
     rt = None if no_runtime else runtimes.for_arch(arch, runtime_dir)
     if rt is not None and runtime_dir is None and runtime_build.stale(rt.path):

@@ -154,18 +154,14 @@ def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
 def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32, reps: int = 5,
             threads: int = 1) -> list[Measurement]:
     """ppP and tgN of one bundle on an open board (a board object inside `with`): REPS runner processes."""
-    from .generation import Turn, parse_line
-
     check_lengths(bundle, prompt_tokens, gen_tokens + 1)
     if reps < 1:
         raise RvdeployError(f"-r must be at least 1 (got {reps})")
     args = measuring_args(bundle.manifest, prompt_tokens, gen_tokens + 1, threads)
     stats = []
     for _ in range(reps):
-        turn = Turn()
         with board.start_runner(bundle, args) as proc:
-            for line in proc.lines():
-                parse_line(line, turn)
+            turn = proc.read_turn()
             proc.finish()
         if turn.stats.get("decode_steps") != gen_tokens:
             raise RvdeployError(f"the runner stopped after {len(turn.ids)} of {gen_tokens + 1} tokens "

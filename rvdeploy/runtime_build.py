@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
+from . import children
 from .bundle import sha256_file
 from .errors import RvdeployError
 from .filelock import exclusive
 from .paths import cache_dir
-from . import children
 
 CONFIG = tomllib.loads(Path(__file__).with_name("runtime_build.toml").read_text())
 RUNNER_DIR = Path(__file__).with_name("runner")

@@ -12,7 +12,7 @@ from .boards import get_board
 from .bundle import Bundle
 from .chat import ChatTemplate
 from .errors import RvdeployError
-from .generation import Sampling, TextStream, Turn, parse_line, rates, runner_args, turn_line
+from .generation import Sampling, TextStream, Turn, rates, runner_args, turn_line
 from .tokenizer import TextCodec
 
 TextHook = Callable[[str], None]
@@ -108,16 +108,12 @@ class Session:
             self._proc.send(turn_line(ids, self.max_new_tokens))
         turn, stream = Turn(), TextStream(self.codec)
         try:
-            for line in self._proc.lines():
-                token = parse_line(line, turn)
-                if token is not None:
-                    on_text(stream.push(token))
+            self._proc.read_turn(turn, lambda token: on_text(stream.push(token)))
         except KeyboardInterrupt:
             if not self.ctrl_c_ends_turn:
                 raise
             self._proc.interrupt()  # the runner ends the turn at its next token and waits for another
-            for line in self._proc.lines():
-                parse_line(line, turn)
+            self._proc.read_turn(turn)
         if not turn.reason:
             self._proc.finish()  # the runner ended mid-turn: its error, as one line
             raise RvdeployError(f"the runner on {self.board} stopped before the turn ended")

@@ -15,7 +15,7 @@ from conftest import DEMO, TINY
 from ort_reference import greedy_tokens
 from rvdeploy import session
 from rvdeploy.bundle import Bundle
-from rvdeploy.generation import Sampling, Turn, parse_line, runner_args
+from rvdeploy.generation import Sampling, runner_args
 from rvdeploy.boards import get_board
 from rvdeploy.tokenizer import TextCodec
 from sampling_reference import Pcg32, sample
@@ -95,11 +95,12 @@ def test_tokens_stream_as_they_are_chosen(built):
     args = runner_args(bundle.manifest, codec.encode(PROMPT), 64, Sampling())
     arrivals, alive = [], []
     with get_board("qemu") as board, board.start_runner(bundle, args) as proc:
-        turn = Turn()
-        for line in proc.lines():
-            if parse_line(line, turn) is not None:
-                arrivals.append(time.monotonic())
-                alive.append(proc.proc.poll() is None)
+
+        def arrived(_: int) -> None:
+            arrivals.append(time.monotonic())
+            alive.append(proc.proc.poll() is None)
+
+        turn = proc.read_turn(on_token=arrived)
         proc.finish()
     assert len(arrivals) == 64 and alive[0]
     assert arrivals[-1] - arrivals[0] > 0.5 * turn.stats["decode_s"]

@@ -9,12 +9,12 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
-from ..generation import RUNNER
+from ..generation import RUNNER, Turn, parse_line
 from .launch import raise_for, tool_command
 
 
@@ -44,6 +44,16 @@ class RunnerProcess:
             yield line
             if line.startswith("stats "):
                 return
+
+    def read_turn(self, turn: Turn | None = None, on_token: Callable[[int], None] | None = None) -> Turn:
+        """Read one turn of the runner's protocol into TURN (a new one by default; pass the same to go on
+        after an interruption); ON_TOKEN sees each token id as it arrives."""
+        turn = turn if turn is not None else Turn()
+        for line in self.lines():
+            token = parse_line(line, turn)
+            if token is not None and on_token is not None:
+                on_token(token)
+        return turn
 
     def send(self, line: str) -> None:
         try:

@@ -32,12 +32,13 @@ def run(
 ) -> None:
     """Generate on a board with the bundle's runner: tokens appear as they are chosen; greedy unless
     --temperature is given (then --top-k, --top-p and --seed apply)."""
-    started = {"prompt": chat}  # the prompt is echoed once generation has begun (it is valid text by then)
+    echoed = chat  # the prompt is echoed once generation has begun (it is valid text by then)
 
     def show(text: str) -> None:
-        if not started["prompt"]:
+        nonlocal echoed
+        if not echoed:
             out.print(prompt, end="", markup=False, highlight=False)
-            started["prompt"] = True
+            echoed = True
         if text:
             out.print(text, end="", markup=False, highlight=False)
             out.file.flush()

@@ -85,7 +85,6 @@ typedef struct {
   float* logits;                        // the last position's logits
   int64_t vocab;
   double prefill_s, decode_s;
-  int64_t prompt_tokens, generated;
 } session_t;
 
 // ---------------------------------------------------------------------------------------- pcg32
@@ -363,7 +362,6 @@ static iree_status_t turn(session_t* s, const int64_t* ids, int64_t n, int64_t m
   }
   IREE_RETURN_IF_ERROR(step(s, ids, n));
   if (*scratch == NULL) *scratch = (cand_t*)malloc(sizeof(cand_t) * s->vocab);
-  s->prompt_tokens += n;
   interrupted = 0;
   while (generated < max_new) {
     if (interrupted) {
@@ -388,7 +386,6 @@ static iree_status_t turn(session_t* s, const int64_t* ids, int64_t n, int64_t m
   }
   // the last token is in the output but not in the cache: an interactive session feeds it with the next
   // turn (the caller keeps it); a finished session never needs it
-  s->generated += generated;
   printf("end %s\n", why);
   printf("stats load_s=%.6f prompt_tokens=%lld prefill_s=%.6f generated=%lld decode_s=%.6f "
          "decode_steps=%lld context_used=%lld peak_rss_kb=%ld\n",
