@@ -65,7 +65,7 @@ def main() -> None:
             ids = synthetic_prompt(bundle.manifest, len(args.prompt.split()))
         with get_board(args.board) as board:
             runs = [one_run(bundle, board, ids, args.n) for _ in range(args.r)]
-    weights = (bundle.path / bundle.manifest["parameters"]["file"]).stat().st_size
+        weights = (bundle.path / bundle.manifest["parameters"]["file"]).stat().st_size  # before tmp goes
     summary = {k: statistics.median(r[k] for r in runs)
                for k in ("first_token_s", "total_s", "load_s", "prefill_s", "decode_tokens_per_s")}
     summary.update(peak_rss_bytes=max(r["peak_rss_bytes"] for r in runs), weight_bytes=weights,
