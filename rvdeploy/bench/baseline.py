@@ -13,6 +13,7 @@ from ..errors import RvdeployError
 # rvdeploy.api.build: (model, *, out, variant, revision, target, pipeline, force[, on_stage]) -> its BuildResult
 Builder = Callable[..., object]
 
+
 def _same_model(a: dict, b: dict) -> bool:
     keys = lambda m: (m["model"]["id"], m["model"].get("variant"), m["model"].get("revision"), m["target"]["name"],
                       m["compiler"]["version"])

@@ -9,6 +9,7 @@ from ..bundle import Bundle
 from .estimate import model_facts
 from .measure import Measurement
 
+
 def bundle_label(bundle: Bundle) -> dict:
     m = bundle.manifest
     facts = model_facts(bundle)

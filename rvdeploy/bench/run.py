@@ -17,6 +17,7 @@ from .estimate import estimate
 from .measure import check_lengths, iree_runnable, measure
 from .report import BenchReport, bundle_label, cost_ratios, ratios
 
+
 def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 64, gen_tokens: int = 32,
           reps: int = 5, threads: int = 1, compare: str | None = None, baseline: Path | None = None,
           hf_model: str | None = None, gguf_types: list[str] | None = None,
