@@ -111,11 +111,11 @@ def _path_within(g: dict[str, set[str]], comp: set[str]) -> list[str]:
         nxt = []
         for v in frontier:
             for w in sorted(g[v] & comp):
-                if w == start:
+                if w == start:  # v is not START: no module imports itself (imports() leaves those out)
                     path = [v]
                     while prev[path[-1]] is not None:
                         path.append(prev[path[-1]])
-                    return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, v, start]
+                    return [*reversed(path), start]
                 if w not in prev:
                     prev[w] = v
                     nxt.append(w)
