@@ -37,11 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rvdeploy import api  # noqa: E402
-from rvdeploy.bench import iree_runnable  # noqa: E402
+from rvdeploy.bench.cost import measure_cost  # noqa: E402
+from rvdeploy.bench.measure import iree_runnable  # noqa: E402
 from rvdeploy.boards import get_board  # noqa: E402
 from rvdeploy.errors import RvdeployError  # noqa: E402
 from rvdeploy.peers import gguf, llamabench, llamacpp  # noqa: E402
-from rvdeploy.qemu_cost import measure_cost  # noqa: E402
 from rvdeploy.targets import get_target  # noqa: E402
 
 TYPES = ("f32", "f16", "q8_0", "q4_0")

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from rvdeploy import api  # noqa: E402
-from rvdeploy.bench import synthetic_prompt  # noqa: E402
+from rvdeploy.bench.measure import synthetic_prompt  # noqa: E402
 from rvdeploy.boards import get_board  # noqa: E402
 from rvdeploy.bundle import Bundle  # noqa: E402
 from rvdeploy.generation import Sampling, runner_args  # noqa: E402

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from . import launcher, modelconfig, outputs, runtime_build, runtimes
+from .bench.run import bench as run_bench
 from .boards import get_board
 from .bundle import Bundle, pack_bundle, unpack_bundle, write_bundle
 from .compiler import compile_module, compiler_version
@@ -308,10 +309,9 @@ def run(bundle_path: Path, *, board: str, prompt: str, max_new_tokens: int = 32,
 
 
 def bench(bundle_path: Path, **kwargs):
-    """pp/tg on a board, the baseline beside it, estimates, emulated cost: rvdeploy.bench.bench."""
-    from .bench import bench as _bench
-
-    return _bench(bundle_path, **kwargs)
+    """pp/tg on a board, the baseline beside it, estimates, emulated cost: rvdeploy.bench.run.bench, which builds
+    a missing baseline bundle with this module's build."""
+    return run_bench(bundle_path, build=build, **kwargs)
 
 
 def probe(board: str) -> dict:

@@ -9,7 +9,9 @@ import pytest
 
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, system_part_missing
-from rvdeploy import bench, qemu_cost
+from rvdeploy import api, qemu_cost
+from rvdeploy.bench import cost, measure
+from rvdeploy.bench.baseline import baseline_bundle
 from rvdeploy.bundle import Bundle
 from rvdeploy.errors import RvdeployError
 
@@ -22,12 +24,12 @@ def pair(built):
 def test_measuring_args_follow_the_manifest(pair):
     """The runner measures what run executes: the graph's input roles and KV layout, greedy, no EOS stop."""
     m = pair[0].manifest
-    args = bench.measuring_args(m, 4, 3)
+    args = measure.measuring_args(m, 4, 3)
     assert "--inputs=ids,mask,pos" in args and "--kv_count=4" in args and "--kv_heads=2" in args
     assert "--head_dim=16" in args and "--prompt=1,2,3,4" in args and "--max_new_tokens=3" in args
     assert "--temperature=0.0" in args and not any(a.startswith("--eos") for a in args)
     assert args[-1] == "--device=local-sync" and sum(a.startswith("--device") for a in args) == 1
-    assert bench.measuring_args(m, 4, 3, threads=3)[-2:] == ["--device=local-task",
+    assert measure.measuring_args(m, 4, 3, threads=3)[-2:] == ["--device=local-task",
                                                              "--task_topology_max_group_count=3"]
 
 
@@ -60,9 +62,9 @@ def test_bench_table_two_threads(pair):
 def test_wrong_baseline_bundle_refused(pair):
     mm = Bundle.open(pair[0].path)
     with pytest.raises(RvdeployError, match="not a baseline build"):
-        bench.baseline_bundle(mm, pair[0].path)
+        baseline_bundle(mm, pair[0].path, build=api.build)
     with pytest.raises(RvdeployError, match="itself a baseline"):
-        bench.baseline_bundle(Bundle.open(pair[1].path))
+        baseline_bundle(Bundle.open(pair[1].path), build=api.build)
 
 
 def test_estimate_spacemit_k1_matches_hand_calculation(pair):
@@ -117,16 +119,16 @@ needs_plugin_qemu = pytest.mark.usefixtures("plugin_qemu")
 def test_plugin_counts_a_known_loop_exactly():
     exe = qemu_cost.build_countloop()
     cpu = "rv64,v=true,vlen=256,elen=64,vext_spec=v1.0"
-    a = qemu_cost.count_program([str(exe), "1000"], cpu)
-    b = qemu_cost.count_program([str(exe), "3000"], cpu)
+    a = cost.count_program([str(exe), "1000"], cpu)
+    b = cost.count_program([str(exe), "3000"], cpu)
     # the loop is vadd.vv; addi; bnez: exactly 3 instructions, 1 of them vector, per iteration
     assert b["instructions"] - a["instructions"] == 3 * 2000
     assert b["vector_instructions"] - a["vector_instructions"] == 2000
     assert b["vector_lmul_weighted"] - a["vector_lmul_weighted"] == 2000  # LMUL 1
-    assert qemu_cost.count_program([str(exe), "1000"], cpu) == a  # single-threaded: repeatable
+    assert cost.count_program([str(exe), "1000"], cpu) == a  # single-threaded: repeatable
     # the same loop at LMUL 4: the vsetivli sits before the loop block, so the weight is read at run time
-    a4 = qemu_cost.count_program([str(exe), "1000", "m4"], cpu)
-    b4 = qemu_cost.count_program([str(exe), "3000", "m4"], cpu)
+    a4 = cost.count_program([str(exe), "1000", "m4"], cpu)
+    b4 = cost.count_program([str(exe), "3000", "m4"], cpu)
     assert b4["vector_instructions"] - a4["vector_instructions"] == 2000
     assert b4["vector_lmul_weighted"] - a4["vector_lmul_weighted"] == 4 * 2000
     assert a4["vsetvl"] == 0
@@ -134,7 +136,7 @@ def test_plugin_counts_a_known_loop_exactly():
 
 def test_by_difference():
     c = lambda i, v: {"instructions": i, "vector_instructions": v, "vector_lmul_weighted": 2 * v}
-    got = qemu_cost.by_difference(c(100, 10), c(730, 73), c(3930, 393), 64, 32)
+    got = cost.by_difference(c(100, 10), c(730, 73), c(3930, 393), 64, 32)
     assert got["per_prompt_token"] == {"instructions": 10, "vector_instructions": 1, "vector_lmul_weighted": 2}
     assert got["per_generated_token"] == {"instructions": 100, "vector_instructions": 10, "vector_lmul_weighted": 20}
 

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import DEMO
-from rvdeploy.boards.ssh import parse_spec
+from rvdeploy.boards.spec import parse_ssh
 from rvdeploy.bundle import Bundle, pack_bundle
 from rvdeploy.cli import main
 from rvdeploy.errors import RvdeployError
@@ -307,7 +307,7 @@ def test_fuzz_board_spec(spec):
     """--board values that reach ssh are exactly [user@]host[:port] in the characters ssh takes as a host:
     anything else is refused before a name is looked up."""
     try:
-        user, host, port = parse_spec(spec)
+        user, host, port = parse_ssh(spec)
     except RvdeployError as exc:
         assert "--board" in str(exc)
         return

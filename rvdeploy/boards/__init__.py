@@ -1,25 +1,20 @@
 """Where a bundle runs. Each board starts the bundle's runner live (start_runner: token ids stream back),
-runs IREE tools and other programs, and can say what it has (probe). Boards are context managers: an ssh
-board holds one shared connection while in use."""
+runs other programs, counts instructions where it is emulated, and can say what it has (probe): the Board
+protocol of base.py, one module per kind (local, qemu, ssh). Boards are context managers: an ssh board holds
+one shared connection while in use. The --board text is parsed once, into a spec.BoardSpec."""
 
 from __future__ import annotations
 
+from .base import Board
 from .local import LocalBoard
-from ..errors import RvdeployError
+from .qemu import QemuBoard
+from .spec import BoardSpec, board_spec
+from .ssh import SshBoard
 
-BOARD_HELP = ("local (this machine, host bundles), qemu[:TARGET] (riscv64 bundles under qemu-user), or "
-              "[user@]host[:port] / an ssh config alias (a board over ssh)")
+_MAKE = {"local": lambda spec: LocalBoard(), "qemu": lambda spec: QemuBoard(spec.target), "ssh": SshBoard}
 
 
-def get_board(spec: str):
-    if not spec:
-        raise RvdeployError("empty --board", hint=BOARD_HELP)
-    if spec == "local":
-        return LocalBoard()
-    if spec == "qemu" or spec.startswith("qemu:"):
-        from .qemu import QemuBoard
-
-        return QemuBoard(spec.partition(":")[2] or None)
-    from .ssh import SshBoard
-
-    return SshBoard(spec)
+def get_board(spec: BoardSpec | str) -> Board:
+    """The board SPEC names (the --board text or its BoardSpec), not yet open."""
+    spec = board_spec(spec)
+    return _MAKE[spec.kind](spec)

@@ -9,8 +9,12 @@ from pathlib import Path
 
 from ..bundle import Bundle
 from ..errors import RvdeployError
+from ..probe import host_probe
+from ..targets import Target, get_target
+from .base import NEEDS_EMULATION, ProgramRun
 from .launch import last_line
-from .program import ProgramRun, run_measured
+from .program import run_measured
+from .runner import RunnerProcess, launcher_command
 
 
 def _host_tool(name: str) -> str:
@@ -23,6 +27,7 @@ def _host_tool(name: str) -> str:
 
 class LocalBoard:
     name = "local"
+    can_count = False  # instructions are counted under emulation only
 
     def __enter__(self):
         return self
@@ -30,9 +35,10 @@ class LocalBoard:
     def __exit__(self, *exc):
         return False
 
-    def probe(self) -> dict:
-        from ..probe import host_probe
+    def isa_target(self, bundle: Bundle) -> Target:
+        return get_target("host")
 
+    def probe(self) -> dict:
         return host_probe()
 
     def check(self, bundle: Bundle) -> None:
@@ -61,10 +67,14 @@ class LocalBoard:
             raise RvdeployError(f"{exe.name} failed on {self.name}: {last}")
         return run
 
-    def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
+    def start_runner(self, bundle: Bundle, args: list[str]) -> RunnerProcess:
         """The bundle's runner (host build, in its runtime/) through its launcher, live."""
-        from .runner import RunnerProcess, launcher_command
-
         self.check(bundle)
         env = {k: v for k, v in os.environ.items() if k not in ("RVDEPLOY_RUN_PREFIX", "QEMU_CPU")}
         return RunnerProcess(launcher_command(args), self.name, bundle, env=env, cwd=str(bundle.path))
+
+    def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> tuple[dict, ProgramRun]:
+        raise RvdeployError(NEEDS_EMULATION)
+
+    def count_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> tuple[dict, ProgramRun]:
+        raise RvdeployError(NEEDS_EMULATION)

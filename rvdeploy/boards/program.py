@@ -10,19 +10,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
 
 from .. import children
+from .base import ProgramRun
 
 GNU_TIME = "/usr/bin/time"
-
-
-@dataclass(frozen=True)
-class ProgramRun:
-    stdout: str
-    stderr: str
-    returncode: int
-    peak_rss_bytes: int | None  # None when the program ran elsewhere (a board over ssh) or without GNU time
 
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None) -> ProgramRun:

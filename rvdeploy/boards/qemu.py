@@ -19,9 +19,12 @@ from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..probe import probe_binary
-from ..targets import get_target
+from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
+from ..targets import Target, get_target
+from .base import ProgramRun
 from .launch import raise_for, require_launcher, tool_command
-from .program import ProgramRun, run_measured
+from .program import run_measured
+from .runner import RunnerProcess, launcher_command
 
 MIN_VERSION = (8, 1)
 UPGRADE_HINT = ("install qemu-user 8.1 or newer (Debian 12: add bookworm-backports and "
@@ -59,6 +62,8 @@ def checked_qemu() -> str:
 
 
 class QemuBoard:
+    can_count = True  # with the plugin-capable qemu built by the set-up
+
     def __init__(self, target: str | None = None):
         self.target = get_target(target) if target else None
         if self.target is not None and self.target.arch != "riscv64":
@@ -75,6 +80,10 @@ class QemuBoard:
         if self.target is not None:
             return self.target.qemu_cpu
         return bundle.manifest["target"]["qemu_cpu"] if bundle else ""
+
+    def isa_target(self, bundle: Bundle) -> Target:
+        """TARGET's, or the bundle's (the one it is emulated with)."""
+        return self.target if self.target is not None else get_target(bundle.manifest["target"]["name"])
 
     def check(self, bundle: Bundle) -> None:
         if bundle.manifest["target"]["arch"] != "riscv64":
@@ -107,8 +116,6 @@ class QemuBoard:
     # ---- executed-instruction counts (bench --cost): the plugin-capable qemu built by the set-up ----------
     def count_program(self, exe: Path, args: list[str | Path], *, cpu: str) -> tuple[dict, ProgramRun]:
         """Counts (rvdeploy.qemu_cost.parse_counts) of one run of a static riscv64 program, and the run."""
-        from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
-
         with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
             outfile = Path(tmp) / "counts.txt"
             run = self.run_program(exe, args, cpu=cpu, qemu=str(plugin_qemu()), env=plugin_env(outfile))
@@ -116,17 +123,13 @@ class QemuBoard:
 
     def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> tuple[dict, ProgramRun]:
         """Counts of one run of a bundle's IREE tool through its launcher (the tool's process: the last one)."""
-        from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
-
         with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
             outfile = Path(tmp) / "counts.txt"
             run = self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile))
             return parse_counts(outfile.read_text()), run
 
-    def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
+    def start_runner(self, bundle: Bundle, args: list[str]) -> RunnerProcess:
         """The bundle's riscv64 runner through its launcher under qemu, live."""
-        from .runner import RunnerProcess, launcher_command
-
         self.check(bundle)
         env = {**os.environ, "RVDEPLOY_RUN_PREFIX": checked_qemu(), "QEMU_CPU": self._cpu(bundle)}
         return RunnerProcess(launcher_command(args), self.name, bundle, env=env, cwd=str(bundle.path))

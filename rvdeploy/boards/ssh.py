@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -29,15 +28,17 @@ from .. import children
 from ..bundle import MANIFEST, SUMS, Bundle, sha256_file
 from ..errors import RvdeployError
 from ..probe import describe_unix, probe_binary
+from ..qemu_cost import parse_counts
+from ..targets import Target, get_target
+from .base import ProgramRun
 from .launch import NO_SPACE, last_line, raise_for, require_launcher, tool_command
-from .program import ProgramRun
+from .runner import RunnerProcess, launcher_command
+from .spec import BoardSpec
 
 CONNECT_TIMEOUT = 10  # seconds
 COUNT_KIT = "/opt/rvdeploy-count"  # an emulated board's counting qemu (rvdeploy.sim.install_count_kit)
 COUNTS_MARK = "--rvdeploy-counts--"
 CACHE = '"$HOME"/.cache/rvdeploy'  # expanded by the board's shell
-_HOST_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:%]+$")
-_USER_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 SSH_ERRORS = {  # ssh's stderr -> what to do
     "Host key verification failed": "the board's host key is unknown or changed: check it, then add it to "
                                     "known_hosts (ssh once by hand)",
@@ -49,30 +50,14 @@ SSH_ERRORS = {  # ssh's stderr -> what to do
 }
 
 
-def parse_spec(spec: str) -> tuple[str | None, str, str | None]:
-    """'[user@]host[:port]' -> (user, host, port). A bare name may be an ssh-config alias. Checked before
-    anything is sent: no name lookup for a spec that is not one."""
-    at, sep, rest = spec.rpartition("@")
-    host, port = rest, None
-    if rest.count(":") == 1:
-        host, port = rest.split(":")
-        # ASCII digits only: str.isdigit() accepts '²', which int() then refuses
-        if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-            raise RvdeployError(f"--board {spec!r}: port {port!r} is not a number from 1 to 65535")
-    user = at if sep else None
-    # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...); 'user@' needs a user
-    if not host or host.startswith("-") or not _HOST_RE.fullmatch(host) or \
-            (user is not None and not _USER_RE.fullmatch(user)):
-        raise RvdeployError(f"--board {spec!r}: not [user@]host[:port] or an ssh config alias")
-    return user, host, port
-
-
 class SshBoard:
-    def __init__(self, spec: str):
-        self.user, self.host, self.port = parse_spec(spec)
-        self.name = spec
+    can_count = True  # when the board carries the counting qemu (`rvdeploy sim up`): checked on first use
+
+    def __init__(self, spec: BoardSpec):
+        self.user, self.host, self.port = spec.user, spec.host, spec.port
+        self.name = spec.name
         self._control: Path | None = None
-        self._can_count = False  # the board has the counting qemu (checked on first use)
+        self._count_kit_found = False  # the board has the counting qemu (checked on first use)
 
     # ---- connection ---------------------------------------------------------------------------------
     def __enter__(self):
@@ -177,11 +162,13 @@ class SshBoard:
         return "set -e\n" + "\n".join(lines) + "\nset +e\n"
 
     # ---- board API --------------------------------------------------------------------------------------
-    def start_runner(self, bundle: Bundle, args: list[str]) -> "RunnerProcess":
+    def isa_target(self, bundle: Bundle) -> Target:
+        """The bundle's target: the board's launcher refuses a bundle its ISA does not match."""
+        return get_target(bundle.manifest["target"]["name"])
+
+    def start_runner(self, bundle: Bundle, args: list[str]) -> RunnerProcess:
         """The bundle's runner through its launcher on the board, live over the shared connection (tokens
         stream back as the runner prints them; stdin carries further turns)."""
-        from .runner import RunnerProcess, launcher_command
-
         require_launcher(bundle)
         script = self._materialize(bundle) + shlex.join(launcher_command(args))
         return RunnerProcess([*self._ssh_base(), "--", self.host, script], f"board {self.name}", bundle)
@@ -214,20 +201,18 @@ class SshBoard:
     # ---- executed-instruction counts (bench --cost), on an emulated board only -----------------------------
     def _require_counting_qemu(self) -> None:
         """Once per board session, before the counted command would upload anything (a GGUF can be GBs)."""
-        if self._can_count:
+        if self._count_kit_found:
             return
         if self.sh(f"test -x {COUNT_KIT}/qemu-riscv64").returncode != 0:
             raise RvdeployError(f"board {self.name} cannot count instructions: only an emulated board from "
                                 "`rvdeploy sim up` carries the counting qemu",
                                 hint="use --board qemu[:TARGET]; `rvdeploy sim up` installs it when the plugin "
                                      "qemu is built (scripts/build_qemu_plugins.sh)")
-        self._can_count = True
+        self._count_kit_found = True
 
     def _counted(self, command: str, what: str) -> dict:
         """Run COMMAND on the board under its counting qemu (COUNT_KIT, installed by `rvdeploy sim up`) and
         return the counts of its last process. Callers check for the counting qemu first."""
-        from ..qemu_cost import parse_counts
-
         script = (f't=$(mktemp) || exit 1; export RVDEPLOY_RUN_PREFIX={COUNT_KIT}/qemu-riscv64 '
                   f'QEMU_PLUGIN="{COUNT_KIT}/libinsncount.so,outfile=$t"; ( {command} ) >/dev/null; rc=$?; '
                   f'echo {COUNTS_MARK}; cat "$t"; rm -f "$t"; exit $rc')
@@ -247,12 +232,11 @@ class SshBoard:
         counts = self._counted(self._materialize(bundle) + shlex.join(tool_command(tool, args)), tool)
         return counts, ProgramRun("", "", 0, None)
 
-    def check(self, bundle: Bundle) -> str:
+    def check(self, bundle: Bundle) -> None:
         """Upload and run only the launcher's checks (hashes, ISA, VLEN)."""
         require_launcher(bundle)
         proc = self.sh(self._materialize(bundle) + "sh launcher.sh check")
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, bundle)
-        return proc.stdout.strip()
 
     def probe(self) -> dict:
         proc = self.sh("uname -m")

@@ -19,7 +19,7 @@ Board = Annotated[str, typer.Option("--board", "-b", help="Where to run: `local`
                                     "file).")]
 
 # Every numeric option has a range. Token counts stop at the largest context a config.json may give (the model's
-# own, checked later, is smaller); threads at IREE's 64 workers (rvdeploy.bench.MAX_THREADS); repetitions at
+# own, checked later, is smaller); threads at IREE's 64 workers (rvdeploy.bench.measure.MAX_THREADS); repetitions at
 # what a benchmark can use.
 MAX_TOKENS = MAX_CONTEXT
 MAX_REPS = 1000

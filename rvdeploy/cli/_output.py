@@ -85,3 +85,18 @@ def step_progress(quiet: bool) -> Iterator:
         def progress(phase: str, done: int | None = None, total: int | None = None) -> None:
             bar.update(task, description=phase, completed=done or 0, total=total)
         yield progress
+
+
+def human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+def human_count(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return str(n)

@@ -9,9 +9,11 @@ from typing import Annotated, Optional
 import typer
 
 from .. import api
-from ..bench import MAX_THREADS, BenchReport, human_count, human_size, plot, plot_path
+from ..bench.measure import MAX_THREADS
+from ..bench.report import BenchReport
 from ._options import MAX_REPS, MAX_TOKENS, BundleArg, Json
-from ._output import err, out, print_json, print_table, stage_progress
+from ._output import err, human_count, human_size, out, print_json, print_table, stage_progress
+from ._plot import plot, plot_path
 
 
 def bench(

@@ -3,7 +3,7 @@
 - tgN: `llama-bench -p 0 -n N -d P` (N tokens generated one at a time after a P-token context), so both
   sides time generation at the same context;
 - cost: executed instructions under the plugin qemu, one thread, no warm-up, one repetition, by difference
-  as for bundles (rvdeploy.qemu_cost):
+  as for bundles (rvdeploy.bench.cost):
     per prompt token    = (count(-p P) - count(-p 1)) / (P - 1)
     per generated token = (count(-n N+1 -d P) - count(-n 1 -d P)) / N
   model loading and the depth-P prefill are in both runs of a pair and cancel.
@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..bench import Measurement
+from ..bench.cost import by_difference
+from ..bench.measure import Measurement
+from ..boards.base import Board, require_counting
 from ..errors import RvdeployError
-from ..qemu_cost import by_difference, require_counting
 from .llamacpp import LlamaCpp
 
 TOOL = "llama-bench"
@@ -54,14 +55,14 @@ def parse_json(stdout: str) -> dict:
 
 
 def label(record: dict, gguf_type: str, target: str) -> dict:
-    """The row label, as bench.bundle_label gives it for a bundle."""
+    """The row label, as bench.report.bundle_label gives it for a bundle."""
     return {"model": record.get("model_type", "?"), "size_bytes": int(record.get("model_size", 0)),
             "params": int(record.get("model_n_params", 0)), "pipeline": backend(gguf_type), "target": target,
             "gguf": record.get("model_filename"), "build_commit": record.get("build_commit"),
             "type_k": record.get("type_k"), "type_v": record.get("type_v")}
 
 
-def measure(board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_tokens: int, reps: int,
+def measure(board: Board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_tokens: int, reps: int,
             threads: int) -> tuple[dict, list[Measurement]]:
     """ppP and tgN of llama.cpp on one GGUF type, on an open board; returns (label, rows)."""
     rows, record = [], {}
@@ -77,7 +78,7 @@ def measure(board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_toke
     return label(record, gguf_type, llama.target), rows
 
 
-def measure_cost(board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_tokens: int) -> dict:
+def measure_cost(board: Board, llama: LlamaCpp, gguf_type: str, prompt_tokens: int, gen_tokens: int) -> dict:
     """Per-token instruction counts of llama.cpp on one GGUF type on an emulated board (one thread), with the
     peak RSS of the runs where this machine sees them."""
     require_counting(board)

@@ -7,8 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..boards.base import Board
 from ..bundle import Bundle
-from ..targets import Target, get_target
+from ..targets import Target
 from . import gguf, llamacpp_build
 
 
@@ -30,19 +31,11 @@ def for_target(target: Target, checkpoint: Path, gguf_types: list[str],
                     target.name, target.qemu_cpu)
 
 
-def board_target(bundle: Bundle, board: str) -> Target:
-    """The target whose ISA the board has: this machine's for local, qemu:TARGET's, else the bundle's (a board
-    must match it anyway)."""
-    if board == "local":
-        return get_target("host")
-    return get_target(board.partition(":")[2] if board.startswith("qemu:") else bundle.manifest["target"]["name"])
-
-
-def prepare(bundle: Bundle, board: str, hf_model: str | None = None, gguf_types: list[str] | None = None,
+def prepare(bundle: Bundle, board: Board, hf_model: str | None = None, gguf_types: list[str] | None = None,
             step: Callable[[str], None] | None = None) -> LlamaCpp:
     """The llama.cpp side of comparing BUNDLE on BOARD: its HF checkpoint found (or --hf-model) before any
     build, the GGUF types given or the bundle's precision."""
-    target = board_target(bundle, board)
+    target = board.isa_target(bundle)
     types = [gguf.check_type(t) for t in gguf_types] if gguf_types else [gguf.matching_type(bundle)]
     checkpoint = gguf.hf_checkpoint(bundle, hf_model)  # first: an ONNX-only model stops here, before any build
     return for_target(target, checkpoint, types, step)
