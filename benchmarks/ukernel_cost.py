@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iree.compiler.tools.binaries import find_tool  # noqa: E402
 
 from rvdeploy import ukernels  # noqa: E402
-from rvdeploy.mmt4d import tile_for  # noqa: E402
+from rvdeploy.layout import tile_for  # noqa: E402
 from rvdeploy.pipeline import compile_flags  # noqa: E402
 from rvdeploy.targets import get_target  # noqa: E402
 

@@ -21,12 +21,13 @@ from .bench.run import bench as run_bench
 from .boards import get_board
 from .bundle import Bundle, pack_bundle, unpack_bundle, write_bundle
 from .compiler import compile_module, compiler_version
-from .dispatches import DispatchReport, analyze_dump, summarize
+from .dispatches import DYN, ContractionRow, DispatchReport, analyze_dump, summarize
 from .entrypoints import assemble
 from .errors import RvdeployError
 from .genai_interface import io_names, prepare as prepare_interface, read_config as read_genai_config
 from .graphinfo import inspect_graph
 from .importer import import_graphs
+from .layout import padded
 from .mmt4d import lower_to_mmt4d
 from .onnx_shapes import split_phases
 from .params import is_transposed_copy, write_params
@@ -323,23 +324,19 @@ def probe(board: str) -> dict:
 PADDING_PROMPT = 64  # prefill padding depends on the prompt length: reported for this one
 
 
-def _padding(row: dict, packed: dict) -> float | None:
+def _padding(row: ContractionRow, packed: dict) -> float | None:
     """Fraction of an mmt4d row's multiply-adds spent on padding (N rounded up to N0, M up to M0)."""
-    if not row["mmt4d"]:
+    if not row.mmt4d or len(row.operands) != 2:
         return None
-    try:
-        lhs, rest = row["shapes"].split(" * ")
-        rhs = rest.split(" -> ")[0]
-        m0 = int(lhs.split("x")[-2])
-        n1, k1, n0, k0 = (int(d) for d in rhs.split("x")[-4:])
-    except (ValueError, IndexError):  # a dynamic or short shape: no padding figure
-        return None
+    lhs, rhs = row.operands
+    if len(lhs) < 2 or len(rhs) < 4 or lhs[-2] < 1 or DYN in rhs[-4:]:
+        return None  # a dynamic or short shape: no padding figure
+    m0, (n1, k1, n0, k0) = lhs[-2], rhs[-4:]
     n = packed.get((n1, k1, n0, k0))
     if n is None:
         return None
-    m = 1 if row["entry"] == "decode" else PADDING_PROMPT
-    m_padded = -(-m // m0) * m0
-    return 1.0 - (m * n) / (m_padded * n1 * n0)
+    m = 1 if row.entry == "decode" else PADDING_PROMPT
+    return 1.0 - (m * n) / (padded(m, m0) * n1 * n0)
 
 
 def inspect(bundle_path: Path) -> dict:
@@ -348,8 +345,8 @@ def inspect(bundle_path: Path) -> dict:
     dispatches = report.to_dict()
     mm = bundle.manifest["pipeline"].get("mmt4d") or {}
     packed = {tuple(pw["packed_shape"]): pw["n"] for pw in mm.get("packed_weights", [])}
-    for row in dispatches["contractions"]:
-        row["padding"] = _padding(row, packed)
+    for row, contraction in zip(dispatches["contractions"], report.contractions):
+        row["padding"] = _padding(contraction, packed)
     summary = summarize(report)
     summary["padding_note"] = (f"padding: decode exact (one token); prefill for a {PADDING_PROMPT}-token prompt "
                                "(M rounded up to M0)")

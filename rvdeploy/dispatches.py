@@ -29,9 +29,28 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .errors import RvdeployError
+from .ukernels import KERNEL_PREFIX
 
 # ----------------------------------------------------------------------------------------------------
 # Rows
+
+DYN = -1
+Dims = tuple[int, ...]  # a tensor's dims, DYN where dynamic; () for a scalar
+
+
+def format_dims(dims: Dims) -> str:
+    """(1, DYN, 16) -> "1x?x16" (how the report's text shows a shape)."""
+    return "x".join("?" if d == DYN else str(d) for d in dims)
+
+
+def parse_dims(shape: str) -> Dims:
+    return tuple(DYN if d == "?" else int(d) for d in shape.split("x")) if shape else ()
+
+
+def parse_shapes(text: str) -> tuple[tuple[Dims, ...], Dims]:
+    """ContractionRow.shapes' text "A * B -> C" -> ((A, B), C): what dispatches.json stores, read back."""
+    ins, _, out = text.partition(" -> ")
+    return tuple(parse_dims(s) for s in ins.split(" * ")), parse_dims(out)
 
 
 @dataclass(frozen=True)
@@ -39,7 +58,8 @@ class ContractionRow:
     entry: str  # "prefill" | "decode" | "generate" | "initializer" (from the executable name)
     dispatch: str  # export name, e.g. decode$async_dispatch_90_batch_mmt4d_1x1x8x64x1x32x1_f32
     op: str  # linalg.mmt4d | linalg.batch_mmt4d | linalg.matmul | linalg.batch_matmul | linalg.generic | ...
-    shapes: str  # "LHSSHAPE * RHSSHAPE -> OUTSHAPE", ? for dynamic dims
+    operands: tuple[Dims, ...]  # the shaped input operands' dims (LHS, RHS, ...)
+    result: Dims  # the output's dims
     types: str  # e.g. "f32*f32->f32"
     mmt4d: bool
     ukernel: bool  # an iree_uk_mmt4d call exists in this dispatch's function in *.codegen.ll (mmt4d ops only)
@@ -51,8 +71,30 @@ class ContractionRow:
     library: str | None = None
     kernel: str | None = None  # the tile function(s) inlined into the dispatch, comma-separated
 
+    @property
+    def shapes(self) -> str:
+        """"LHSSHAPE * RHSSHAPE -> OUTSHAPE", ? for dynamic dims: for display, and as dispatches.json stores
+        the operand and result dims (the form every reader of the file accepts)."""
+        return " * ".join(format_dims(d) for d in self.operands) + " -> " + format_dims(self.result)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d.pop("result")
+        return {("shapes" if k == "operands" else k): (self.shapes if k == "operands" else v)
+                for k, v in d.items()}  # the order of the fields kept
+
+    @classmethod
+    def json_fields(cls) -> list[tuple[str, str]]:
+        """(key, annotated type) of the dict to_dict writes."""
+        return [("shapes", "str") if f.name == "operands" else (f.name, f.type) for f in fields(cls)
+                if f.name != "result"]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ContractionRow":
+        if "shapes" not in d:
+            raise TypeError("ContractionRow.shapes is missing")
+        operands, result = parse_shapes(d["shapes"])
+        return cls(**{k: v for k, v in d.items() if k != "shapes"}, operands=operands, result=result)
 
 
 @dataclass(frozen=True)
@@ -68,6 +110,14 @@ class PackRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def json_fields(cls) -> list[tuple[str, str]]:
+        return [(f.name, f.type) for f in fields(cls)]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PackRow":
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -89,8 +139,8 @@ class DispatchReport:
     @classmethod
     def from_dict(cls, d) -> "DispatchReport":
         return cls(
-            contractions=tuple(ContractionRow(**r) for r in d.get("contractions", ())),
-            packs=tuple(PackRow(**r) for r in d.get("packs", ())),
+            contractions=tuple(ContractionRow.from_dict(r) for r in d.get("contractions", ())),
+            packs=tuple(PackRow.from_dict(r) for r in d.get("packs", ())),
             rvv={str(k): int(v) for k, v in (d.get("rvv") or {}).items()},
             ukernel_tiles={str(k): int(v) for k, v in (d.get("ukernel_tiles") or {}).items()},
         )
@@ -122,21 +172,20 @@ _ROW_FORMATS = {"shapes": re.compile(rf"{_SHAPE}(?: \* {_SHAPE})* -> {_SHAPE}"),
 def _check_row(row_type, row) -> None:
     if not isinstance(row, dict):
         raise TypeError(f"a {row_type.__name__} is not an object")
-    for f in fields(row_type):
-        if f.name not in row:
+    for name, typ in row_type.json_fields():
+        if name not in row:
             continue
-        value = row[f.name]
-        if not isinstance(value, _ROW_TYPES[f.type]) or (f.type == "int | None" and isinstance(value, bool)):
-            raise TypeError(f"{row_type.__name__}.{f.name} is {value!r}")
-        form = _ROW_FORMATS.get(f.name)
+        value = row[name]
+        if not isinstance(value, _ROW_TYPES[typ]) or (typ == "int | None" and isinstance(value, bool)):
+            raise TypeError(f"{row_type.__name__}.{name} is {value!r}")
+        form = _ROW_FORMATS.get(name)
         if form is not None and not form.fullmatch(value):
-            raise ValueError(f"{row_type.__name__}.{f.name} is {value[:40]!r}")
+            raise ValueError(f"{row_type.__name__}.{name} is {value[:40]!r}")
 
 
 # ----------------------------------------------------------------------------------------------------
 # MLIR text helpers
 
-DYN = -1
 _MMT4D_OPS = ("linalg.mmt4d", "linalg.batch_mmt4d")
 # Named contraction ops and their default indexing maps (loop dims, then one tuple per operand).
 _NAMED = {
@@ -204,7 +253,7 @@ class _Type:
 
     @property
     def shape(self) -> str:
-        return "x".join("?" if d == DYN else str(d) for d in (self.dims or ()))
+        return format_dims(self.dims or ())
 
 
 def _parse_type(text: str) -> _Type:
@@ -462,7 +511,6 @@ def _ukernel_calls(codegen_ll: list[Path]) -> dict[str, list[str | None]]:
 
 _MD_RE = re.compile(r"^!(\d+) = (?:distinct )?!\{(.*)\}\s*$")
 _TILE_NAME_RE = re.compile(r"(?:iree|rvdeploy)_uk_\w*tile\w*")
-_PROJECT_TILE_PREFIX = "rvdeploy_uk_"  # rvdeploy.ukernels.KERNEL_PREFIX
 _SCOPE_REF_RE = re.compile(r"(?:!alias\.scope|!noalias|metadata) !(\d+)")
 
 
@@ -476,7 +524,7 @@ def _inlined_tiles(optimized_ll: list[Path]) -> dict[str, int]:
 
 
 def _library_of(tiles: set[str]) -> str | None:
-    if any(t.startswith(_PROJECT_TILE_PREFIX) for t in tiles):
+    if any(t.startswith(KERNEL_PREFIX) for t in tiles):
         return "project"
     return "upstream" if tiles else None
 
@@ -528,7 +576,7 @@ def _tiles_by_function(optimized_ll: list[Path]) -> dict[str, set[str]]:
 
         cache: dict[int, set[str]] = {}
         for fname, frefs, fdirect in bodies:
-            if _TILE_NAME_RE.fullmatch(fname) or fname.startswith(("iree_uk_", _PROJECT_TILE_PREFIX)):
+            if _TILE_NAME_RE.fullmatch(fname) or fname.startswith(("iree_uk_", KERNEL_PREFIX)):
                 continue  # a ukernel's own (non-inlined) definition
             names = set(fdirect)
             for r in frefs:
@@ -662,7 +710,7 @@ def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
             kernels = tiles_by_func.get(name, set()) if ukernel else set()
             contractions.append(ContractionRow(
                 entry=entry, dispatch=name, op=rc.op,
-                shapes=" * ".join(t.shape for t in shaped_ins) + " -> " + out.shape,
+                operands=tuple(t.dims or () for t in shaped_ins), result=out.dims or (),
                 types="*".join(t.elt for t in shaped_ins) + "->" + out.elt,
                 mmt4d=is_mmt4d, ukernel=ukernel, tile=tile, macs=rc.macs,
                 library=_library_of(kernels), kernel=", ".join(sorted(kernels)) or None))
@@ -684,21 +732,16 @@ def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
     )
 
 
-def _dims(shape: str) -> tuple[int, ...]:
-    return tuple(DYN if d == "?" else int(d) for d in shape.split("x")) if shape else ()
-
-
 def weight_like(row: ContractionRow) -> bool:
     """A contraction with a static weight-shaped operand (no batch, or batch 1; both logical dims > 1).
 
     Either operand counts: with a dynamic M IREE may swap them and put the weight on the LHS.
     Attention (batch = heads, or dynamic) and rank-1 products (rope's 8x1 * 1x1) are not weight-like."""
-    lhs_rhs = row.shapes.split(" -> ")[0].split(" * ")
-    if len(lhs_rhs) < 2:
+    if len(row.operands) < 2:
         return False
     batched = row.op in ("linalg.batch_mmt4d", "linalg.batch_matmul", "linalg.batch_matvec")
-    for s in lhs_rhs[:2]:
-        d = list(_dims(s))
+    for dims in row.operands[:2]:
+        d = list(dims)
         if DYN in d:
             continue
         if batched:
@@ -761,7 +804,7 @@ def summarize(report: DispatchReport) -> dict:
         pk["count"] += 1
         if p.bytes is None:
             pk["unknown_bytes"][p.operand] = pk["unknown_bytes"].get(p.operand, 0) + 1
-            dims = _dims(p.source_shape)
+            dims = parse_dims(p.source_shape)
             eb = _elt_bytes(p.elt)
             if dims.count(DYN) == 1 and eb is not None:  # e.g. a KV cache: bytes per cached position
                 per = math.prod(d for d in dims if d != DYN) * eb

@@ -12,38 +12,16 @@ more than the microkernel saves (see the issue's measurements).
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from iree.compiler import ir
 
 from .entrypoints import EntryModule
-from .mmt4d_helpers import Tile, embed_lookup_fn, int8_matmul_fn, matmul_fn, q4_matmul_fn
+from .layout import PackedWeight, Tile, tile_for
 from .mlir_types import TensorType
+from .mmt4d_helpers import embed_lookup_fn, int8_matmul_fn, matmul_fn, q4_matmul_fn
 from .targets import Target
-
-_TILES = Path(__file__).with_name("tiles.toml")
-
-
-@dataclass(frozen=True)
-class PackedWeight:
-    key: str  # parameter key of the packed tensor
-    source_key: str  # parameter key of the KxN original
-    k: int
-    n: int
-    elt: str
-    n0: int
-    k0: int
-    transposed: bool = False  # the source is stored NxK (a tied embedding used through Transpose)
-    colsum_key: str | None = None  # int8 weights: parameter key of the i32 column sums (zero-point correction)
-    shape: tuple[int, ...] | None = None  # stored as is in this shape (4-bit blocks: N x G x block), not tiled
-
-    @property
-    def packed_shape(self) -> tuple[int, ...]:
-        if self.shape is not None:
-            return self.shape
-        return (-(-self.n // self.n0), self.k // self.k0, self.n0, self.k0)
 
 
 @dataclass(frozen=True)
@@ -57,24 +35,36 @@ class LoweredModule:
     q4: int = 0  # 4-bit weight contractions (dequantized inside a generated contraction, not mmt4d)
 
 
-def tile_for(target: Target, elt: str, library: str = "upstream") -> Tile | None:
-    """The tile for `elt` on `target` with the given microkernel library (rvdeploy.ukernels): tiles.toml's
-    [ARCH.project.ELT] for the project's kernels when it has one, else [ARCH.ELT] (IREE's)."""
-    table = tomllib.loads(_TILES.read_text())
-    arch = table.get("host" if target.is_host else target.arch, {})
-    entry = arch.get(library, {}).get(elt) if library != "upstream" else None
-    entry = entry or arch.get(elt)
-    if entry is None or (not target.is_host and not target.has_vector):
-        return None
-    n0 = entry["n0"] if "n0" in entry else target.vlen // entry["n0_vlen_divisor"]
-    return Tile(m0=entry["prefill_m0"], n0=n0, k0=entry["k0"])
+@dataclass
+class _Lowering:
+    """What the rewrites of one module share: the module and its globals, where the tiles come from, and
+    what the rewrites add up (helper functions, packed weights, tiles used, contractions left alone)."""
+    module: ir.Module
+    globals_: dict  # global symbol -> its util.global op
+    target: Target
+    library: str  # mmt4d microkernel library (rvdeploy.ukernels): it picks the tiles
+    opset: int
+    helpers: dict[str, str] = field(default_factory=dict)  # helper function name -> MLIR text
+    packed: dict[str, PackedWeight] = field(default_factory=dict)  # packed parameter key -> weight
+    tiles: dict[str, Tile] = field(default_factory=dict)  # element type -> the tile its contractions use
+    skipped: list[str] = field(default_factory=list)  # why a weight contraction was not lowered
+    # packed global name (without its "rvd_packed." prefix) -> weight: embedding lookups read these
+    sym_to_packed: dict[str, PackedWeight] = field(default_factory=dict)
+
+    def tile(self, elt: str) -> Tile | None:
+        return tile_for(self.target, elt, self.library)
+
+    def helper(self, name: str, make) -> None:
+        """Add helper function NAME (MLIR text from make()) once."""
+        if name not in self.helpers:
+            self.helpers[name] = make()
 
 
-def _gathers_from_packed(module, globals_, packed_syms: dict, helpers: dict, opset: int) -> int:
+def _gathers_from_packed(low: _Lowering) -> int:
     """Point embedding Gathers at the transposed-packed copy of the same table (tied lm_head), so the
     plain table can be dropped. Returns how many were rewritten."""
     gathers = []
-    _walk(module.operation, lambda op: gathers.append(op) if op.name == "torch.operator"
+    _walk(low.module.operation, lambda op: gathers.append(op) if op.name == "torch.operator"
           and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather" else None)
     count = 0
     for op in gathers:
@@ -85,7 +75,7 @@ def _gathers_from_packed(module, globals_, packed_syms: dict, helpers: dict, ops
         if getattr(load, "name", None) != "util.global.load":
             continue
         gname = ir.FlatSymbolRefAttr(load.attributes["global"]).value
-        pw = packed_syms.get("rvd_packed." + gname + ".T")
+        pw = low.sym_to_packed.get(gname + ".T")
         axis = ir.IntegerAttr(op.attributes["torch.onnx.axis"]).value if "torch.onnx.axis" in op.attributes else 0
         if pw is None or pw.k % pw.k0 or axis != 0:
             continue
@@ -93,10 +83,10 @@ def _gathers_from_packed(module, globals_, packed_syms: dict, helpers: dict, ops
         if len(ids.dims) != 2 or ids.elt != "i64":
             continue
         helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}_{pw.n0}x{pw.k0}"
-        helpers.setdefault(helper, embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, opset, pw.k0))
-        wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{pw.elt}>"
+        low.helper(helper, lambda: embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, low.opset, pw.k0))
         with ir.InsertionPoint(op), op.location:
-            args = [_builtin(op.operands[1], ids, "tensor<?x?xi64>"), _load("rvd_packed." + gname + ".T", wt)]
+            args = [_builtin(op.operands[1], ids, "tensor<?x?xi64>"),
+                    _load("rvd_packed." + gname + ".T", pw.tensor_type)]
         _replace_with_call(op, helper, args, f"tensor<?x?x{pw.k}x{pw.elt}>")
         count += 1
     return count
@@ -217,10 +207,10 @@ def _erase_dead(op) -> None:
         work.extend(producers)
 
 
-def _lower_q4(module, globals_, opset, helpers, packed, skipped) -> int:
+def _lower_q4(low: _Lowering) -> int:
     """The 4-bit chain rvdeploy.qgraph writes for MatMulNBits -> one call of q4_matmul_fn on the i4 weights."""
     ops = []
-    _walk(module.operation, lambda op: ops.append(op) if _onnx_name(op) == "onnx.MatMul" else None)
+    _walk(low.module.operation, lambda op: ops.append(op) if _onnx_name(op) == "onnx.MatMul" else None)
     chain = ["onnx.Transpose", "onnx.Reshape", "onnx.Mul", "onnx.Sub", "onnx.Cast", "onnx.Reshape", "onnx.Concat"]
     count = 0
     for op in ops:
@@ -246,35 +236,34 @@ def _lower_q4(module, globals_, opset, helpers, packed, skipped) -> int:
             zt = TensorType.parse(str(zero_v.type))
             if len(x.dims) != 3 or len(b.dims) != 3 or st.dims != (b.dims[0], b.dims[1], 1) or \
                     zt.dims not in ((), st.dims) or x.elt not in ("f32", "f16"):
-                skipped.append(f"{op.location}: unsupported 4-bit MatMul shapes {x.dims} x {b.dims}")
+                low.skipped.append(f"{op.location}: unsupported 4-bit MatMul shapes {x.dims} x {b.dims}")
                 continue
             n, g, half = b.dims
             bs, k = half * 2, g * half * 2
             per_block = zt.dims != ()
             helper = f"rvd_q4_{k}x{n}_b{bs}_{x.elt}{'_zp' if per_block else ''}"
-            helpers.setdefault(helper, q4_matmul_fn(helper, k, n, g, bs, x.elt, per_block, opset))
-            source_key = _param_key(globals_[gname])
+            low.helper(helper, lambda: q4_matmul_fn(helper, k, n, g, bs, x.elt, per_block, low.opset))
+            source_key = _param_key(low.globals_[gname])
             key = f"{source_key}.i4"
-            packed.setdefault(key, PackedWeight(key, source_key, k, n, "i4", bs, 1, shape=(n, g, bs)))
+            pw = low.packed.setdefault(key, PackedWeight(key, source_key, k, n, "i4", bs, 1, shape=(n, g, bs)))
             sym = "rvd_q4." + gname
-            wt = f"tensor<{n}x{g}x{bs}xi4>"
+            wt = pw.tensor_type
             with ir.InsertionPoint(op), op.location:
                 args = [_builtin(op.operands[0], x, f"tensor<?x?x{k}x{x.elt}>"), _load(sym, wt),
                         _builtin(scale_v, st, st.builtin), _builtin(zero_v, zt, zt.builtin)]
             _replace_with_call(op, helper, args, f"tensor<?x?x{n}x{x.elt}>")
-            _declare_global(globals_, gname, sym, key, wt)
+            _declare_global(low.globals_, gname, sym, key, wt)
             count += 1
     return count
 
 
-def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped,
-                          sym_to_packed) -> int:
+def _lower_matmul_integer(low: _Lowering) -> int:
     """MatMulInteger(x uint8, W int8 global, x_zero_point) -> s8 x s8 -> s32 mmt4d (see int8_matmul_fn).
     rvdeploy.qgraph has already dropped zero weight zero points and turned uint8 weights into int8 ones.
     W may be a Transpose of an int8 embedding table (rvdeploy.quantize's tied lm_head): packed from it, and
     registered in sym_to_packed so that the table's lookups read the packed copy too."""
     ops = []
-    _walk(module.operation, lambda op: ops.append(op) if op.name == "torch.operator"
+    _walk(low.module.operation, lambda op: ops.append(op) if op.name == "torch.operator"
           and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMulInteger" else None)
     count = 0
     for op in ops:
@@ -287,32 +276,32 @@ def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, pa
         x = TensorType.parse(str(op.operands[0].type))
         w = TensorType.parse(str(op.operands[1].type))
         if len(op.operands) != 3:
-            skipped.append(f"{where}: MatMulInteger with a weight zero point (not normalized)")
+            low.skipped.append(f"{where}: MatMulInteger with a weight zero point (not normalized)")
             continue
         zp = TensorType.parse(str(op.operands[2].type))
         if x.torch_elt != "ui8" or w.torch_elt != "si8" or zp.dims not in ((), (1,)) or zp.torch_elt != "ui8":
-            skipped.append(f"{where}: MatMulInteger {x.torch_elt} x {w.torch_elt} (want ui8 x si8)")
+            low.skipped.append(f"{where}: MatMulInteger {x.torch_elt} x {w.torch_elt} (want ui8 x si8)")
             continue
-        tile = tile_for(target, "i8", ukernels)
+        tile = low.tile("i8")
         if tile is None:
-            skipped.append(f"{where}: no mmt4d tile for i8 on {target.name}")
+            low.skipped.append(f"{where}: no mmt4d tile for i8 on {low.target.name}")
             continue
         if len(x.dims) != 3 or len(w.dims) != 2 or w.dims[0] % tile.k0:
-            skipped.append(f"{where}: unsupported MatMulInteger shapes {x.dims} x {w.dims}")
+            low.skipped.append(f"{where}: unsupported MatMulInteger shapes {x.dims} x {w.dims}")
             continue
-        tiles["i8"] = tile
+        low.tiles["i8"] = tile
         k, n = w.dims
         decode = x.dims[:2] == (1, 1)
         helper = f"rvd_mmt4d_s8_{'decode' if decode else 'prefill'}_{k}x{n}"
-        helpers.setdefault(helper, int8_matmul_fn(helper, k, n, tile, decode, opset))
-        source_key = _param_key(globals_[gname])
+        low.helper(helper, lambda: int8_matmul_fn(helper, k, n, tile, decode, low.opset))
+        source_key = _param_key(low.globals_[gname])
         key = f"{source_key}{tsuffix}.mmt4d_{tile.n0}x{tile.k0}"
-        pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, "i8", tile.n0, tile.k0, transposed,
-                                                 colsum_key=f"{source_key}{tsuffix}.colsum"))
+        pw = low.packed.setdefault(key, PackedWeight(key, source_key, k, n, "i8", tile.n0, tile.k0, transposed,
+                                                     colsum_key=f"{source_key}{tsuffix}.colsum"))
         packed_sym, colsum_sym = "rvd_packed." + gname + tsuffix, "rvd_colsum." + gname + tsuffix
-        sym_to_packed[gname + tsuffix] = pw
+        low.sym_to_packed[gname + tsuffix] = pw
         hx = f"tensor<1x1x{k}xi8>" if decode else f"tensor<?x?x{k}xi8>"
-        wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + "xi8>"
+        wt = pw.tensor_type
         ct = f"tensor<{n}xi32>"
         with ir.InsertionPoint(op), op.location:
             zb = _builtin(op.operands[2], zp, zp.builtin)
@@ -321,10 +310,56 @@ def _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, pa
                              {"reassociation": ir.ArrayAttr.get([])})
             args = [_builtin(op.operands[0], x, hx), zb, _load(packed_sym, wt), _load(colsum_sym, ct)]
         _replace_with_call(op, helper, args, f"tensor<1x1x{n}xi32>" if decode else f"tensor<?x?x{n}xi32>")
-        _declare_global(globals_, gname, packed_sym, key, wt)
-        _declare_global(globals_, gname, colsum_sym, pw.colsum_key, ct)
+        _declare_global(low.globals_, gname, packed_sym, key, wt)
+        _declare_global(low.globals_, gname, colsum_sym, pw.colsum_key, ct)
         count += 1
     return count
+
+
+def _lower_matmul(low: _Lowering, is_transpose) -> int:
+    """MatMul(x, W global) in f32/f16/... -> a call of matmul_fn on W packed for the target's tile."""
+    matmuls = []
+    _walk(low.module.operation, lambda op: matmuls.append(op) if op.name == "torch.operator"
+          and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMul" else None)
+    aliases = _tied_copies(low.module, low.globals_, matmuls, is_transpose) if is_transpose else {}
+    lowered = 0
+    for op in matmuls:
+        found = _weight_global(op.operands[1])
+        if found is None:
+            continue  # activation x activation (attention): left to IREE's code generation
+        gname, transposed = found
+        if gname in aliases:  # read the tied embedding table instead of its stored copy
+            gname, transposed = aliases[gname], True
+        x = TensorType.parse(str(op.operands[0].type))
+        w = TensorType.parse(str(op.operands[1].type))
+        tile = low.tile(x.elt)
+        where = str(op.location)
+        if tile is None:
+            low.skipped.append(f"{where}: no mmt4d tile for {x.elt} on {low.target.name}")
+            continue
+        if len(x.dims) != 3 or len(w.dims) != 2 or w.dims[0] % tile.k0:
+            low.skipped.append(f"{where}: unsupported MatMul shapes {x.dims} x {w.dims}")
+            continue
+        low.tiles[x.elt] = tile
+        k, n = w.dims
+        decode = x.dims[:2] == (1, 1)
+        helper = f"rvd_mmt4d_{'decode' if decode else 'prefill'}_{k}x{n}_{x.elt}"
+        low.helper(helper, lambda: matmul_fn(helper, k, n, x.elt, tile, decode, low.opset))
+        source_key = _param_key(low.globals_[gname])
+        tsuffix = ".T" if transposed else ""
+        key = f"{source_key}{tsuffix}.mmt4d_{tile.n0}x{tile.k0}"
+        pw = low.packed.setdefault(key, PackedWeight(key, source_key, k, n, x.elt, tile.n0, tile.k0, transposed))
+        packed_sym = "rvd_packed." + gname + tsuffix
+        low.sym_to_packed[gname + tsuffix] = pw
+
+        hx = f"tensor<1x1x{k}x{x.elt}>" if decode else f"tensor<?x?x{k}x{x.elt}>"
+        hy = f"tensor<1x1x{n}x{x.elt}>" if decode else f"tensor<?x?x{n}x{x.elt}>"
+        with ir.InsertionPoint(op), op.location:
+            args = [_builtin(op.operands[0], x, hx), _load(packed_sym, pw.tensor_type)]
+        _replace_with_call(op, helper, args, hy)  # drops the Transpose/conversion/load it alone used
+        _declare_global(low.globals_, gname, packed_sym, key, pw.tensor_type)
+        lowered += 1
+    return lowered
 
 
 def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: str = "upstream",
@@ -342,59 +377,11 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
                 opset = ir.IntegerAttr(op.attributes["torch.onnx_meta.opset_version"]).value
                 break
 
-        matmuls = []
-        _walk(module.operation, lambda op: matmuls.append(op) if op.name == "torch.operator"
-              and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMul" else None)
-
-        aliases = _tied_copies(module, globals_, matmuls, is_transpose) if is_transpose else {}
-        helpers: dict[str, str] = {}
-        packed: dict[str, PackedWeight] = {}
-        tiles: dict[str, Tile] = {}
-        skipped: list[str] = []
-        sym_to_packed: dict[str, PackedWeight] = {}  # packed global name (without prefix) -> weight
-        lowered = 0
-        for op in matmuls:
-            found = _weight_global(op.operands[1])
-            if found is None:
-                continue  # activation x activation (attention): left to IREE's code generation
-            gname, transposed = found
-            if gname in aliases:  # read the tied embedding table instead of its stored copy
-                gname, transposed = aliases[gname], True
-            x = TensorType.parse(str(op.operands[0].type))
-            w = TensorType.parse(str(op.operands[1].type))
-            tile = tile_for(target, x.elt, ukernels)
-            where = str(op.location)
-            if tile is None:
-                skipped.append(f"{where}: no mmt4d tile for {x.elt} on {target.name}")
-                continue
-            if len(x.dims) != 3 or len(w.dims) != 2 or w.dims[0] % tile.k0:
-                skipped.append(f"{where}: unsupported MatMul shapes {x.dims} x {w.dims}")
-                continue
-            tiles[x.elt] = tile
-            k, n = w.dims
-            decode = x.dims[:2] == (1, 1)
-            helper = f"rvd_mmt4d_{'decode' if decode else 'prefill'}_{k}x{n}_{x.elt}"
-            helpers.setdefault(helper, matmul_fn(helper, k, n, x.elt, tile, decode, opset))
-            source_key = _param_key(globals_[gname])
-            key = f"{source_key}{'.T' if transposed else ''}.mmt4d_{tile.n0}x{tile.k0}"
-            pw = packed.setdefault(key, PackedWeight(key, source_key, k, n, x.elt, tile.n0, tile.k0, transposed))
-            packed_sym = "rvd_packed." + gname + (".T" if transposed else "")
-            sym_to_packed[gname + (".T" if transposed else "")] = pw
-
-            hx = f"tensor<1x1x{k}x{x.elt}>" if decode else f"tensor<?x?x{k}x{x.elt}>"
-            hy = f"tensor<1x1x{n}x{x.elt}>" if decode else f"tensor<?x?x{n}x{x.elt}>"
-            wt = "tensor<" + "x".join(map(str, pw.packed_shape)) + f"x{x.elt}>"
-            with ir.InsertionPoint(op), op.location:
-                args = [_builtin(op.operands[0], x, hx), _load(packed_sym, wt)]
-            _replace_with_call(op, helper, args, hy)  # drops the Transpose/conversion/load it alone used
-            _declare_global(globals_, gname, packed_sym, key, wt)
-            lowered += 1
-
-        q4 = _lower_q4(module, globals_, opset, helpers, packed, skipped)
-        lowered += _lower_matmul_integer(module, globals_, target, ukernels, opset, helpers, packed, tiles, skipped,
-                                         sym_to_packed)
-        packed_syms = {"rvd_packed." + pw_sym: pw for pw_sym, pw in sym_to_packed.items()}
-        _gathers_from_packed(module, globals_, packed_syms, helpers, opset)
+        low = _Lowering(module, globals_, target, ukernels, opset)
+        lowered = _lower_matmul(low, is_transpose)
+        q4 = _lower_q4(low)
+        lowered += _lower_matmul_integer(low)
+        _gathers_from_packed(low)
 
         used: set[str] = set()
         _walk(module.operation, lambda op: used.add(ir.FlatSymbolRefAttr(op.attributes["global"]).value)
@@ -405,13 +392,13 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
                 g.erase()  # a weight now read only in its packed form
             elif not name.startswith(("rvd_packed.", "rvd_colsum.", "rvd_q4.")):
                 plain.append(_param_key(g))
-        if helpers:
-            added = ir.Module.parse("\n".join(helpers.values()))
+        if low.helpers:
+            added = ir.Module.parse("\n".join(low.helpers.values()))
             for op in list(added.body.operations):
                 op.detach_from_parent()
                 module.body.append(op)
         module.operation.verify()
         out = workdir / "module.mmt4d.mlir"
         out.write_text(str(module))
-    return LoweredModule(mlir=out, packed=tuple(packed.values()), plain_keys=tuple(plain), tiles=tiles,
-                         lowered=lowered, skipped=tuple(skipped), q4=q4)
+    return LoweredModule(mlir=out, packed=tuple(low.packed.values()), plain_keys=tuple(plain), tiles=low.tiles,
+                         lowered=lowered, skipped=tuple(low.skipped), q4=q4)

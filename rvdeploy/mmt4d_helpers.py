@@ -8,19 +8,12 @@ parses them and rewires the graph to call them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Tile:
-    m0: int  # prefill rows per tile (decode always uses 1)
-    n0: int
-    k0: int
+from .layout import Tile, packed_shape, tensor_type
 
 
 def matmul_fn(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, opset: int) -> str:
-    n1, k1, n0, k0 = -(-n // tile.n0), k // tile.k0, tile.n0, tile.k0
-    w = f"tensor<{n1}x{k1}x{n0}x{k0}x{elt}>"
+    n1, k1, n0, k0 = packed_shape(k, n, tile.n0, tile.k0)
+    w = tensor_type((n1, k1, n0, k0), elt)
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
     if decode:
         acc = f"tensor<1x{n1}x1x{n0}x{elt}>"
@@ -81,8 +74,8 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
     sum_k (x - zp) W = sum_k (x - 128) W - (zp - 128) colsum(W), and x - 128 is x's bits with the top one
     flipped (xor 0x80), so the kernel reads int8 activations and the correction is one multiply-add per
     output with the column sums stored beside the packed weight."""
-    n1, k1, n0, k0 = -(-n // tile.n0), k // tile.k0, tile.n0, tile.k0
-    w = f"tensor<{n1}x{k1}x{n0}x{k0}xi8>"
+    n1, k1, n0, k0 = packed_shape(k, n, tile.n0, tile.k0)
+    w = tensor_type((n1, k1, n0, k0), "i8")
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
     xor = ("  ^bb0(%xa: i8, %xo: i8):\n    %flip = arith.constant -128 : i8\n    %xr = arith.xori %xa, %flip : i8\n"
            "    linalg.yield %xr : i8\n")
@@ -168,8 +161,7 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
 def embed_lookup_fn(name: str, vocab: int, hidden: int, elt: str, n0: int, opset: int, k0: int = 1) -> str:
     """Embedding lookup straight from lm_head's packed tile layout (a tied embedding is then stored once):
     row v of the NxK table is P[v / N0, h / K0, v % N0, h % K0] for h < K."""
-    n1 = -(-vocab // n0)
-    p = f"tensor<{n1}x{hidden // k0}x{n0}x{k0}x{elt}>"
+    p = tensor_type(packed_shape(hidden, vocab, n0, k0), elt)
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
     return "\n".join([
         f"func.func private @{name}(%ids: tensor<?x?xi64>, %p: {p}) -> tensor<?x?x{hidden}x{elt}> {attrs} {{",

@@ -1,4 +1,4 @@
-"""Stage: write the bundle's parameter archive, with the mmt4d weights pre-packed.
+"""Stage: write the bundle's parameter archive, with the mmt4d weights pre-packed (in rvdeploy.layout's tiles).
 
 Streams: each weight is read from the importer's archive with pread, packed, and appended to a scratch
 file; the new archive is then assembled by IREE from file ranges (the scratch file and the untouched
@@ -14,20 +14,11 @@ import iree.runtime as rt
 import numpy as np
 
 from .errors import RvdeployError
-from .mmt4d import LoweredModule, PackedWeight
+from .layout import column_sums, pack_q4, pack_weight
+from .mmt4d import LoweredModule
 
 _NUMPY = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "i8": np.int8, "i32": np.int32}
 _ALIGN = 64
-
-
-def pack_weight(w: np.ndarray, pw: PackedWeight) -> np.ndarray:
-    """KxN row-major -> N1xK1xN0xK0 (N zero-padded to whole tiles): the layout linalg.mmt4d's RHS reads."""
-    n1, k1, n0, k0 = pw.packed_shape
-    if n1 * n0 != pw.n:
-        padded = np.zeros((pw.k, n1 * n0), w.dtype)
-        padded[:, : pw.n] = w
-        w = padded
-    return np.ascontiguousarray(w.reshape(k1, k0, n1, n0).transpose(2, 0, 3, 1))
 
 
 def _entries(source: Path) -> dict[str, tuple[int, int]]:
@@ -89,8 +80,8 @@ def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path
                 if pw.source_key not in entries:
                     raise RvdeployError(f"parameter {pw.source_key!r} missing from {source.name}")
                 offset, length = entries[pw.source_key]
-                if pw.elt == "i4":  # 4-bit blocks stored as they are: nibbles q in 0..15 -> signed q - 8
-                    raw = np.frombuffer(_read(src_fd, offset, length), dtype=np.uint8) ^ np.uint8(0x88)
+                if pw.elt == "i4":  # 4-bit blocks: stored as they are, not tiled
+                    raw = pack_q4(np.frombuffer(_read(src_fd, offset, length), dtype=np.uint8))
                     f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
                     placed.append((pw.key, f.tell(), raw.nbytes))
                     f.write(raw.tobytes())
@@ -102,7 +93,7 @@ def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path
                 placed.append((pw.key, f.tell(), packed.nbytes))
                 f.write(packed.tobytes())
                 if pw.colsum_key:  # int8: column sums for the activation zero-point correction
-                    colsum = w.astype(np.int32).sum(axis=0, dtype=np.int32)
+                    colsum = column_sums(w)
                     f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
                     placed.append((pw.colsum_key, f.tell(), colsum.nbytes))
                     f.write(colsum.tobytes())

@@ -4,7 +4,7 @@ plugin-capable qemu-riscv64.
 
 No Debian binary of qemu loads plugins, so scripts/build_qemu_plugins.sh builds qemu-riscv64 (linux-user)
 with --enable-plugins from Debian trixie's qemu source package, once, into the cache; the plugin itself is
-compiled here on first use (gcc, against that source's qemu-plugin.h) and cached by the hash of its source.
+compiled here on first use (gcc, against that source's qemu-plugin.h) and cached by content (rvdeploy.ccache).
 
 Counts: all executed guest instructions, the RVV ones among them, and the RVV ones weighted by the LMUL in
 force (from each vsetvli/vsetivli's immediate; 1/8 for mf8 up to 8 for m8): a vector instruction at LMUL 4
@@ -14,13 +14,12 @@ per-token figures: rvdeploy.bench.cost.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 from . import children
-from .atomic import file_into_place
+from .ccache import compile_c
 from .errors import RvdeployError
 from .paths import cache_dir
 
@@ -44,22 +43,8 @@ def plugin_qemu() -> Path:
     return exe
 
 
-def _compile_cached(name: str, source: Path, cmd: list[str], extra_key: bytes = b"") -> Path:
-    key = hashlib.sha256(source.read_bytes() + extra_key + " ".join(cmd).encode()).hexdigest()[:16]
-    stem, dot, suffix = name.partition(".")
-    out = cache_dir() / "qemu-plugins" / f"{stem}-{key}{dot}{suffix}"
-    if out.is_file():
-        return out
-    with file_into_place(out) as tmp:
-        proc = children.run([*cmd, "-o", str(tmp), str(source)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RvdeployError(f"compiling {source.name} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-        os.chmod(tmp, 0o755)
-    return out
-
-
 def plugin_library() -> Path:
-    """libinsncount.so, compiled against the built qemu's plugin header; cached by source hash."""
+    """libinsncount.so, compiled against the built qemu's plugin header; cached by content."""
     include = plugin_qemu().parent.parent / "include"
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
@@ -69,7 +54,8 @@ def plugin_library() -> Path:
         raise RvdeployError("glib-2.0 headers not found (the qemu plugin header includes glib.h)",
                             hint="apt-get install libglib2.0-dev pkg-config")
     cmd = [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-I{include}", *glib.stdout.split()]
-    return _compile_cached("libinsncount.so", PLUGIN_SOURCE, cmd, (include / "qemu-plugin.h").read_bytes())
+    return compile_c("qemu-plugin", cmd, PLUGIN_SOURCE, "libinsncount.so", what=f"compiling {PLUGIN_SOURCE.name}",
+                     headers=[include / "qemu-plugin.h"])
 
 
 def build_countloop() -> Path:
@@ -78,7 +64,7 @@ def build_countloop() -> Path:
     if clang is None:
         raise RvdeployError("clang-19 not found", hint="apt-get install clang-19 lld-19")
     cmd = [clang, "--target=riscv64-linux-gnu", "-march=rv64gcv", "-mabi=lp64d", "-fuse-ld=lld", "-static", "-O2"]
-    return _compile_cached("countloop", COUNTLOOP_SOURCE, cmd)
+    return compile_c("qemu-plugin", cmd, COUNTLOOP_SOURCE, "countloop", what=f"compiling {COUNTLOOP_SOURCE.name}")
 
 
 def parse_counts(text: str) -> dict:

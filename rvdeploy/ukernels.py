@@ -11,8 +11,8 @@ Two libraries:
 
 The project library is compiled with clang-19 for the target's exact VLEN (the bitcode carries
 vscale_range; a mismatch with the target's +zvl crashes LLVM), its `target-features` / `target-cpu`
-attributes stripped so IREE inlines it into the dispatches, cached under the XDG cache directory keyed by
-the sources, the flags and the clang version, and passed to iree-compile as
+attributes stripped so IREE inlines it into the dispatches, cached by content (rvdeploy.ccache: the sources,
+the commands and the clang version), and passed to iree-compile as
 `--iree-link-bitcode=riscv_64=PATH` (user bitcode overrides the builtin `iree_uk_mmt4d`).
 Host and non-vector targets always use upstream (nothing to link: the host has IREE's x86 kernels, and
 without V no mmt4d is generated).
@@ -21,17 +21,14 @@ without V no mmt4d is generated).
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import children
+from . import ccache, children
 from .datafiles import data_dir
 from .errors import RvdeployError
-from .paths import cache_dir
 from .targets import Target
 
 LIBRARIES = {
@@ -86,35 +83,36 @@ def clang_flags(target: Target) -> list[str]:
             "-ffreestanding", "-fno-builtin", "-fno-jump-tables", "-fvisibility=hidden"]
 
 
-def build_bitcode(target: Target, cache: Path | None = None) -> tuple[Path, dict]:
+def build_bitcode(target: Target) -> tuple[Path, dict]:
     """ukernels/rvd_mmt4d.c -> bitcode for this target's VLEN, cached; returns (path, provenance)."""
     clang = _find(_CLANGS, "clang")
     llvm_as = _find(_LLVM_AS, "llvm-as")
-    version = children.run([clang, "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip()
+    version = ccache.tool_version(clang)
     flags = clang_flags(target)
     src = source_dir()
-    h = hashlib.sha256()
-    for name in SOURCES:
-        h.update(name.encode() + b"\0" + (src / name).read_bytes() + b"\0")
-    source_sha = h.hexdigest()
-    key = hashlib.sha256("\n".join([source_sha, version, *flags, "strip-target-attrs"]).encode()).hexdigest()
-    root = (cache or cache_dir()) / "ukernels"
-    out = root / f"rvd_mmt4d-vlen{target.vlen}-{key[:16]}.bc"
-    info = {"clang": version, "clang_flags": flags, "source_sha256": source_sha, "cache_key": key[:16]}
-    if not out.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            ll = Path(tmp) / "rvd_mmt4d.ll"
-            proc = children.run([clang, *flags, "-S", "-emit-llvm", str(src / "rvd_mmt4d.c"), "-o", str(ll)],
-                                capture_output=True, text=True)
+    sources = [src / name for name in SOURCES]
+    compile_ll = [clang, *flags, "-S", "-emit-llvm"]
+    # the recipe: clang to IR, the target attributes stripped, llvm-as to bitcode (the sources by content only,
+    # so that checkouts in other places share the cache)
+    key = ccache.key(sources=sources, command=[*compile_ll, "strip-target-attrs", llvm_as], tool_version=version)
+    info = {"clang": version, "clang_flags": flags, "source_sha256": ccache.sources_digest(sources),
+            "cache_key": key[:16]}
+
+    def build(bc: Path) -> None:
+        ll = bc.with_name(bc.name + ".ll")
+        try:
+            proc = children.run([*compile_ll, str(src / "rvd_mmt4d.c"), "-o", str(ll)], capture_output=True,
+                                text=True)
             if proc.returncode != 0:
                 raise RvdeployError(f"clang failed on ukernels/rvd_mmt4d.c: {proc.stderr.strip()[:300]}")
             ll.write_text(_STRIP_RE.sub("", ll.read_text()))
-            bc = Path(tmp) / "rvd_mmt4d.bc"
             proc = children.run([llvm_as, str(ll), "-o", str(bc)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RvdeployError(f"llvm-as failed on the ukernel IR: {proc.stderr.strip()[:300]}")
-            os.replace(bc, out)  # atomic: concurrent builds never see a partial file
+        finally:
+            ll.unlink(missing_ok=True)
+
+    out = ccache.build_once(ccache.entry("ukernels", f"rvd_mmt4d-vlen{target.vlen}.bc", key), build)
     info["bitcode_sha256"] = hashlib.sha256(out.read_bytes()).hexdigest()
     return out, info
 

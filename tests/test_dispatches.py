@@ -16,6 +16,7 @@ from rvdeploy.dispatches import (
     _kv_match,
     analyze_dump,
     entry_of,
+    parse_shapes,
     summarize,
     weight_like,
 )
@@ -175,6 +176,7 @@ def test_riscv_ukernel_rows(dumps):
     [m4] = _by_op(rep, "decode", "linalg.mmt4d")
     assert (m4.shapes, m4.mmt4d, m4.ukernel, m4.tile, m4.macs) == (
         "1x64x1x1 * 3x64x32x1 -> 1x3x1x32", True, True, "1x32x1", 3 * 64 * 32)
+    assert (m4.operands, m4.result) == (((1, 64, 1, 1), (3, 64, 32, 1)), (1, 3, 1, 32))  # the data behind the text
 
     [bm] = _by_op(rep, "decode", "linalg.batch_matmul")
     assert (bm.shapes, bm.mmt4d, bm.ukernel, bm.tile, bm.macs) == ("4x1x16 * 4x?x16 -> 4x1x?", False, False, None, None)
@@ -251,6 +253,9 @@ def test_upstream_data_tiling_packs(dumps):
     # the report survives JSON
     again = DispatchReport.from_dict(json.loads(json.dumps(rep.to_dict())))
     assert again == rep
+    # rows are written with the keys older readers know (the dims as the "shapes" text)
+    assert all(list(r) == [k for k, _ in ContractionRow.json_fields()] for r in rep.to_dict()["contractions"])
+    assert "shapes" in ContractionRow.json_fields()[3]
 
 
 def test_names_and_classification():
@@ -275,7 +280,7 @@ def test_names_and_classification():
     assert _classify("decode", (-1, 64), {kv}, ws) == "activation"
 
     def row(op, shapes, mmt4d=False):
-        return ContractionRow("decode", "d", op, shapes, "f32*f32->f32", mmt4d, False, None, None)
+        return ContractionRow("decode", "d", op, *parse_shapes(shapes), "f32*f32->f32", mmt4d, False, None, None)
 
     assert weight_like(row("linalg.batch_matmul", "1x1x64 * 1x64x256 -> 1x1x256"))
     assert not weight_like(row("linalg.batch_matmul", "1x8x1 * 1x1x1 -> 1x8x1"))  # rope's outer product

@@ -23,10 +23,9 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import children
+from .. import ccache, children
 from ..boards.launch import last_line
 from ..errors import RvdeployError
-from ..filelock import exclusive
 from ..paths import cache_dir
 from ..targets import Target, get_target
 
@@ -131,16 +130,19 @@ def build_key(target: Target) -> str:
     return "-".join([target.arch, *on]) if on else target.arch
 
 
-def _toolchain_options(target: Target) -> list[str]:
-    """The host's own compilers, or clang-19 cross-compiling static riscv64 executables."""
+def _check_toolchain(target: Target) -> None:
     needed = ("cmake", "ninja") if target.is_host else ("cmake", "ninja", "clang-19", "clang++-19")
     for tool in needed:
         if shutil.which(tool) is None:
             raise RvdeployError(f"{tool} not found: needed to build llama.cpp", hint=APT_HINT)
+    if not target.is_host and shutil.which("ld.lld-19") is None and shutil.which("ld.lld") is None:
+        raise RvdeployError("ld.lld not found: needed to cross-build llama.cpp", hint=APT_HINT)
+
+
+def _toolchain_options(target: Target) -> list[str]:
+    """The host's own compilers, or clang-19 cross-compiling static riscv64 executables."""
     if target.is_host:
         return ["-G", "Ninja"]
-    if shutil.which("ld.lld-19") is None and shutil.which("ld.lld") is None:
-        raise RvdeployError("ld.lld not found: needed to cross-build llama.cpp", hint=APT_HINT)
     triple = "riscv64-linux-gnu"  # Debian's cross sysroot, found by clang itself
     return ["-G", "Ninja", "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=riscv64",
             "-DCMAKE_C_COMPILER=clang-19", "-DCMAKE_CXX_COMPILER=clang++-19",
@@ -148,40 +150,41 @@ def _toolchain_options(target: Target) -> list[str]:
             "-DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld -static"]
 
 
+def _configure_command(target: Target) -> list[str]:
+    return [*_toolchain_options(target), *cmake_options(target)]
+
+
 def bin_dir(target: Target) -> Path:
-    return root() / f"bin-{build_key(target)}"
+    """Named for the ISA flavour and keyed (rvdeploy.ccache) by the source version and the cmake options, so
+    that a change of either builds anew."""
+    key = ccache.key(command=[*_configure_command(target), "--target", *TOOLS], extra=[version()])
+    return root() / f"bin-{build_key(target)}-{key[:12]}"
 
 
 def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> Path:
     """The directory holding llama-bench, llama-quantize and llama-completion for the target; built once.
     Builds share the source tree and the cache folder, so a second process waits for the first (a lock)."""
     target = get_target(target) if isinstance(target, str) else target
-    options = cmake_options(target)  # refuses a target it cannot build for, before any download
-    out = bin_dir(target)
-    if all(os.access(out / t, os.X_OK) for t in TOOLS):
-        return out
-    with exclusive(root() / ".lock", on_wait=step):
-        if all(os.access(out / t, os.X_OK) for t in TOOLS):  # built by the process we waited for
-            return out
+    out = bin_dir(target)  # refuses a target it cannot build for (cmake_options), before any download
+
+    def make(tmp: Path) -> None:
         src = source_dir(step)
         key = build_key(target)
         work = root() / f"build-{key}"
         log = root() / f"build-{key}.log"
         step(f"building llama.cpp for {key} (once, about 3 minutes)")
+        _check_toolchain(target)
         log.write_text("")
-        children.run_logged(["cmake", "-S", str(src), "-B", str(work), *_toolchain_options(target), *options],
-                            log, what="configuring llama.cpp")
+        children.run_logged(["cmake", "-S", str(src), "-B", str(work), *_configure_command(target)], log,
+                            what="configuring llama.cpp")
         children.run_logged(["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target",
                              *TOOLS], log, what="building llama.cpp")
-        tmp = Path(tempfile.mkdtemp(dir=root(), prefix=".bin-"))
-        try:
-            for t in TOOLS:
-                shutil.copy2(work / "bin" / t, tmp / t)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        for t in TOOLS:
+            shutil.copy2(work / "bin" / t, tmp / t)
+
+    # one lock for the whole folder: builds share the source tree
+    return ccache.build_once(out, make, directory=True, lock=root() / ".lock", on_wait=step,
+                             ready=lambda d: all(os.access(d / t, os.X_OK) for t in TOOLS))
 
 
 def converter() -> tuple[Path, dict]:

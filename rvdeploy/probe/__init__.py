@@ -2,23 +2,20 @@
 cores and memory; and the same facts for a non-RISC-V machine, from Python.
 
 The probe is cross-compiled with clang for rv64gc (static, so it runs on any riscv64 Linux userland) the
-first time it is needed and cached under the user cache directory by the hash of its source and flags:
+first time it is needed and cached (rvdeploy.ccache: keyed by its source, the flags and clang's version):
 building it at wheel-build time would make the wheel depend on a cross toolchain, and a cache keyed by
-content is rebuilt exactly when probe.c or the flags change.
+content is rebuilt exactly when probe.c, the flags or the compiler change.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import shutil
 from pathlib import Path
 
-from .. import children
-from ..atomic import file_into_place
+from ..ccache import compile_c
 from ..errors import RvdeployError
-from ..paths import cache_dir
 
 SOURCE = Path(__file__).resolve().parent / "probe.c"
 NAME = "rvdeploy-probe"
@@ -39,19 +36,9 @@ def _clang() -> str:
 
 
 def probe_binary() -> Path:
-    """The riscv64 probe executable, built on first use and cached by source hash."""
-    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(CFLAGS).encode()).hexdigest()[:16]
-    out = cache_dir() / "probe" / key / NAME
-    if out.is_file():
-        return out
-    clang = _clang()
-    with file_into_place(out) as tmp:
-        proc = children.run([clang, *CFLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RvdeployError(f"cross-compiling the riscv64 probe failed: {last[:300]}", hint=INSTALL_HINT)
-        os.chmod(tmp, 0o755)
-    return out
+    """The riscv64 probe executable, built on first use and cached by content."""
+    return compile_c("probe", [_clang(), *CFLAGS], SOURCE, NAME, what="cross-compiling the riscv64 probe",
+                     hint=INSTALL_HINT)
 
 
 def parse_env(text: str) -> dict:
