@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 
 import pytest
 from iree.compiler.tools.binaries import find_tool
@@ -164,9 +163,7 @@ def _by_op(report, entry, op):
 
 @pytest.mark.slow
 def test_riscv_ukernel_rows(dumps):
-    t0 = time.perf_counter()
     rep = analyze_dump(dumps("rv_uk"), kv_shapes=KV)
-    assert time.perf_counter() - t0 < 2.0
 
     [mm] = _by_op(rep, "decode", "linalg.matmul")
     assert (mm.shapes, mm.types, mm.mmt4d, mm.ukernel, mm.tile, mm.macs) == (
