@@ -99,6 +99,8 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     phases = got["phases"]
+    contractions = json.loads((bundle.path / "dispatches.json").read_text())["contractions"]
+    vocab = bundle.manifest["model"]["graph"]["vocab_size"]
     assert set(phases) == {"prefill", "decode@8", "decode@40"}
     for name, phase in phases.items():
         entry = "prefill" if name == "prefill" else "decode"
@@ -110,10 +112,15 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
         # only this phase's entry point runs: (P, 1 new) and (1, 1 new) differ in prefill, N decode steps after
         assert all(r["dispatch"].startswith(entry + "$") for r in phase["rows"]
                    if r["kind"] not in (RUNTIME, "builtin")), [r["dispatch"] for r in phase["rows"]]
-        # every mmt4d dispatch of this entry point (dispatches.json) is found, runs RVV code mostly at LMUL > 1
+        # every mmt4d dispatch of this entry point (dispatches.json) is found, runs RVV code mostly at LMUL > 1;
+        # but prefill's lm_head (N = vocab) runs for the last position only: the same work at P tokens as at 1
         rows = {r["dispatch"]: r for r in phase["rows"]}
-        mmt4d = [c["dispatch"] for c in json.loads((bundle.path / "dispatches.json").read_text())["contractions"]
-                 if c["mmt4d"] and c["entry"] == entry]
+        mmt4d = {c["dispatch"]: _weight_n(c["shapes"]) for c in contractions if c["mmt4d"] and c["entry"] == entry}
+        lm_head = [d for d, n in mmt4d.items() if n == vocab]
+        assert len(lm_head) == 1, mmt4d
+        if entry == "prefill":
+            assert lm_head[0] not in rows, rows.get(lm_head[0])  # no cost per prompt token
+            del mmt4d[lm_head[0]]
         assert mmt4d and all(rows[d]["kind"] == "mmt4d" and rows[d]["instructions"] > 0 for d in mmt4d), mmt4d
         assert all(rows[d]["vector_lmul_weighted"] >= 2 * rows[d]["vector_instructions"] for d in mmt4d)
     # the weight contractions do not depend on the context; attention grows with it
@@ -132,3 +139,9 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
         assert ours["instructions"] == pytest.approx(theirs["instructions"], rel=1e-3)
         assert ours["vector_instructions"] == theirs["vector_instructions"]
 
+
+
+def _weight_n(shapes: str) -> int:
+    """N of an mmt4d row's packed weight (N1xK1xN0xK0, the second operand in dispatches.json's shapes)."""
+    n1, _, n0, _ = shapes.split("*")[1].split("->")[0].strip().split("x")
+    return int(n1) * int(n0)
