@@ -239,10 +239,11 @@ def count_run(bundle: Bundle, board, executables: list[Executable], runner: list
         whole = parse_counts(outfile.read_text())
         whole_insns, blocks = parse_blocks(tbfile.read_text())
     by_dispatch, runtime = attribute(executables, blocks, runner)
-    summed = sum(row["instructions"] for row in by_dispatch.values())
-    if summed != whole["instructions"] or whole_insns != whole["instructions"]:
-        raise RvdeployError(f"the per-block records sum to {summed} instructions, the run counted "
-                            f"{whole['instructions']}")
+    for key in KEYS:  # the same run counted twice (inline and per block): they agree exactly
+        summed = sum(row[key] for row in by_dispatch.values())
+        if summed != whole[key] or whole_insns != whole["instructions"]:
+            raise RvdeployError(f"the per-block records sum to {summed} {key.replace('_', ' ')}, the run counted "
+                                f"{whole[key]}")
     return {"whole": whole, "by_dispatch": by_dispatch, "runtime": runtime}
 
 
