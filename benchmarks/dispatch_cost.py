@@ -36,7 +36,8 @@ def table(name: str, phase: dict, top: int) -> str:
     t = phase["total"]
     head = (f"### {name}: {_m(t['instructions'])} instructions per token, {_m(t['vector_instructions'])} vector "
             f"({_m(t['vector_lmul_weighted'])} x LMUL)")
-    lines = [head, "", "| dispatch | kind | instr/token | share | vector | vector x LMUL |", "|---|---|---|---|---|---|"]
+    lines = [head, "", "| dispatch | kind | instr/token | share | vector | vector x LMUL |",
+             "|---|---|---|---|---|---|"]
     rows = phase["rows"]
     shown, rest = rows[:top], rows[top:]
     for r in shown:

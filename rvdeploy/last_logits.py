@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import numpy as np
+import onnx
 from onnx import helper, numpy_helper
 
 LOGITS = "logits"

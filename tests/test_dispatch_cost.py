@@ -128,9 +128,9 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
     for d, r in d8.items():
         if r["kind"] == "mmt4d":
             assert d40[d]["instructions"] == pytest.approx(r["instructions"], rel=1e-6)
-    grow = lambda kind: sum(r["instructions"] for r in d40.values() if r["kind"] == kind) - sum(
-        r["instructions"] for r in d8.values() if r["kind"] == kind)
-    assert grow("attention") > 0.5 * (phases["decode@40"]["total"]["instructions"]
+    attention = {depth: sum(r["instructions"] for r in rows.values() if r["kind"] == "attention")
+                 for depth, rows in ((8, d8), (40, d40))}
+    assert attention[40] - attention[8] > 0.5 * (phases["decode@40"]["total"]["instructions"]
                                       - phases["decode@8"]["total"]["instructions"]) > 0
     # the totals are bench --cost's figures (other runs: the few threads of local-sync vary by ~0.001 %)
     cost = qemu_cost.measure_cost(bundle, QemuBoard(), 8, 4)

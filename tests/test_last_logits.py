@@ -4,7 +4,6 @@ comes after the activation's quantization); graphs of another shape are left alo
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
