@@ -27,6 +27,7 @@ from .errors import RvdeployError
 from .genai_interface import io_names, prepare as prepare_interface, read_config as read_genai_config
 from .graphinfo import inspect_graph
 from .importer import import_graphs
+from .last_logits import prefill_last_logits
 from .layout import padded
 from .mmt4d import lower_to_mmt4d
 from .onnx_shapes import split_phases
@@ -211,6 +212,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         done("runtime")
         stage("import")
         phases = split_phases(onnx_path, work)
+        prefill_last_logits(phases.prefill)  # logits [B, 1, V]: the prefill signature in entry_points shows it
         imported = import_graphs(phases, work)
         done("import")
         stage("entry points")

@@ -47,14 +47,35 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
     return tokens, logits
 
 
+def prefill_returns_last_only(manifest: dict) -> bool:
+    """The prefill entry point returns the last position's logits only (rvdeploy.last_logits): [B, 1, V]."""
+    results = manifest["entry_points"]["prefill"].split("->", 1)[1]
+    return results.lstrip(" (").startswith("tensor<?x1x")
+
+
 def perplexity(bundle, ids: list[int]) -> float:
-    """exp(mean negative log-likelihood of ids[1:]) from one prefill call's logits over the whole text."""
+    """exp(mean negative log-likelihood of ids[1:]) from the logits at every position of the text: one prefill
+    call's, or, when prefill returns the last position's only, a 1-token prefill's and then decode steps fed
+    the text."""
     graph = bundle.manifest["model"]["graph"]
     m = HostModule(bundle.path)
     n = len(ids)
     kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
-    logits = m.call("prefill", np.array([ids], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)[0][0]
-    logits = logits[:-1].astype(np.float64)
+
+    def roles(part: list[int], past: int) -> list[np.ndarray]:
+        values = {"input_ids": np.array([part], np.int64), "attention_mask": np.ones((1, past + len(part)), np.int64),
+                  "position_ids": np.arange(past, past + len(part), dtype=np.int64)[None]}
+        return [values[name] for name in graph["inputs"] if name in values]
+
+    if prefill_returns_last_only(bundle.manifest):
+        out = m.call("prefill", *roles(ids[:1], 0), *kv)
+        rows = [out[0][0, -1]]
+        for i in range(1, n - 1):
+            out = m.call("decode", *roles(ids[i:i + 1], i), *out[1:])
+            rows.append(out[0][0, -1])
+        logits = np.stack(rows).astype(np.float64)
+    else:
+        logits = m.call("prefill", *roles(ids, 0), *kv)[0][0][:-1].astype(np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     return float(np.exp(-logp[np.arange(n - 1), ids[1:]].mean()))
