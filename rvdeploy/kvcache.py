@@ -171,6 +171,9 @@ def rewrite_decode(src: Path, dst: Path, capacity: int, kv_heads: int, head_dim:
         layout = _rewrite(model, capacity, kv_heads, head_dim)
     except _NoMatch:
         return None
+    # the importer's own inference does not propagate shape values, and the shapes this rewrite computes
+    # feed Reshapes downstream (onnxruntime-genai exports): record the inferred types
+    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     onnx.save(model, str(dst))
     return layout
 
@@ -250,19 +253,22 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
                 keys = out
         removed += kpath + [score]
         _shapes_of(gr, kpath, shape_fix, total_1d)
+        # queries [1, A, B, d]: A heads of one position (optimum) or A kv heads of B grouped rows (the genai
+        # rewrite); regrouped as [1, kv_heads, A*B/kv_heads, d] (query head h reads kv head h // group)
         q_dims = dims.get(score.input[0]) or []
-        if len(q_dims) != 4 or not q_dims[1] or q_dims[1] % kv_heads or q_dims[3] != head_dim:
+        if len(q_dims) != 4 or not q_dims[1] or not q_dims[2] or (q_dims[1] * q_dims[2]) % kv_heads \
+                or q_dims[3] != head_dim:
             raise _NoMatch(f"{score.name}: queries of shape {q_dims}")
-        heads = q_dims[1]
-        group = heads // kv_heads
+        a, b = q_dims[1], q_dims[2]
+        group = a * b // kv_heads
         # every reshape spelled out: IREE 3.13 mis-sized dynamic reshapes with 0 (copy) or -1 (inferred) dims
         qg, s = gr.name("q_grouped"), gr.name("scores_grouped")
         added.append(helper.make_node("Reshape", [score.input[0], gr.const("group_q", [1, kv_heads, group, head_dim])],
                                       [qg]))
         added.append(helper.make_node("MatMul", [qg, keys], [s]))
-        # back to the export's [1, heads, 1, total]; decode has one query position
+        # back to the export's [1, A, B, total]
         scores_shape = gr.name("scores_shape")
-        added.append(helper.make_node("Concat", [gr.const("heads_q", [1, heads, 1]), total_1d], [scores_shape], axis=0))
+        added.append(helper.make_node("Concat", [gr.const("heads_q", [1, a, b]), total_1d], [scores_shape], axis=0))
         added.append(helper.make_node("Reshape", [s, scores_shape], [score.output[0]]))
 
         # output: the MatMul reading the repeated values
@@ -270,13 +276,13 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
         removed += vpath + [pv]
         _shapes_of(gr, vpath, shape_fix, total_1d)
         pg, o = gr.name("probs_grouped"), gr.name("attn_grouped")
-        # [1, heads, 1, total] -> [1, kv_heads, group, total]
+        # [1, A, B, total] -> [1, kv_heads, group, total]
         group_p = gr.name("group_p")
         added.append(helper.make_node("Concat", [gr.const("kv_heads", [1, kv_heads, group]), total_1d], [group_p],
                                       axis=0))
         added.append(helper.make_node("Reshape", [pv.input[0], group_p], [pg]))
         added.append(helper.make_node("MatMul", [pg, views["value"]], [o]))
-        added.append(helper.make_node("Reshape", [o, gr.const("attn_shape", [1, heads, 1, head_dim])], [pv.output[0]]))
+        added.append(helper.make_node("Reshape", [o, gr.const("attn_shape", [1, a, b, head_dim])], [pv.output[0]]))
 
     # Shape nodes of the old cache tensors: computed from the past length (they keep their output names)
     for out, (node, value, length) in shape_fix.items():

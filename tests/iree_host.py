@@ -30,7 +30,14 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
     graph = bundle.manifest["model"]["graph"]
     m = HostModule(bundle.path)
     n = len(prompt)
+    if bundle.manifest.get("kv_cache"):  # the module keeps the cache: ids and the cached count
+        logits, tokens = [m.call("prefill", np.array([prompt], np.int64), 0)[0][0, -1]], []
+        for step in range(steps):
+            tokens.append(int(np.argmax(logits[-1])))
+            logits.append(m.call("decode", np.array([tokens[-1:]], np.int64), n + step)[0][0, -1])
+        return tokens, logits
     kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+
     def roles(ids: list[int], past: int) -> list[np.ndarray]:
         """The leading inputs the graph has (an onnxruntime-genai export has no position_ids), in its order."""
         values = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, past + len(ids)), np.int64),
@@ -48,13 +55,21 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
 
 
 def perplexity(bundle, ids: list[int]) -> float:
-    """exp(mean negative log-likelihood of ids[1:]) from one prefill call's logits over the whole text."""
+    """exp(mean negative log-likelihood of ids[1:]) from the logits at every position of the text: one prefill
+    call's (a growing-cache module returns them all), or prefill on the first token and decode on each next
+    (a module that keeps its cache returns the last position's only)."""
     graph = bundle.manifest["model"]["graph"]
     m = HostModule(bundle.path)
     n = len(ids)
-    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
-    logits = m.call("prefill", np.array([ids], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)[0][0]
-    logits = logits[:-1].astype(np.float64)
+    if bundle.manifest.get("kv_cache"):
+        rows = [m.call("prefill", np.array([ids[:1]], np.int64), 0)[0][0, -1]]
+        rows += [m.call("decode", np.array([[t]], np.int64), i + 1)[0][0, -1] for i, t in enumerate(ids[1:-1])]
+        logits = np.stack(rows).astype(np.float64)
+    else:
+        kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+        logits = m.call("prefill", np.array([ids], np.int64), np.ones((1, n), np.int64), np.arange(n)[None],
+                        *kv)[0][0]
+        logits = logits[:-1].astype(np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     return float(np.exp(-logp[np.arange(n - 1), ids[1:]].mean()))
