@@ -254,21 +254,22 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
         removed += kpath + [score]
         _shapes_of(gr, kpath, shape_fix, total_1d)
         # queries [1, A, B, d]: A heads of one position (optimum) or A kv heads of B grouped rows (the genai
-        # rewrite); regrouped as [1, kv_heads, A*B/kv_heads, d] (query head h reads kv head h // group)
-        q_dims = dims.get(score.input[0]) or []
-        if len(q_dims) != 4 or not q_dims[1] or not q_dims[2] or (q_dims[1] * q_dims[2]) % kv_heads \
-                or q_dims[3] != head_dim:
-            raise _NoMatch(f"{score.name}: queries of shape {q_dims}")
-        a, b = q_dims[1], q_dims[2]
-        group = a * b // kv_heads
-        # every reshape spelled out: IREE 3.13 mis-sized dynamic reshapes with 0 (copy) or -1 (inferred) dims
-        qg, s = gr.name("q_grouped"), gr.name("scores_grouped")
-        added.append(helper.make_node("Reshape", [score.input[0], gr.const("group_q", [1, kv_heads, group, head_dim])],
-                                      [qg]))
+        # rewrite), regrouped as [1, kv_heads, A*B/kv_heads, d] (query head h reads kv head h // group). The
+        # shapes are computed from the queries' own: IREE 3.13 mis-sized Reshapes with 0 (copy) or -1 dims.
+        q_shape, ab, rows, group = gr.name("q_shape"), gr.name("q_ab"), gr.name("q_rows"), gr.name("group")
+        added.append(helper.make_node("Shape", [score.input[0]], [q_shape]))
+        added.append(helper.make_node("Slice", [q_shape, gr.const("one", [1]), gr.const("three", [3])], [ab]))
+        added.append(helper.make_node("ReduceProd", [ab], [rows], keepdims=1))
+        added.append(helper.make_node("Div", [rows, gr.const("kv_heads", [kv_heads])], [group]))
+        heads_1d, dim_1d = gr.const("kv_heads", [1, kv_heads]), gr.const("head_dim", [head_dim])
+        group_q, qg, s = gr.name("group_q"), gr.name("q_grouped"), gr.name("scores_grouped")
+        added.append(helper.make_node("Concat", [heads_1d, group, dim_1d], [group_q], axis=0))
+        added.append(helper.make_node("Reshape", [score.input[0], group_q], [qg]))
         added.append(helper.make_node("MatMul", [qg, keys], [s]))
         # back to the export's [1, A, B, total]
-        scores_shape = gr.name("scores_shape")
-        added.append(helper.make_node("Concat", [gr.const("heads_q", [1, a, b]), total_1d], [scores_shape], axis=0))
+        lead, scores_shape = gr.name("q_lead"), gr.name("scores_shape")
+        added.append(helper.make_node("Slice", [q_shape, gr.const("zero", [0]), gr.const("three", [3])], [lead]))
+        added.append(helper.make_node("Concat", [lead, total_1d], [scores_shape], axis=0))
         added.append(helper.make_node("Reshape", [s, scores_shape], [score.output[0]]))
 
         # output: the MatMul reading the repeated values
@@ -276,13 +277,12 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
         removed += vpath + [pv]
         _shapes_of(gr, vpath, shape_fix, total_1d)
         pg, o = gr.name("probs_grouped"), gr.name("attn_grouped")
-        # [1, A, B, total] -> [1, kv_heads, group, total]
+        # [1, A, B, total] -> [1, kv_heads, group, total]; the output [1, kv_heads, group, d] -> [1, A, B, d]
         group_p = gr.name("group_p")
-        added.append(helper.make_node("Concat", [gr.const("kv_heads", [1, kv_heads, group]), total_1d], [group_p],
-                                      axis=0))
+        added.append(helper.make_node("Concat", [heads_1d, group, total_1d], [group_p], axis=0))
         added.append(helper.make_node("Reshape", [pv.input[0], group_p], [pg]))
         added.append(helper.make_node("MatMul", [pg, views["value"]], [o]))
-        added.append(helper.make_node("Reshape", [o, gr.const("attn_shape", [1, a, b, head_dim])], [pv.output[0]]))
+        added.append(helper.make_node("Reshape", [o, q_shape], [pv.output[0]]))
 
     # Shape nodes of the old cache tensors: computed from the past length (they keep their output names)
     for out, (node, value, length) in shape_fix.items():
