@@ -27,6 +27,7 @@ from .errors import RvdeployError
 from .genai_interface import io_names, prepare as prepare_interface, read_config as read_genai_config
 from .graphinfo import inspect_graph
 from .importer import import_graphs
+from .kvcache import DEFAULT_CAPACITY as DEFAULT_KV_CAPACITY, rewrite_decode
 from .last_logits import prefill_last_logits
 from .layout import padded
 from .mmt4d import lower_to_mmt4d
@@ -213,10 +214,19 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
         stage("import")
         phases = split_phases(onnx_path, work)
         prefill_last_logits(phases.prefill)  # logits [B, 1, V]: the prefill signature in entry_points shows it
+        # the cache is allocated whole: a model's full context (131072 for Llama 3.2) only when asked for
+        capacity = context if max_context is not None else min(context, DEFAULT_KV_CAPACITY)
+        cache = rewrite_decode(phases.decode, work / "decode.kv.onnx", capacity, graph.num_kv_heads, graph.head_dim)
+        if cache is not None:
+            phases = replace(phases, decode=work / "decode.kv.onnx")
+            if capacity < context:
+                warnings.append(f"the bundle's context is {capacity} tokens, not the model's {context}: its KV "
+                                f"cache is allocated whole (pass --max-context N for more)")
+                context = capacity
         imported = import_graphs(phases, work)
         done("import")
         stage("entry points")
-        entry = assemble(imported, list(graph.inputs), list(graph.outputs), work)
+        entry = assemble(imported, list(graph.inputs), list(graph.outputs), work, cache)
         done("entry points")
         lowered = None
         uk = None
@@ -281,6 +291,7 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
             "tokenizer_config": "tokenizer_config.json" if tokenizer_config else None,
             "eos_token_ids": modelconfig.eos_token_ids(files.config) or (list(genai.eos_token_ids) if genai else []),
             "max_context": context,
+            "kv_cache": cache.to_dict() if cache else None,
             "parameters": {"scope": "model", "file": "model.irpa"},
             **board_entries,
         }

@@ -15,7 +15,10 @@ from pathlib import Path
 
 from iree.compiler import ir
 
+from . import kvstate
 from .importer import ImportedGraphs
+from .kvcache import CacheLayout
+from .mlir_emit import Emitter as _Emitter, call as _call
 from .mlir_types import TensorType, builtin
 
 _IMPORTED_FUNC = "main_graph"
@@ -51,64 +54,6 @@ def _signature(func: ir.Operation) -> _Signature:
 
 def _opset(func: ir.Operation) -> int:
     return ir.IntegerAttr(func.attributes["torch.onnx_meta.opset_version"]).value
-
-
-class _Emitter:
-    """Writes SSA lines with fresh value names."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._n = 0
-
-    def fresh(self, stem: str) -> str:
-        self._n += 1
-        return f"%{stem}_{self._n}"
-
-    def op(self, stem: str, text: str) -> str:
-        name = self.fresh(stem)
-        self.lines.append(f"    {name} = {text}")
-        return name
-
-    def raw(self, text: str) -> None:
-        self.lines.append(f"    {text}")
-
-    def cast(self, value: str, src: str, dst: str) -> str:
-        return value if src == dst else self.op("c", f"tensor.cast {value} : {src} to {dst}")
-
-    def to_torch(self, value: str, src: str, arg: TensorType) -> str:
-        value = self.cast(value, src, arg.builtin)
-        return self.op("v", f"torch_c.from_builtin_tensor {value} : {arg.builtin} -> {arg.vtensor}")
-
-    def from_torch(self, value: str, res: TensorType, dst: str) -> str:
-        b = self.op("b", f"torch_c.to_builtin_tensor {value} : {res.vtensor} -> {res.builtin}")
-        return self.cast(b, res.builtin, dst)
-
-    def ones(self, length: str) -> str:
-        one = self.op("one", "arith.constant 1 : i64")
-        e = self.op("e", f"tensor.empty({length}) : tensor<1x?xi64>")
-        return self.op("ones", f"linalg.fill ins({one} : i64) outs({e} : tensor<1x?xi64>) -> tensor<1x?xi64>")
-
-    def iota(self, length: str) -> str:
-        e = self.op("e", f"tensor.empty({length}) : tensor<1x?xi64>")
-        name = self.fresh("iota")
-        self.lines += [
-            f"    {name} = linalg.generic {{indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>], "
-            f'iterator_types = ["parallel", "parallel"]}} outs({e} : tensor<1x?xi64>) {{',
-            "    ^bb0(%out: i64):",
-            "      %j = linalg.index 1 : index",
-            "      %jv = arith.index_cast %j : index to i64",
-            "      linalg.yield %jv : i64",
-            "    } -> tensor<1x?xi64>",
-        ]
-        return name
-
-
-def _call(em: _Emitter, callee: str, sig: _Signature, args: list[str]) -> list[str]:
-    outs = em.fresh("r")
-    types_in = ", ".join(t.vtensor for t in sig.inputs)
-    types_out = ", ".join(t.vtensor for t in sig.results)
-    em.raw(f"{outs}:{len(sig.results)} = func.call @{callee}({', '.join(args)}) : ({types_in}) -> ({types_out})")
-    return [f"{outs}#{i}" for i in range(len(sig.results))]
 
 
 def _generate_text(names_in: list[str], names_out: list[str], pre: _Signature, dec: _Signature,
@@ -235,8 +180,11 @@ def _rename(func: ir.Operation, name: str) -> None:
     func.attributes["sym_name"] = ir.StringAttr.get(name)
 
 
-def assemble(imported: ImportedGraphs, names_in: list[str], names_out: list[str], workdir: Path) -> EntryModule:
-    """Merge the two imported graphs and append `generate`; returns the module written to workdir."""
+def assemble(imported: ImportedGraphs, names_in: list[str], names_out: list[str], workdir: Path,
+             cache: CacheLayout | None = None) -> EntryModule:
+    """Merge the two imported graphs and append `generate`; returns the module written to workdir.
+    With `cache` (the decode graph rewritten by rvdeploy.kvcache), the entry points keep the KV cache in the
+    module at that fixed capacity (rvdeploy.kvstate) instead of taking and returning it."""
     with ir.Context() as ctx:
         ctx.allow_unregistered_dialects = True
         module = ir.Module.parse(imported.decode_mlir.read_text())
@@ -244,21 +192,31 @@ def assemble(imported: ImportedGraphs, names_in: list[str], names_out: list[str]
         dec_func = _func(module, _IMPORTED_FUNC)
         pre_func = _func(prefill_mod, _IMPORTED_FUNC)
         dec, pre, opset = _signature(dec_func), _signature(pre_func), _opset(dec_func)
-        _rename(dec_func, "decode")
-        _rename(pre_func, "prefill")
+        if cache is not None:
+            kvstate.lower_appends(module, cache, opset)
+        _rename(dec_func, "decode_graph" if cache else "decode")
+        _rename(pre_func, "prefill_graph" if cache else "prefill")
+        if cache is not None:
+            for f in (dec_func, pre_func):
+                f.attributes["sym_visibility"] = ir.StringAttr.get("private")
         # The weight globals are the same in both imports (same keys); keep decode's copy.
         pre_func.detach_from_parent()
         module.body.append(pre_func)
 
-        added = ir.Module.parse(_generate_text(names_in, names_out, pre, dec, opset))
+        text = (kvstate.entry_points_text(names_in, pre, dec, cache, opset) if cache
+                else _generate_text(names_in, names_out, pre, dec, opset))
+        added = ir.Module.parse(text)
         for op in list(added.body.operations):
-            if len(op.regions[0].blocks) == 0:
+            if op.operation.name == "func.func" and len(op.regions[0].blocks) == 0:
                 continue  # the declarations of prefill/decode that let the text parse alone
             op.detach_from_parent()
             module.body.append(op)
         module.operation.verify()
         out = workdir / "module.mlir"
         out.write_text(str(module))
+    if cache is not None:
+        return EntryModule(mlir=out, params=imported.params,
+                           entry_points=kvstate.signatures(cache, pre.results[0].dims[-1], pre.results[0].elt))
     entry_points = {
         "prefill": f"({', '.join(t.builtin for t in pre.inputs)}) -> ({', '.join(t.builtin for t in pre.results)})",
         "decode": f"({', '.join(t.builtin for t in dec.inputs)}) -> ({', '.join(t.builtin for t in dec.results)})",

@@ -51,8 +51,11 @@ def runner_args(manifest: dict, prompt_ids: list[int], max_new_tokens: int, samp
     if not prompt_ids:
         raise RvdeployError("empty prompt: nothing to generate from")
     graph = manifest["model"]["graph"]
-    roles = [_ROLES[name] for name in graph["inputs"] if name in _ROLES]
-    kv = [name for name in graph["inputs"] if name.startswith("past_key_values.")]
+    if manifest.get("kv_cache"):  # the module keeps the cache (rvdeploy.kvstate): ids and the cached count
+        roles, kv = ["ids", "past"], []
+    else:
+        roles = [_ROLES[name] for name in graph["inputs"] if name in _ROLES]
+        kv = [name for name in graph["inputs"] if name.startswith("past_key_values.")]
     params = manifest.get("parameters") or {"scope": "model", "file": "model.irpa"}
     args = ["--module=model.vmfb", f"--parameters={params['scope']}={params['file']}", f"--device={device}",
             f"--inputs={','.join(roles)}", f"--kv_count={len(kv)}", f"--kv_heads={graph['num_kv_heads']}",

@@ -390,7 +390,7 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
         for name, g in globals_.items():
             if name not in used:
                 g.erase()  # a weight now read only in its packed form
-            elif not name.startswith(("rvd_packed.", "rvd_colsum.", "rvd_q4.")):
+            elif not name.startswith(("rvd_packed.", "rvd_colsum.", "rvd_q4.", "rvd_cache_")):  # cache: state
                 plain.append(_param_key(g))
         if low.helpers:
             added = ir.Module.parse("\n".join(low.helpers.values()))

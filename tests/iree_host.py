@@ -30,7 +30,14 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
     graph = bundle.manifest["model"]["graph"]
     m = HostModule(bundle.path)
     n = len(prompt)
+    if bundle.manifest.get("kv_cache"):  # the module keeps the cache: ids and the cached count
+        logits, tokens = [m.call("prefill", np.array([prompt], np.int64), 0)[0][0, -1]], []
+        for step in range(steps):
+            tokens.append(int(np.argmax(logits[-1])))
+            logits.append(m.call("decode", np.array([tokens[-1:]], np.int64), n + step)[0][0, -1])
+        return tokens, logits
     kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+
     def roles(ids: list[int], past: int) -> list[np.ndarray]:
         """The leading inputs the graph has (an onnxruntime-genai export has no position_ids), in its order."""
         values = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, past + len(ids)), np.int64),
@@ -53,12 +60,10 @@ def prefill_returns_last_only(manifest: dict) -> bool:
     return results.lstrip(" (").startswith("tensor<?x1x")
 
 
-def perplexity(bundle, ids: list[int]) -> float:
-    """exp(mean negative log-likelihood of ids[1:]) from the logits at every position of the text: one prefill
-    call's, or, when prefill returns the last position's only, a 1-token prefill's and then decode steps fed
-    the text."""
+def _growing_cache_logits(bundle, m: HostModule, ids: list[int]) -> np.ndarray:
+    """Logits at positions 0..n-2 from a module that takes and returns the KV cache: one prefill call's, or,
+    when prefill returns the last position's only, a 1-token prefill's and then decode steps fed the text."""
     graph = bundle.manifest["model"]["graph"]
-    m = HostModule(bundle.path)
     n = len(ids)
     kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
 
@@ -67,15 +72,27 @@ def perplexity(bundle, ids: list[int]) -> float:
                   "position_ids": np.arange(past, past + len(part), dtype=np.int64)[None]}
         return [values[name] for name in graph["inputs"] if name in values]
 
-    if prefill_returns_last_only(bundle.manifest):
-        out = m.call("prefill", *roles(ids[:1], 0), *kv)
-        rows = [out[0][0, -1]]
-        for i in range(1, n - 1):
-            out = m.call("decode", *roles(ids[i:i + 1], i), *out[1:])
-            rows.append(out[0][0, -1])
+    if not prefill_returns_last_only(bundle.manifest):
+        return m.call("prefill", *roles(ids, 0), *kv)[0][0][:-1].astype(np.float64)
+    out = m.call("prefill", *roles(ids[:1], 0), *kv)
+    rows = [out[0][0, -1]]
+    for i in range(1, n - 1):
+        out = m.call("decode", *roles(ids[i:i + 1], i), *out[1:])
+        rows.append(out[0][0, -1])
+    return np.stack(rows).astype(np.float64)
+
+
+def perplexity(bundle, ids: list[int]) -> float:
+    """exp(mean negative log-likelihood of ids[1:]) from the logits at every position of the text (a module
+    that keeps its cache: prefill on the first token, then decode on each next)."""
+    m = HostModule(bundle.path)
+    n = len(ids)
+    if bundle.manifest.get("kv_cache"):
+        rows = [m.call("prefill", np.array([ids[:1]], np.int64), 0)[0][0, -1]]
+        rows += [m.call("decode", np.array([[t]], np.int64), i + 1)[0][0, -1] for i, t in enumerate(ids[1:-1])]
         logits = np.stack(rows).astype(np.float64)
     else:
-        logits = m.call("prefill", *roles(ids, 0), *kv)[0][0][:-1].astype(np.float64)
+        logits = _growing_cache_logits(bundle, m, ids)
     shifted = logits - logits.max(axis=1, keepdims=True)
     logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     return float(np.exp(-logp[np.arange(n - 1), ids[1:]].mean()))

@@ -1,8 +1,10 @@
 // rvdeploy-runner: generation on the board with IREE's runtime C API.
 //
 // Loads the bundle's module (weights from the parameter archive through IREE's --parameters, mapped, not
-// copied), calls `prefill` on the prompt and then `decode` one token at a time, keeping the KV cache as
-// device buffers between calls, and writes each new token id to stdout the moment it is chosen.
+// copied), calls `prefill` on the prompt and then `decode` one token at a time, and writes each new token id
+// to stdout the moment it is chosen. The KV cache is either kept by the module itself at a fixed capacity
+// (--inputs=ids,past --kv_count=0: the runner passes the count of cached tokens) or passed in and out as
+// device buffers between calls (--kv_count=N).
 //
 //   rvdeploy-runner --module=model.vmfb --parameters=model=model.irpa --device=local-sync
 //       --inputs=ids,mask,pos --kv_count=4 --kv_heads=2 --head_dim=16 --kv_type=f32
@@ -50,7 +52,8 @@ IREE_FLAG(int32_t, max_new_tokens, 32, "Stop after this many new tokens.");
 IREE_FLAG(int32_t, context, 0, "The model's context length: stop before exceeding it (0: no limit).");
 IREE_FLAG(string, eos, "", "End-of-sequence token ids, comma-separated: stop after emitting one.");
 IREE_FLAG(string, inputs, "ids,mask,pos",
-          "The entry points' leading inputs in order (ids, mask, pos); the KV tensors follow.");
+          "The entry points' leading inputs in order (ids, mask, pos, past: the cached token count as a "
+          "i64 scalar, for modules that keep the KV cache themselves); the KV tensors follow.");
 IREE_FLAG(int32_t, kv_count, 0, "Number of KV cache tensors (2 per layer).");
 IREE_FLAG(int32_t, kv_heads, 0, "KV heads.");
 IREE_FLAG(int32_t, head_dim, 0, "Head dimension.");
@@ -68,8 +71,8 @@ static void on_sigint(int sig) {
   interrupted = 1;
 }
 
-enum { ROLE_IDS, ROLE_MASK, ROLE_POS };
-#define MAX_ROLES 3
+enum { ROLE_IDS, ROLE_MASK, ROLE_POS, ROLE_PAST };
+#define MAX_ROLES 4
 #define MAX_KV 1024
 
 typedef struct {
@@ -273,9 +276,31 @@ static iree_status_t read_last_logits(session_t* s, iree_hal_buffer_view_t* view
   return status;
 }
 
-// One call of prefill (n tokens) or decode (n == 1 and a non-empty cache): feeds ids at positions
-// past..past+n-1, keeps the new cache, reads the last logits.
+// A module that keeps its cache (the "past" role) prefills only from an empty cache: a later turn's tokens
+// go through decode one at a time.
+static bool stateful(const session_t* s) {
+  for (int r = 0; r < s->role_count; ++r) {
+    if (s->roles[r] == ROLE_PAST) return true;
+  }
+  return false;
+}
+
+static iree_status_t invoke_entry(session_t* s, const int64_t* ids, int64_t n);
+
+// Feeds ids at positions past..past+n-1 (prefill for a new conversation or a whole turn, decode for one
+// token), keeps the new cache, reads the last logits.
 static iree_status_t step(session_t* s, const int64_t* ids, int64_t n) {
+  if (n > 1 && s->past > 0 && stateful(s)) {
+    for (int64_t i = 0; i < n; ++i) {
+      IREE_RETURN_IF_ERROR(invoke_entry(s, ids + i, 1));
+    }
+    return iree_ok_status();
+  }
+  return invoke_entry(s, ids, n);
+}
+
+// One call of prefill (n tokens) or decode (n == 1 and a non-empty cache).
+static iree_status_t invoke_entry(session_t* s, const int64_t* ids, int64_t n) {
   bool use_decode = n == 1 && s->past > 0;
   iree_vm_list_t* inputs = NULL;
   iree_vm_list_t* outputs = NULL;
@@ -293,6 +318,11 @@ static iree_status_t step(session_t* s, const int64_t* ids, int64_t n) {
     if (s->roles[r] == ROLE_IDS) status = make_i64(s, 1, n, ids, &view);
     if (s->roles[r] == ROLE_MASK) status = make_i64(s, 1, total, mask, &view);
     if (s->roles[r] == ROLE_POS) status = make_i64(s, 1, n, pos, &view);
+    if (s->roles[r] == ROLE_PAST) {  // an i64 scalar argument, not a tensor
+      iree_vm_value_t past = iree_vm_value_make_i64(s->past);
+      status = iree_vm_list_push_value(inputs, &past);
+      continue;
+    }
     if (iree_status_is_ok(status)) {
       iree_vm_ref_t ref = iree_hal_buffer_view_move_ref(view);
       status = iree_vm_list_push_ref_move(inputs, &ref);
@@ -408,6 +438,8 @@ static iree_status_t parse_roles(session_t* s) {
       s->roles[s->role_count++] = ROLE_MASK;
     } else if (len == 3 && !strncmp(p, "pos", 3)) {
       s->roles[s->role_count++] = ROLE_POS;
+    } else if (len == 4 && !strncmp(p, "past", 4)) {
+      s->roles[s->role_count++] = ROLE_PAST;
     } else {
       return iree_make_status(IREE_STATUS_INVALID_ARGUMENT, "--inputs: unknown role '%.*s'", (int)len, p);
     }
