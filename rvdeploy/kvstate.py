@@ -228,8 +228,9 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
             upd = em.op("u", f"tensor.insert_slice {new} into {g}[0, 0, 0, 0] [1, {h}, %s, {d}] [1, 1, 1, 1] : "
                              f"{builtin((1, h, -1, d), e)} into {v_t}")
             em.raw(f"util.global.store {upd}, @{global_name(int(layer), kind)} : {v_t}")
-    rows = em.from_torch(res[0], pre.results[0], rows_t)
-    last = em.op("last", "arith.subi %s, %c1 : index")
+    rows = em.from_torch(res[0], pre.results[0], rows_t)  # every position's, or the last one's (last_logits)
+    n_rows = em.op("nrows", f"tensor.dim {rows}, %c1 : {rows_t}")
+    last = em.op("last", f"arith.subi {n_rows}, %c1 : index")
     row = em.op("row", f"tensor.extract_slice {rows}[0, {last}, 0] [1, 1, {vocab}] [1, 1, 1] : {rows_t} to {row_t}")
     em.raw(f"return {row} : {row_t}")
     text += [f"func.func @prefill(%ids: tensor<1x?xi64>, %p: i64) -> {row_t} {attrs} {{"] + em.lines + ["}"]
