@@ -21,7 +21,8 @@ from pathlib import Path
 from . import modelconfig, outputs
 from .atomic import file_into_place
 from .boards import get_board
-from .bundle import Bundle
+from .bundle import MANIFEST, Bundle, Manifest
+from .bundle.names import CONFIG
 from .errors import RvdeployError
 from .targets import get_target
 
@@ -39,13 +40,13 @@ def device_flags(threads: int) -> list[str]:
     return ["--device=local-task", f"--task_topology_max_group_count={threads}"]
 
 
-def synthetic_prompt(manifest: dict, prompt_tokens: int) -> list[int]:
+def synthetic_prompt(manifest: Manifest, prompt_tokens: int) -> list[int]:
     """P token ids for measuring (the values do not change the work)."""
-    vocab = manifest["model"]["graph"].get("vocab_size") or 2
+    vocab = manifest.model.graph.vocab_size or 2
     return [1 + i % (vocab - 1) for i in range(prompt_tokens)]
 
 
-def measuring_args(manifest: dict, prompt_tokens: int, new_tokens: int, threads: int = 1) -> list[str]:
+def measuring_args(manifest: Manifest, prompt_tokens: int, new_tokens: int, threads: int = 1) -> list[str]:
     """The runner's arguments for a measurement: greedy, no EOS stop, THREADS workers."""
     from .generation import Sampling, runner_args
 
@@ -80,10 +81,10 @@ class ModelFacts:
 def model_facts(bundle: Bundle) -> ModelFacts:
     """Shapes from the manifest (graph facts, the mmt4d pipeline's packed weights) and config.json."""
     m = bundle.manifest
-    graph = m["model"]["graph"]
+    graph = m.model.graph
     config = {}
-    if any(f["path"] == "config.json" for f in m["files"]):
-        config = modelconfig.parse(bundle.read_text("config.json"), f"{bundle.path}/config.json")
+    if m.lists(CONFIG):
+        config = modelconfig.parse(bundle.read_text(CONFIG), f"{bundle.path}/{CONFIG}")
 
     def number(key: str, default: int) -> int:  # config.json is the model's, not rvdeploy's: check what is used
         value = config.get(key, default)
@@ -91,14 +92,14 @@ def model_facts(bundle: Bundle) -> ModelFacts:
             raise RvdeployError(f"{bundle.path}/config.json: {key} is {value!r}, not a whole number")
         return value
 
-    layers, kvh, hd = graph["num_layers"], graph["num_kv_heads"], graph["head_dim"]
+    layers, kvh, hd = graph.num_layers, graph.num_kv_heads, graph.head_dim
     heads = number("num_attention_heads", kvh)
     hidden = number("hidden_size", heads * hd)
-    vocab = graph.get("vocab_size") or number("vocab_size", 0)
-    packed = (m["pipeline"].get("mmt4d") or {}).get("packed_weights") or []
+    vocab = graph.vocab_size or number("vocab_size", 0)
+    packed = m.pipeline.mmt4d.packed_weights if m.pipeline.mmt4d else ()
     inter = number("intermediate_size", 0)
     if packed:
-        weight_macs = sum(pw["k"] * pw["n"] for pw in packed)
+        weight_macs = sum(pw.k * pw.n for pw in packed)
     elif inter:
         per_layer = 2 * hidden * heads * hd + 2 * hidden * kvh * hd + 3 * hidden * inter
         weight_macs = layers * per_layer + hidden * vocab
@@ -106,19 +107,17 @@ def model_facts(bundle: Bundle) -> ModelFacts:
         raise RvdeployError(f"{bundle.path}: no packed weights and no config.json intermediate_size: cannot count "
                             "the model's weight contractions")
     tied = bool(config.get("tie_word_embeddings", False))
-    param_files = [f for f in m["files"] if f["path"].endswith(".irpa")]
     return ModelFacts(layers=layers, heads=heads, kv_heads=kvh, head_dim=hd, hidden=hidden, vocab=vocab,
-                      dtype=graph.get("dtype", "f32"), weight_macs=weight_macs,
+                      dtype=graph.dtype or "f32", weight_macs=weight_macs,
                       embedding_params=0 if tied else vocab * hidden,
-                      parameter_bytes=sum(f["size"] for f in param_files))
+                      parameter_bytes=m.parameter_bytes)
 
 
 def bundle_label(bundle: Bundle) -> dict:
     m = bundle.manifest
     facts = model_facts(bundle)
-    size = sum(f["size"] for f in m["files"] if f["path"] in ("model.vmfb",) or f["path"].endswith(".irpa"))
-    return {"model": f"{m['model']['id']} {m['model'].get('variant') or ''}".strip(), "size_bytes": size,
-            "params": facts.params, "pipeline": m["pipeline"]["name"], "target": m["target"]["name"],
+    return {"model": f"{m.model.id} {m.model.variant or ''}".strip(), "size_bytes": m.model_bytes,
+            "params": facts.params, "pipeline": m.pipeline.name, "target": m.target.name,
             "bundle": str(bundle.path)}
 
 
@@ -146,7 +145,7 @@ def _stats(samples: list[float]) -> tuple[float, float]:
 def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
     if prompt_tokens < 1 or gen_tokens < 1:
         raise RvdeployError("-p and -n must be at least 1")
-    limit = bundle.manifest["max_context"]  # always there: the manifest check requires it
+    limit = bundle.manifest.max_context
     if prompt_tokens + gen_tokens > limit:
         raise RvdeployError(f"-p {prompt_tokens} + -n {gen_tokens} exceeds the model's context of {limit} tokens")
 
@@ -175,15 +174,14 @@ def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32
         seconds = [s[key] for s in stats]
         samples = [tokens / t for t in seconds]
         mean, sd = _stats(samples)
-        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples,
+        rows.append(Measurement(bundle.manifest.pipeline.name, test, mean, sd, samples,
                                 [t / tokens for t in seconds], peak_rss_bytes=peak))
     return rows
 
 
 # ---- the baseline bundle ----------------------------------------------------------------------------------
-def _same_model(a: dict, b: dict) -> bool:
-    keys = lambda m: (m["model"]["id"], m["model"].get("variant"), m["model"].get("revision"), m["target"]["name"],
-                      m["compiler"]["version"])
+def _same_model(a: Manifest, b: Manifest) -> bool:
+    keys = lambda m: (m.model.id, m.model.variant, m.model.revision, m.target.name, m.compiler.version)
     return keys(a) == keys(b)
 
 
@@ -196,34 +194,34 @@ def baseline_bundle(bundle: Bundle, path: Path | None = None, on_stage=None) -> 
     next to the bundle, reused when it matches (model, variant, revision, target, compiler) and built
     otherwise. Returns (bundle, built_now)."""
     m = bundle.manifest
-    if m["pipeline"]["name"] == "baseline":
+    if m.pipeline.name == "baseline":
         raise RvdeployError(f"{bundle.path} is itself a baseline bundle: --compare baseline compares an mmt4d bundle "
                             "with it")
     if path is not None:
         other = Bundle.open(path)
-        if other.manifest["pipeline"]["name"] != "baseline" or not _same_model(m, other.manifest):
+        if other.manifest.pipeline.name != "baseline" or not _same_model(m, other.manifest):
             raise RvdeployError(f"--baseline-bundle {path}: not a baseline build of the same model, target and "
                                 f"compiler as {bundle.path}")
         return other, False
     path = default_baseline_path(bundle)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         other = Bundle.open(path)
-        if other.manifest["pipeline"]["name"] == "baseline" and _same_model(m, other.manifest):
+        if other.manifest.pipeline.name == "baseline" and _same_model(m, other.manifest):
             return other, False
-        if other.manifest["pipeline"]["name"] != "baseline":
+        if other.manifest.pipeline.name != "baseline":
             raise RvdeployError(f"{path} exists and is not a baseline bundle", hint="pass --baseline-bundle DIR")
     elif path.exists():
         raise RvdeployError(f"{path} exists and is not a bundle", hint="remove it or pass --baseline-bundle DIR")
-    source = m["model"].get("source")
-    model = "demo" if source == "demo" else m["model"]["id"]
+    source = m.model.source
+    model = "demo" if source == "demo" else m.model.id
     if source in ("dir", "file") and not Path(model).exists():
         raise RvdeployError(f"cannot rebuild {bundle.path}'s model with the baseline pipeline: {model} is not here",
                             hint="build it with --pipeline baseline and pass --baseline-bundle DIR")
     from . import api
 
     kwargs = {"on_stage": on_stage} if on_stage else {}
-    result = api.build(model, out=path, variant=m["model"].get("variant") or "fp32",
-                       revision=m["model"].get("revision"), target=m["target"]["name"], pipeline="baseline",
+    result = api.build(model, out=path, variant=m.model.variant or "fp32",
+                       revision=m.model.revision, target=m.target.name, pipeline="baseline",
                        force=True, **kwargs)
     return result.bundle, True
 
@@ -280,10 +278,10 @@ def cost_ratios(cost: dict, main: str) -> dict:
 def iree_runnable(bundle: Bundle) -> str | None:
     """None when the bundle can run on a board of its architecture; else why not (a riscv64 bundle without
     an IREE runtime: none exists on any package registry, the user supplies one)."""
-    rt = bundle.manifest.get("runtime", {})
-    if rt.get("kind") == "none":
-        return (f"IREE rows skipped: {bundle.path} has no {rt.get('arch', '')} IREE runtime "
-                f"({rt.get('hint') or 'register one with `rvdeploy runtime add DIR` and rebuild'})")
+    rt = bundle.manifest.runtime
+    if rt.kind == "none":
+        return (f"IREE rows skipped: {bundle.path} has no {rt.arch or ''} IREE runtime "
+                f"({rt.hint or 'register one with `rvdeploy runtime add DIR` and rebuild'})")
     return None
 
 
@@ -301,7 +299,7 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
     if (hf_model or gguf_types) and compare != "llama.cpp":
         raise RvdeployError("--hf-model and --gguf-type belong to --compare llama.cpp")
     if estimate_only or estimate_target:
-        report.estimate = estimate(bundle, estimate_target or bundle.manifest["target"]["name"], prompt_tokens)
+        report.estimate = estimate(bundle, estimate_target or bundle.manifest.target.name, prompt_tokens)
     if estimate_only:
         return report
     if not board:
@@ -328,13 +326,13 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
             report.notes.append(f"built the baseline bundle {other.path}")
         bundles.append(other)
         report.bundles.append(bundle_label(other))
-    main = bundle.manifest["pipeline"]["name"]
+    main = bundle.manifest.pipeline.name
     from .peers import llamabench  # here: it imports this module
     from .qemu_cost import measure_cost
 
     with get_board(board) as b:
         if cost:
-            report.cost = {bd.manifest["pipeline"]["name"]: measure_cost(bd, b, prompt_tokens, gen_tokens)
+            report.cost = {bd.manifest.pipeline.name: measure_cost(bd, b, prompt_tokens, gen_tokens)
                            for bd in bundles}
             for t in llama.ggufs if llama else ():
                 report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens, gen_tokens)

@@ -27,15 +27,15 @@ class HostModule:
 def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], list[np.ndarray]]:
     """prefill on `prompt`, then `steps` decode steps fed the module's own KV cache and its argmax tokens:
     (the tokens fed to decode, the last-position logits of prefill and of each decode step)."""
-    graph = bundle.manifest["model"]["graph"]
+    graph = bundle.manifest.model.graph
     m = HostModule(bundle.path)
     n = len(prompt)
-    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+    kv = [np.zeros((1, graph.num_kv_heads, 0, graph.head_dim), np.float32)] * (2 * graph.num_layers)
     def roles(ids: list[int], past: int) -> list[np.ndarray]:
         """The leading inputs the graph has (an onnxruntime-genai export has no position_ids), in its order."""
         values = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, past + len(ids)), np.int64),
                   "position_ids": np.arange(past, past + len(ids), dtype=np.int64)[None]}
-        return [values[name] for name in graph["inputs"] if name in values]
+        return [values[name] for name in graph.inputs if name in values]
 
     out = m.call("prefill", *roles(prompt, 0), *kv)
     logits, kv, tokens = [out[0][0, -1]], out[1:], []
@@ -49,10 +49,10 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
 
 def perplexity(bundle, ids: list[int]) -> float:
     """exp(mean negative log-likelihood of ids[1:]) from one prefill call's logits over the whole text."""
-    graph = bundle.manifest["model"]["graph"]
+    graph = bundle.manifest.model.graph
     m = HostModule(bundle.path)
     n = len(ids)
-    kv = [np.zeros((1, graph["num_kv_heads"], 0, graph["head_dim"]), np.float32)] * (2 * graph["num_layers"])
+    kv = [np.zeros((1, graph.num_kv_heads, 0, graph.head_dim), np.float32)] * (2 * graph.num_layers)
     logits = m.call("prefill", np.array([ids], np.int64), np.ones((1, n), np.int64), np.arange(n)[None], *kv)[0][0]
     logits = logits[:-1].astype(np.float64)
     shifted = logits - logits.max(axis=1, keepdims=True)

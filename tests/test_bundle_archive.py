@@ -18,10 +18,10 @@ from rvdeploy.errors import RvdeployError
 
 def test_manifest_has_requirements_runtime_and_launcher(built):
     m = built(str(DEMO)).manifest
-    assert m["requirements"]["arch"] and m["requirements"]["vlen"] == 0
-    assert m["runtime"]["kind"] == "host" and m["runtime"]["package"] == "iree-base-runtime"
-    names = {f["path"] for f in m["files"]}
-    assert m["launcher"] == "launcher.sh" and "launcher.sh" in names
+    assert m.requirements.arch and m.requirements.vlen == 0
+    assert m.runtime.kind == "host" and m.runtime.package == "iree-base-runtime"
+    names = {f.path for f in m.files}
+    assert m.launcher == "launcher.sh" and "launcher.sh" in names
 
 
 def test_pack_is_reproducible_and_unpacks(built, tmp_path):

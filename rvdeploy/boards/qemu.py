@@ -74,11 +74,11 @@ class QemuBoard:
     def _cpu(self, bundle: Bundle | None) -> str:
         if self.target is not None:
             return self.target.qemu_cpu
-        return bundle.manifest["target"]["qemu_cpu"] if bundle else ""
+        return bundle.manifest.target.qemu_cpu if bundle else ""
 
     def check(self, bundle: Bundle) -> None:
-        if bundle.manifest["target"]["arch"] != "riscv64":
-            raise RvdeployError(f"{bundle.path} is a {bundle.manifest['target']['name']} bundle; --board qemu runs "
+        if bundle.manifest.target.arch != "riscv64":
+            raise RvdeployError(f"{bundle.path} is a {bundle.manifest.target.name} bundle; --board qemu runs "
                                 "riscv64 bundles", hint="use --board local for host bundles")
         require_launcher(bundle)
 

@@ -156,7 +156,7 @@ class SshBoard:
         return hashes
 
     def _bundle_files(self, bundle: Bundle) -> dict[str, Path]:
-        names = [MANIFEST, SUMS] + [f["path"] for f in bundle.manifest["files"]]
+        names = [MANIFEST, SUMS] + [f.path for f in bundle.manifest.files]
         return {n: bundle.path / n for n in names}
 
     def _materialize(self, bundle: Bundle) -> str:
@@ -164,7 +164,7 @@ class SshBoard:
         cd's into it."""
         hashes = self.upload(self._bundle_files(bundle))
         bid = shlex.quote(hashes[MANIFEST])
-        executables = {f["path"] for f in bundle.manifest["files"] if f.get("executable")}
+        executables = {f.path for f in bundle.manifest.files if f.executable}
         lines = [f'c={CACHE}; d="$c/bundles"/{bid}', 'if [ ! -f "$d/.complete" ]; then',
                  'rm -rf "$d.tmp"; mkdir -p "$d.tmp"']
         for sub in sorted({str(Path(n).parent) for n in hashes if Path(n).parent != Path(".")}):

@@ -35,7 +35,7 @@ def board_target(bundle: Bundle, board: str) -> Target:
     must match it anyway)."""
     if board == "local":
         return get_target("host")
-    return get_target(board.partition(":")[2] if board.startswith("qemu:") else bundle.manifest["target"]["name"])
+    return get_target(board.partition(":")[2] if board.startswith("qemu:") else bundle.manifest.target.name)
 
 
 def prepare(bundle: Bundle, board: str, hf_model: str | None = None, gguf_types: list[str] | None = None,
