@@ -11,10 +11,10 @@ reads it into a typed Manifest (rvdeploy.bundle.manifest).
 
 from __future__ import annotations
 
-import hashlib
-import os
 import gzip
+import hashlib
 import io
+import os
 import shutil
 import stat
 import tarfile
