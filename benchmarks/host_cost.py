@@ -46,6 +46,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from rvdeploy.bundle.names import MODULE, PARAMETERS  # noqa: E402
 from rvdeploy.runtime import generate_args, parse_generate_output  # noqa: E402
 
 
@@ -58,17 +59,18 @@ def iree_run_module() -> str:
 def build(model: str, pipeline: str, out: Path, cpu: str, rebuild: bool) -> str | None:
     """Build the host bundle through rvdeploy's Python API (host CPU flag replaced); returns an error line or None."""
     from rvdeploy import api
+    from rvdeploy import pipeline as pipelines  # the compile stage reads pipelines.compile_flags when it runs
+    from rvdeploy.bundle import MANIFEST, Bundle
     from rvdeploy.errors import RvdeployError
 
     host_flag = "--iree-llvmcpu-target-cpu=host"
-    manifest = out / "manifest.json"
-    if not rebuild and manifest.is_file():
-        m = json.loads(manifest.read_text())
-        if (m["pipeline"]["name"] == pipeline and m["target"]["name"] == "host"
-                and f"--iree-llvmcpu-target-cpu={cpu}" in m["pipeline"]["compiler_flags"]):
+    if not rebuild and (out / MANIFEST).is_file():
+        m = Bundle.open(out).manifest
+        if (m.pipeline.name == pipeline and m.target.name == "host"
+                and f"--iree-llvmcpu-target-cpu={cpu}" in m.pipeline.compiler_flags):
             print(f"[{pipeline}] reusing {out}", file=sys.stderr)
             return None
-    original = api.compile_flags
+    original = pipelines.compile_flags
 
     def flags(target, pipe):
         fl = list(original(target, pipe))
@@ -78,7 +80,7 @@ def build(model: str, pipeline: str, out: Path, cpu: str, rebuild: bool) -> str 
 
     print(f"[{pipeline}] building {out} (rvdeploy.api.build, target host, {cpu})", file=sys.stderr)
     t0 = time.perf_counter()
-    api.compile_flags = flags
+    pipelines.compile_flags = flags
     try:
         api.build(model, out=out, target="host", pipeline=pipeline, force=True)
     except RvdeployError as e:
@@ -86,7 +88,7 @@ def build(model: str, pipeline: str, out: Path, cpu: str, rebuild: bool) -> str 
     except Exception as e:  # a bug inside rvdeploy: report it, do not fix it here
         return f"{type(e).__name__}: {e}"
     finally:
-        api.compile_flags = original
+        pipelines.compile_flags = original
     print(f"[{pipeline}] built in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     return None
 
@@ -112,7 +114,7 @@ def callgrind(tool: str, bundle: Path, prompt: list[int], n: int, scratch: Path)
     """(instructions, wall seconds, generated ids) of one generate run under callgrind."""
     outfile = scratch / f"callgrind.{len(prompt)}x{n}.out"
     cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", f"--callgrind-out-file={outfile}", tool,
-           *generate_args(str(bundle / "model.vmfb"), str(bundle / "model.irpa"), prompt, n)]
+           *generate_args(str(bundle / MODULE), str(bundle / PARAMETERS), prompt, n)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_deny_io_uring)
     secs = time.perf_counter() - t0
@@ -130,7 +132,7 @@ def plain_peak_rss(tool: str, bundle: Path, prompt: list[int], n: int) -> tuple[
     with tempfile.NamedTemporaryFile(suffix=".time", delete=False) as f:
         tf = f.name
     cmd = ["/usr/bin/time", "-v", "-o", tf, tool,
-           *generate_args(str(bundle / "model.vmfb"), str(bundle / "model.irpa"), prompt, n)]
+           *generate_args(str(bundle / MODULE), str(bundle / PARAMETERS), prompt, n)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     secs = time.perf_counter() - t0

@@ -59,13 +59,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rvdeploy-bench-") as tmp:
         path = args.bundle or api.build("demo", out=Path(tmp) / "demo", target="rv64gcv-vlen256").bundle.path
         bundle = Bundle.open(path)
-        if bundle.manifest.get("tokenizer"):
-            ids = TextCodec(bundle.file(bundle.manifest["tokenizer"])).encode(args.prompt)
+        if bundle.manifest.tokenizer:
+            ids = TextCodec(bundle.file(bundle.manifest.tokenizer)).encode(args.prompt)
         else:  # a model without tokenizer.json (benchmarks/make_llama.py's): as many synthetic ids as words
             ids = synthetic_prompt(bundle.manifest, len(args.prompt.split()))
         with get_board(args.board) as board:
             runs = [one_run(bundle, board, ids, args.n) for _ in range(args.r)]
-        weights = (bundle.path / bundle.manifest["parameters"]["file"]).stat().st_size  # before tmp goes
+        weights = (bundle.path / bundle.manifest.parameters.file).stat().st_size  # before tmp goes
     summary = {k: statistics.median(r[k] for r in runs)
                for k in ("first_token_s", "total_s", "load_s", "prefill_s", "decode_tokens_per_s")}
     summary.update(peak_rss_bytes=max(r["peak_rss_bytes"] for r in runs), weight_bytes=weights,

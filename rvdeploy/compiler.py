@@ -9,6 +9,7 @@ from pathlib import Path
 from iree.compiler.tools.binaries import find_tool
 
 from . import children
+from .bundle.names import MODULE
 from .errors import RvdeployError
 
 
@@ -28,13 +29,13 @@ def compiler_version() -> str:
 
 
 def compile_module(mlir: Path, flags: list[str], workdir: Path) -> CompiledModule:
-    vmfb = workdir / "model.vmfb"
+    vmfb = workdir / MODULE
     dump = workdir / "executables"
     # Run inside the work directory with relative paths: the module embeds source locations, and an
     # absolute temporary path there would make two builds of the same inputs differ.
     src = os.path.relpath(mlir, workdir)
     cmd = [find_tool("iree-compile"), src, *flags, "--iree-hal-dump-executable-files-to=executables",
-           "-o", "model.vmfb"]
+           "-o", MODULE]
     proc = children.run(cmd, capture_output=True, text=True, cwd=workdir)
     if proc.returncode != 0:
         errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]

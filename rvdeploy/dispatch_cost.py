@@ -113,7 +113,7 @@ def read_executable(elf: bytes) -> Executable:
 
 def bundle_executables(bundle: Bundle) -> list[Executable]:
     bundle.file(MODULE)
-    entry = next(f for f in bundle.manifest["files"] if f["path"] == MODULE)
+    entry = bundle.manifest.entry(MODULE)
     with bundle.reader(entry) as f:  # the bytes the board runs (size and sha256 checked)
         elfs = embedded_elfs(f.read())
     if not elfs:

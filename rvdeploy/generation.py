@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from .bundle.manifest import Manifest
+from .bundle.names import MODULE
 from .errors import RvdeployError
 
 RUNNER = "rvdeploy-runner"
@@ -40,28 +42,28 @@ class Sampling:
                 f"--seed={self.seed}"]
 
 
-def eos_ids(manifest: dict) -> list[int]:
-    return [int(i) for i in manifest.get("eos_token_ids") or []]
+def eos_ids(manifest: Manifest) -> list[int]:
+    return [int(i) for i in manifest.eos_token_ids]
 
 
-def runner_args(manifest: dict, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
+def runner_args(manifest: Manifest, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
                 interactive: bool = False, device: str = "local-sync", stop_at_eos: bool = True) -> list[str]:
     """The runner's arguments, paths relative to the bundle directory (the launcher cd's there).
     local-sync: one thread, deterministic, no worker pool to start."""
     if not prompt_ids:
         raise RvdeployError("empty prompt: nothing to generate from")
-    graph = manifest["model"]["graph"]
-    if manifest.get("kv_cache"):  # the module keeps the cache (rvdeploy.kvstate): ids and the cached count
+    graph = manifest.model.graph
+    if manifest.kv_cache:  # the module keeps the cache (rvdeploy.kvstate): ids and the cached count
         roles, kv = ["ids", "past"], []
     else:
-        roles = [_ROLES[name] for name in graph["inputs"] if name in _ROLES]
-        kv = [name for name in graph["inputs"] if name.startswith("past_key_values.")]
-    params = manifest.get("parameters") or {"scope": "model", "file": "model.irpa"}
-    args = ["--module=model.vmfb", f"--parameters={params['scope']}={params['file']}", f"--device={device}",
-            f"--inputs={','.join(roles)}", f"--kv_count={len(kv)}", f"--kv_heads={graph['num_kv_heads']}",
-            f"--head_dim={graph['head_dim']}", f"--kv_type={'f16' if graph.get('dtype') == 'f16' else 'f32'}",
+        roles = [_ROLES[name] for name in graph.inputs if name in _ROLES]
+        kv = [name for name in graph.inputs if name.startswith("past_key_values.")]
+    params = manifest.parameters
+    args = [f"--module={MODULE}", f"--parameters={params.scope}={params.file}", f"--device={device}",
+            f"--inputs={','.join(roles)}", f"--kv_count={len(kv)}", f"--kv_heads={graph.num_kv_heads}",
+            f"--head_dim={graph.head_dim}", f"--kv_type={'f16' if graph.dtype == 'f16' else 'f32'}",
             f"--prompt={','.join(str(int(i)) for i in prompt_ids)}", f"--max_new_tokens={int(max_new_tokens)}",
-            f"--context={int(manifest.get('max_context') or 0)}", *sampling.args()]
+            f"--context={int(manifest.max_context)}", *sampling.args()]
     eos = eos_ids(manifest) if stop_at_eos else []
     if eos:
         args.append(f"--eos={','.join(map(str, eos))}")

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import children
+from .bundle.names import PARAMETER_SCOPE as PARAM_SCOPE
 from .errors import RvdeployError
 from .onnx_shapes import PhaseGraphs
 
 # Tensors with fewer elements stay inline in the MLIR (rope tables, norms' epsilons...).
 EXTERNALIZE_MIN_ELEMENTS = 1024
-PARAM_SCOPE = "model"
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import manifest as manifest_schema
+from .bundle.manifest import listed_files, problem
+from .bundle.names import MANIFEST, SUMS
 from .errors import RvdeployError
 
-MANIFEST, SUMS = manifest_schema.RESERVED
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FORCE_HINT = "pass --force to replace it"
 
@@ -45,10 +45,10 @@ def bundle_problem(path: Path) -> str | None:
         manifest = json.loads(mf.read_bytes())
     except (ValueError, RecursionError, OSError):
         return f"{MANIFEST} is not valid JSON"
-    found = manifest_schema.problems(manifest)
+    found = problem(manifest)
     if found:
-        return f"{MANIFEST} is not rvdeploy's: {found[0]}"
-    listed = {f["path"] for f in manifest["files"]} | {MANIFEST}
+        return f"{MANIFEST} is not rvdeploy's: {found}"
+    listed = listed_files(manifest) | {MANIFEST}
     have = set()
     for root, dirs, files in os.walk(path):
         for name in dirs + files:

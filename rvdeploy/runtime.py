@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import re
 
+from .bundle.names import PARAMETER_SCOPE as PARAM_SCOPE
 from .errors import RvdeployError
 
 _RESULT = re.compile(r"^\s*(\d+)xi64=(.*)$", re.MULTILINE)
-PARAM_SCOPE = "model"
 
 
 def generate_args(vmfb: str, params: str, prompt_ids: list[int], max_new_tokens: int,

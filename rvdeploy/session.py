@@ -25,21 +25,21 @@ def _noop(_: str) -> None:
 def open_bundle(path) -> tuple[Bundle, TextCodec]:
     bundle = Bundle.open(path)
     bundle.verify()
-    if not bundle.manifest.get("tokenizer"):
+    if not bundle.manifest.tokenizer:
         raise RvdeployError(f"{bundle.path} has no tokenizer.json: the model came without one",
                             hint="rebuild from a model directory that has tokenizer.json")
-    return bundle, TextCodec(bundle.file(bundle.manifest["tokenizer"]))
+    return bundle, TextCodec(bundle.file(bundle.manifest.tokenizer))
 
 
 def chat_template(bundle: Bundle, required: bool) -> ChatTemplate | None:
-    name = bundle.manifest.get("tokenizer_config")
+    name = bundle.manifest.tokenizer_config
     if name is None and not required:
         return None
     return ChatTemplate.load(bundle.file(name) if name else None)
 
 
 def check_room(bundle: Bundle, used: int, new: int, max_new_tokens: int) -> None:
-    limit = bundle.manifest["max_context"]  # always there: the manifest check requires it
+    limit = bundle.manifest.max_context
     if used + new + max_new_tokens > limit:
         already = f" after {used} in this session" if used else ""
         raise RvdeployError(f"prompt ({new} tokens{already}) + --max-new-tokens {max_new_tokens} exceeds the "

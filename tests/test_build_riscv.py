@@ -23,9 +23,9 @@ def test_every_weight_contraction_on_mmt4d_ukernel(built, vlen):
     bundle = built(str(DEMO), f"rv64gcv-vlen{vlen}", "mmt4d")
     info = api.inspect(bundle.path)
     n0 = vlen // 4  # the project's tiles (default library): an LMUL-8 group of f32
-    assert bundle.manifest["pipeline"]["ukernels"]["library"] == "project"
-    assert any(f.startswith("--iree-link-bitcode=riscv_64=") for f in bundle.manifest["pipeline"]["compiler_flags"])
-    graph = bundle.manifest["model"]["graph"]
+    assert bundle.manifest.pipeline.ukernels.library == "project"
+    assert any(f.startswith("--iree-link-bitcode=riscv_64=") for f in bundle.manifest.pipeline.compiler_flags)
+    graph = bundle.manifest.model.graph
     for entry, m0 in (("prefill", 7), ("decode", 1)):
         rows = _weight_contractions(info, entry)
         assert rows, f"no contractions found in {entry}"
@@ -35,8 +35,8 @@ def test_every_weight_contraction_on_mmt4d_ukernel(built, vlen):
             assert r["library"] == "project", r
             assert r["kernel"] == f"rvdeploy_uk_mmt4d_tile_f32f32f32_{m0}xN0x1_rvv_{'m8' if m0 == 1 else 'm4'}", r
     # every weight MatMul of the graph was lowered: 7 per layer (q, k, v, o, gate, up, down) + lm_head
-    assert bundle.manifest["pipeline"]["mmt4d"]["lowered_contractions"] == 2 * (7 * graph["num_layers"] + 1)
-    assert bundle.manifest["pipeline"]["mmt4d"]["not_lowered"] == []
+    assert bundle.manifest.pipeline.mmt4d.lowered_contractions == 2 * (7 * graph.num_layers + 1)
+    assert bundle.manifest.pipeline.mmt4d.not_lowered == ()
 
 
 def test_decode_packs_no_weight_and_nothing_at_load(built):
@@ -61,9 +61,9 @@ def test_riscv_code_is_rvv(built):
 def test_upstream_ukernels(tmp_path):
     """--ukernels upstream: IREE's own tiles (N0 = VLEN/8), nothing linked, inspect says upstream."""
     bundle = api.build(str(DEMO), out=tmp_path / "b", target="rv64gcv-vlen256", ukernels="upstream").bundle
-    pipe = bundle.manifest["pipeline"]
-    assert pipe["ukernels"]["library"] == "upstream"
-    assert not any("--iree-link-bitcode" in f for f in pipe["compiler_flags"])
+    pipe = bundle.manifest.pipeline
+    assert pipe.ukernels.library == "upstream"
+    assert not any("--iree-link-bitcode" in f for f in pipe.compiler_flags)
     info = api.inspect(bundle.path)
     rows = [r for r in info["dispatches"]["contractions"] if r["mmt4d"]]
     assert rows and all(r["ukernel"] and r["library"] == "upstream" for r in rows), rows

@@ -4,6 +4,7 @@ that refuses to write outside the bundle, and the launcher's own hash and archit
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import subprocess
 import tarfile
@@ -13,15 +14,42 @@ import pytest
 from conftest import DEMO, TINY
 from rvdeploy import api
 from rvdeploy.bundle import Bundle, pack_bundle, unpack_bundle
+from rvdeploy.bundle import manifest
+from rvdeploy.bundle.names import PARAMETER_SCOPE, PARAMETERS
 from rvdeploy.errors import RvdeployError
 
 
 def test_manifest_has_requirements_runtime_and_launcher(built):
     m = built(str(DEMO)).manifest
-    assert m["requirements"]["arch"] and m["requirements"]["vlen"] == 0
-    assert m["runtime"]["kind"] == "host" and m["runtime"]["package"] == "iree-base-runtime"
-    names = {f["path"] for f in m["files"]}
-    assert m["launcher"] == "launcher.sh" and "launcher.sh" in names
+    assert m.requirements.arch and m.requirements.vlen == 0
+    assert m.runtime.kind == "host" and m.runtime.package == "iree-base-runtime"
+    names = {f.path for f in m.files}
+    assert m.launcher == "launcher.sh" and "launcher.sh" in names
+
+
+def test_typed_manifest_writes_back_the_same_bytes(built):
+    """manifest.json read into the typed Manifest and written again is the same text: the build writes through
+    the same types every reader reads."""
+    bundle = built(str(DEMO))
+    assert bundle.manifest.to_json().encode() == bundle.raw
+    m = bundle.manifest
+    assert m.parameters.scope == PARAMETER_SCOPE and m.parameters.file == PARAMETERS and m.lists(PARAMETERS)
+    assert m.pipeline.mmt4d.packed_weights and all(pw.k * pw.n for pw in m.pipeline.mmt4d.packed_weights)
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda d: d["pipeline"]["mmt4d"]["tiles"].update(f32={"prefill": 7, "decode": "1x8x1"}),
+     "pipeline.mmt4d.tiles.f32.prefill"),
+    (lambda d: d["pipeline"]["mmt4d"]["tiles"].update(f32="7x8x1"), "pipeline.mmt4d.tiles.f32"),
+    (lambda d: d["pipeline"].update(compiler_flags="-O3"), "pipeline.compiler_flags"),
+    (lambda d: d["runtime"].update(tools=[1]), "runtime.tools"),
+])
+def test_typed_fields_are_checked_first(built, change, field):
+    """Every field the typed manifest reads is in the schema: a wrong type is one error naming it."""
+    doc = json.loads(built(str(DEMO)).raw)
+    change(doc)
+    with pytest.raises(RvdeployError, match=f"where: not an rvdeploy manifest: {field}: "):
+        manifest.parse(json.dumps(doc).encode(), "where")
 
 
 def test_pack_is_reproducible_and_unpacks(built, tmp_path):

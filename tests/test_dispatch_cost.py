@@ -101,7 +101,7 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
     got = json.loads(proc.stdout)
     phases = got["phases"]
     contractions = json.loads((bundle.path / "dispatches.json").read_text())["contractions"]
-    vocab = bundle.manifest["model"]["graph"]["vocab_size"]
+    vocab = bundle.manifest.model.graph.vocab_size
     assert set(phases) == {"prefill", "decode@8", "decode@40"}
     for name, phase in phases.items():
         entry = "prefill" if name == "prefill" else "decode"

@@ -255,7 +255,7 @@ def test_fuzz_archive_members(demo):
             assert existing != "foreign"
             bundle = Bundle.open(out)
             bundle.verify()
-            listed = {f["path"] for f in bundle.manifest["files"]} | {"manifest.json", "SHA256SUMS"}
+            listed = {f.path for f in bundle.manifest.files} | {"manifest.json", "SHA256SUMS"}
             assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == listed
 
     check()

@@ -145,7 +145,7 @@ def host_bundles(tmp_path_factory):
 @pytest.mark.parametrize("name", FIXTURES)
 def test_host_greedy_tokens_and_logits_match_onnxruntime(host_bundles, reference, name):
     bundle = host_bundles(name)
-    assert bundle.manifest["model"]["fused_ops_rewritten"]["GroupQueryAttention_rewritten"] == 2
+    assert bundle.manifest.model.fused_ops_rewritten["GroupQueryAttention_rewritten"] == 2
     expected, expected_logits = greedy_tokens(reference(name), PROMPT, NEW_TOKENS)
     tokens, logits = greedy_logits(bundle, PROMPT, 3)
     assert tokens == expected[:3]
@@ -158,7 +158,7 @@ def test_host_greedy_tokens_and_logits_match_onnxruntime(host_bundles, reference
     ids = TextCodec(bundle.path / "tokenizer.json").encode(text)
     want, _ = greedy_tokens(reference(name), ids, NEW_TOKENS)
     result = api.run(bundle.path, board="local", prompt=text, max_new_tokens=NEW_TOKENS)
-    eos = bundle.manifest["eos_token_ids"]
+    eos = bundle.manifest.eos_token_ids
     assert result.ids == want[:len(result.ids)] and (len(result.ids) == NEW_TOKENS or result.ids[-1] in eos)
 
 
@@ -174,10 +174,10 @@ def test_host_genai_and_optimum_builds_give_the_same_tokens(host_bundles, family
 @pytest.mark.parametrize("name", ["llama-fp32", "llama-int4"])
 def test_packed_qkv_on_mmt4d(host_bundles, name):
     """The packed QKV projection is a weight contraction like the others: mmt4d (fp32) or the 4-bit one (int4)."""
-    mm = api.inspect(host_bundles(name).path)["manifest"]["pipeline"]["mmt4d"]
-    shapes = {(pw["k"], pw["n"]) for pw in mm["packed_weights"]}
+    mm = api.inspect(host_bundles(name).path)["manifest"].pipeline.mmt4d
+    shapes = {(pw.k, pw.n) for pw in mm.packed_weights}
     assert (64, 128) in shapes  # hidden 64 -> (4 + 2 x 2) heads x 16
-    assert not mm["not_lowered"]
+    assert not mm.not_lowered
 
 
 # ------------------------------------------------------------------------------------------------ riscv64
@@ -196,7 +196,7 @@ def test_riscv64_under_qemu_gives_onnxruntime_tokens(built, reference, name):
     ids = TextCodec(bundle.path / "tokenizer.json").encode(text)
     want, _ = greedy_tokens(reference(name), ids, NEW_TOKENS)
     result = api.run(bundle.path, board="qemu", prompt=text, max_new_tokens=NEW_TOKENS)
-    eos = bundle.manifest["eos_token_ids"]
+    eos = bundle.manifest.eos_token_ids
     assert result.ids and result.ids == want[:len(result.ids)]
     assert len(result.ids) == NEW_TOKENS or result.ids[-1] in eos
 
@@ -298,8 +298,8 @@ def test_genai_variant_resolves_to_its_folder(genai_hub):
 @pytest.mark.slow
 def test_genai_variant_builds_from_the_hub_cache(genai_hub, reference, tmp_path):
     bundle = api.build(GENAI_REPO, variant="cpu-int4-rtn-block-32-acc-level-4", out=tmp_path / "b").bundle
-    assert bundle.manifest["model"]["variant"] == "cpu-int4-rtn-block-32-acc-level-4"
-    assert bundle.manifest["max_context"] == 256  # genai_config.json's context_length (no config.json)
+    assert bundle.manifest.model.variant == "cpu-int4-rtn-block-32-acc-level-4"
+    assert bundle.manifest.max_context == 256  # genai_config.json's context_length (no config.json)
     tokens, _ = greedy_logits(bundle, PROMPT, 6)
     assert tokens == greedy_tokens(reference("llama-int4"), PROMPT, 6)[0]
 

@@ -56,14 +56,18 @@ def test_build_options_follow_the_target_isa():
 def test_matching_gguf_type_follows_the_bundle_precision():
     from types import SimpleNamespace
 
-    def bundle(**model):
-        return SimpleNamespace(manifest={"model": model})
+    from rvdeploy.bundle.manifest import Graph, Model, Quantization
+
+    def bundle(variant, quantized=None):
+        model = Model("m", variant, "dir", Graph(("input_ids",), ("logits",), 1, 1, 1),
+                      quantized=Quantization(quantized) if quantized else None)
+        return SimpleNamespace(manifest=SimpleNamespace(model=model))
 
     assert gguf.matching_type(bundle(variant="fp32")) == "f32"
     assert gguf.matching_type(bundle(variant="fp16")) == "f16"
     assert gguf.matching_type(bundle(variant="int8")) == "q8_0"  # an int8 ONNX export
-    assert gguf.matching_type(bundle(variant="fp32", quantized={"format": "q4"})) == "q4_0"  # build --quantize q4
-    assert gguf.matching_type(bundle(variant="fp32", quantized={"format": "int8"})) == "q8_0"
+    assert gguf.matching_type(bundle(variant="fp32", quantized="q4")) == "q4_0"  # build --quantize q4
+    assert gguf.matching_type(bundle(variant="fp32", quantized="int8")) == "q8_0"
     with pytest.raises(RvdeployError, match="q4f16"):
         gguf.matching_type(bundle(variant="q4f16"))
 

@@ -196,8 +196,8 @@ def test_int8_matmuls_on_mmt4d_and_q4_weights_stay_4bit(build):
     rows = [r for r in report["dispatches"]["contractions"] if r["types"] == "i8*i8->i32"]
     assert rows and all(r["mmt4d"] and r["ukernel"] for r in rows)
     assert {r["entry"] for r in rows} >= {"prefill", "decode"}
-    assert report["manifest"]["pipeline"]["mmt4d"]["tiles"]["i8"]["decode"] == "1x8x2"
-    assert not report["manifest"]["pipeline"]["mmt4d"]["not_lowered"]
+    assert report["manifest"].pipeline.mmt4d.tiles["i8"].decode == "1x8x2"
+    assert not report["manifest"].pipeline.mmt4d.not_lowered
 
     q4 = build("demo-q4")
     report = api.inspect(q4.path)
@@ -207,10 +207,10 @@ def test_int8_matmuls_on_mmt4d_and_q4_weights_stay_4bit(build):
     rows = report["dispatches"]["contractions"]
     assert all("i4" in r["types"] for r in rows if r["op"] != "linalg.batch_matmul")
     assert not any(r["op"] == "linalg.mmt4d" for r in rows)
-    packed = report["manifest"]["pipeline"]["mmt4d"]["packed_weights"]
-    assert packed and all(pw["key"].endswith(".i4") for pw in packed)
+    packed = report["manifest"].pipeline.mmt4d.packed_weights
+    assert packed and all(pw.key.endswith(".i4") for pw in packed)
     # 4 bits a weight: the archive is the fp32 embedding table plus K*N/2 bytes of weights (+ alignment)
-    weights = sum(pw["k"] * pw["n"] for pw in packed)
+    weights = sum(pw.k * pw.n for pw in packed)
     irpa = (q4.path / "model.irpa").stat().st_size
     assert irpa < 512 * 64 * 4 + weights // 2 + 16384  # (+ archive header and alignment)
 
@@ -222,9 +222,9 @@ def test_riscv_int8_on_rvv_s8_microkernels(build):
     and the dispatches call the RVV tile functions, not the portable C one."""
     bundle = build("demo-int8", "rv64gcv-vlen256")
     report = api.inspect(bundle.path)
-    mm = report["manifest"]["pipeline"]["mmt4d"]
-    assert mm["tiles"]["i8"] == {"prefill": "7x64x1", "decode": "1x64x1"}
-    assert report["manifest"]["pipeline"]["ukernels"]["library"] == "project"
+    mm = report["manifest"].pipeline.mmt4d
+    assert mm.tiles["i8"].to_dict() == {"prefill": "7x64x1", "decode": "1x64x1"}
+    assert report["manifest"].pipeline.ukernels.library == "project"
     rows = [r for r in report["dispatches"]["contractions"] if r["types"] == "i8*i8->i32"]
     assert rows and all(r["mmt4d"] and r["ukernel"] and r["library"] == "project" for r in rows)
     assert {r["tile"] for r in rows if r["entry"] == "decode"} == {"1x64x1"}

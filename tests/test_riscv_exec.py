@@ -46,8 +46,8 @@ def _reference(onnx_path, bundle) -> list[int]:
 @pytest.mark.parametrize("vlen", [128, 256, 512])
 def test_demo_matches_onnxruntime(built, vlen, ukernels):
     bundle = built(str(DEMO), f"rv64gcv-vlen{vlen}", ukernels=ukernels)
-    assert bundle.manifest["runtime"]["kind"] == "bundled"
-    assert bundle.manifest["pipeline"]["ukernels"]["library"] == ukernels
+    assert bundle.manifest.runtime.kind == "bundled"
+    assert bundle.manifest.pipeline.ukernels.library == ukernels
     ids = _run_ids(bundle)
     assert ids == _reference(DEMO / "model.onnx", bundle)
     assert TextCodec(bundle.path / "tokenizer.json").decode(ids).startswith(" better than ugly.")
@@ -65,7 +65,7 @@ def test_quantized_matches_onnxruntime(built, tmp_path_factory, fmt):
     ref = tmp_path_factory.mktemp(f"ref-{fmt}") / "model.onnx"
     quantize_file(DEMO / "model.onnx", ref, fmt)
     bundle = built(str(DEMO), "rv64gcv-vlen256", quantize=fmt)
-    assert bundle.manifest["model"]["quantized"]["format"] == fmt
+    assert bundle.manifest.model.quantized.format == fmt
     assert _run_ids(bundle) == _reference(ref, bundle)
 
 

@@ -80,7 +80,7 @@ def test_seeded_sample_equals_the_recomputation(built, board, target):
 def test_stops_at_eos(built, tmp_path):
     model = _model_copy(tmp_path, "demo-eos-newline", **{"generation_config.json": {"eos_token_id": [NEWLINE, 1]}})
     bundle = built(model)
-    assert bundle.manifest["eos_token_ids"] == [1, NEWLINE]
+    assert bundle.manifest.eos_token_ids == (1, NEWLINE)
     doc = _run(bundle, "local", "--prompt", PROMPT, "-n", "32")
     expected = greedy_tokens(DEMO / "model.onnx", doc["prompt_ids"], 32, eos_token_id=NEWLINE)[0]
     assert doc["stop_reason"] == "eos" and doc["ids"] == expected and expected[-1] == NEWLINE

@@ -138,22 +138,22 @@ def test_host_bundle_refuses_riscv64_runtime(riscv_runtime, tmp_path):
 def test_build_bundles_the_runtime(built, riscv_runtime):
     bundle = built(str(TINY), "rv64gcv-vlen256", "baseline")  # none given: the registered one
     m = bundle.manifest
-    assert m["runtime"]["kind"] == "bundled" and m["runtime"]["version"] == riscv_runtime.version
-    assert m["runtime"]["source"] == riscv_runtime.source and m["runtime"]["source"]["kind"] == "archive"
-    entries = {f["path"]: f for f in m["files"]}
+    assert m.runtime.kind == "bundled" and m.runtime.version == riscv_runtime.version
+    assert m.runtime.source == riscv_runtime.source and m.runtime.source["kind"] == "archive"
+    entries = {f.path: f for f in m.files}
     for tool in runtimes.TOOLS:
-        assert entries[f"runtime/{tool}"]["executable"]
-        assert entries[f"runtime/{tool}"]["sha256"] == riscv_runtime.tools[tool]
+        assert entries[f"runtime/{tool}"].executable
+        assert entries[f"runtime/{tool}"].sha256 == riscv_runtime.tools[tool]
         assert os.access(bundle.path / "runtime" / tool, os.X_OK)
-    assert entries["probe/rvdeploy-probe"]["executable"]
-    assert m["requirements"] == {"arch": "riscv64", "vlen": 256,
-                                 "extensions": ["i", "m", "a", "f", "d", "c", "v", "zba", "zbb", "zbs"]}
+    assert entries["probe/rvdeploy-probe"].executable
+    assert m.requirements.to_dict() == {"arch": "riscv64", "vlen": 256,
+                                        "extensions": ["i", "m", "a", "f", "d", "c", "v", "zba", "zbb", "zbs"]}
 
 
 @pytest.mark.slow
 def test_bundle_without_runtime_says_what_to_supply(built):
     bundle = built(str(TINY), "rv64gcv-vlen256", "baseline", no_runtime=True)
-    assert bundle.manifest["runtime"]["kind"] == "none"
+    assert bundle.manifest.runtime.kind == "none"
     with pytest.raises(RvdeployError, match="no riscv64 IREE runtime") as exc:
         api.run(bundle.path, board="qemu", prompt="Beautiful is", max_new_tokens=2)
     assert "rvdeploy runtime build" in str(exc.value)

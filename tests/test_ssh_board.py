@@ -99,7 +99,7 @@ def test_unchanged_bundle_is_not_sent_twice(board, host_bundle):
     before = {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()}
     run_json(host_bundle, board["name"], board["env"], n=2)
     assert {p.name: p.stat().st_mtime_ns for p in blobs.iterdir()} == before
-    names = {f["sha256"] for f in host_bundle.manifest["files"]}
+    names = {f.sha256 for f in host_bundle.manifest.files}
     assert names <= set(before)
     assert not [p for p in blobs.iterdir() if p.name.startswith(".")]  # no partial upload left
 
@@ -118,8 +118,8 @@ def test_shell_metacharacters_are_harmless(board, host_bundle, tmp_path):
 
 def test_altered_byte_on_the_board_is_refused(board, host_bundle):
     run_json(host_bundle, board["name"], board["env"], n=1)
-    vmfb = next(f for f in host_bundle.manifest["files"] if f["path"] == "model.vmfb")
-    blob = board["home"] / ".cache" / "rvdeploy" / "blobs" / vmfb["sha256"]
+    vmfb = host_bundle.manifest.entry("model.vmfb")
+    blob = board["home"] / ".cache" / "rvdeploy" / "blobs" / vmfb.sha256
     original = blob.read_bytes()
     try:
         damaged = bytearray(original)

@@ -7,16 +7,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..bundle import Bundle
+from ..bundle import MANIFEST, Bundle, Manifest
 from ..errors import RvdeployError
 
 # rvdeploy.api.build: (model, *, out, variant, revision, target, pipeline, force[, on_stage]) -> its BuildResult
 Builder = Callable[..., object]
 
 
-def _same_model(a: dict, b: dict) -> bool:
-    keys = lambda m: (m["model"]["id"], m["model"].get("variant"), m["model"].get("revision"), m["target"]["name"],
-                      m["compiler"]["version"])
+def _same_model(a: Manifest, b: Manifest) -> bool:
+    keys = lambda m: (m.model.id, m.model.variant, m.model.revision, m.target.name, m.compiler.version)
     return keys(a) == keys(b)
 
 
@@ -29,31 +28,31 @@ def baseline_bundle(bundle: Bundle, path: Path | None = None, on_stage=None, *, 
     next to the bundle, reused when it matches (model, variant, revision, target, compiler) and built
     otherwise. Returns (bundle, built_now)."""
     m = bundle.manifest
-    if m["pipeline"]["name"] == "baseline":
+    if m.pipeline.name == "baseline":
         raise RvdeployError(f"{bundle.path} is itself a baseline bundle: --compare baseline compares an mmt4d bundle "
                             "with it")
     if path is not None:
         other = Bundle.open(path)
-        if other.manifest["pipeline"]["name"] != "baseline" or not _same_model(m, other.manifest):
+        if other.manifest.pipeline.name != "baseline" or not _same_model(m, other.manifest):
             raise RvdeployError(f"--baseline-bundle {path}: not a baseline build of the same model, target and "
                                 f"compiler as {bundle.path}")
         return other, False
     path = default_baseline_path(bundle)
-    if (path / "manifest.json").is_file():
+    if (path / MANIFEST).is_file():
         other = Bundle.open(path)
-        if other.manifest["pipeline"]["name"] == "baseline" and _same_model(m, other.manifest):
+        if other.manifest.pipeline.name == "baseline" and _same_model(m, other.manifest):
             return other, False
-        if other.manifest["pipeline"]["name"] != "baseline":
+        if other.manifest.pipeline.name != "baseline":
             raise RvdeployError(f"{path} exists and is not a baseline bundle", hint="pass --baseline-bundle DIR")
     elif path.exists():
         raise RvdeployError(f"{path} exists and is not a bundle", hint="remove it or pass --baseline-bundle DIR")
-    source = m["model"].get("source")
-    model = "demo" if source == "demo" else m["model"]["id"]
+    source = m.model.source
+    model = "demo" if source == "demo" else m.model.id
     if source in ("dir", "file") and not Path(model).exists():
         raise RvdeployError(f"cannot rebuild {bundle.path}'s model with the baseline pipeline: {model} is not here",
                             hint="build it with --pipeline baseline and pass --baseline-bundle DIR")
     kwargs = {"on_stage": on_stage} if on_stage else {}
-    result = build(model, out=path, variant=m["model"].get("variant") or "fp32",
-                   revision=m["model"].get("revision"), target=m["target"]["name"], pipeline="baseline",
+    result = build(model, out=path, variant=m.model.variant or "fp32",
+                   revision=m.model.revision, target=m.target.name, pipeline="baseline",
                    force=True, **kwargs)
     return result.bundle, True

@@ -42,10 +42,10 @@ def measure_cost(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int) -> 
     """Per-token instruction counts of a riscv64 bundle's runner (what `run` executes) on an open emulated
     board, one thread: (1-token prompt, 1 new), (P, 1 new) and (P, N+1 new) by difference."""
     m = bundle.manifest
-    if m["target"]["arch"] != "riscv64":
-        raise RvdeployError(f"{bundle.path} is a {m['target']['name']} bundle: --cost counts riscv64 instructions",
+    if m.target.arch != "riscv64":
+        raise RvdeployError(f"{bundle.path} is a {m.target.name} bundle: --cost counts riscv64 instructions",
                             hint="build for a riscv64 target, e.g. --target rv64gcv-vlen256")
-    if m.get("runtime", {}).get("kind") != "bundled":
+    if m.runtime.kind != "bundled":
         raise RvdeployError(f"{bundle.path} needs a riscv64 IREE runtime to be measured under qemu and has none",
                             hint=BUILD_HINT)
     if prompt_tokens < 2:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from .. import modelconfig
 from ..bundle import Bundle
+from ..bundle.names import CONFIG
 from ..errors import RvdeployError
 from ..targets import get_target
 
@@ -38,10 +39,10 @@ class ModelFacts:
 def model_facts(bundle: Bundle) -> ModelFacts:
     """Shapes from the manifest (graph facts, the mmt4d pipeline's packed weights) and config.json."""
     m = bundle.manifest
-    graph = m["model"]["graph"]
+    graph = m.model.graph
     config = {}
-    if any(f["path"] == "config.json" for f in m["files"]):
-        config = modelconfig.parse(bundle.read_text("config.json"), f"{bundle.path}/config.json")
+    if m.lists(CONFIG):
+        config = modelconfig.parse(bundle.read_text(CONFIG), f"{bundle.path}/{CONFIG}")
 
     def number(key: str, default: int) -> int:  # config.json is the model's, not rvdeploy's: check what is used
         value = config.get(key, default)
@@ -49,14 +50,14 @@ def model_facts(bundle: Bundle) -> ModelFacts:
             raise RvdeployError(f"{bundle.path}/config.json: {key} is {value!r}, not a whole number")
         return value
 
-    layers, kvh, hd = graph["num_layers"], graph["num_kv_heads"], graph["head_dim"]
+    layers, kvh, hd = graph.num_layers, graph.num_kv_heads, graph.head_dim
     heads = number("num_attention_heads", kvh)
     hidden = number("hidden_size", heads * hd)
-    vocab = graph.get("vocab_size") or number("vocab_size", 0)
-    packed = (m["pipeline"].get("mmt4d") or {}).get("packed_weights") or []
+    vocab = graph.vocab_size or number("vocab_size", 0)
+    packed = m.pipeline.mmt4d.packed_weights if m.pipeline.mmt4d else ()
     inter = number("intermediate_size", 0)
     if packed:
-        weight_macs = sum(pw["k"] * pw["n"] for pw in packed)
+        weight_macs = sum(pw.k * pw.n for pw in packed)
     elif inter:
         per_layer = 2 * hidden * heads * hd + 2 * hidden * kvh * hd + 3 * hidden * inter
         weight_macs = layers * per_layer + hidden * vocab
@@ -64,11 +65,10 @@ def model_facts(bundle: Bundle) -> ModelFacts:
         raise RvdeployError(f"{bundle.path}: no packed weights and no config.json intermediate_size: cannot count "
                             "the model's weight contractions")
     tied = bool(config.get("tie_word_embeddings", False))
-    param_files = [f for f in m["files"] if f["path"].endswith(".irpa")]
     return ModelFacts(layers=layers, heads=heads, kv_heads=kvh, head_dim=hd, hidden=hidden, vocab=vocab,
-                      dtype=graph.get("dtype", "f32"), weight_macs=weight_macs,
+                      dtype=graph.dtype or "f32", weight_macs=weight_macs,
                       embedding_params=0 if tied else vocab * hidden,
-                      parameter_bytes=sum(f["size"] for f in param_files))
+                      parameter_bytes=m.parameter_bytes)
 
 
 def estimate(bundle: Bundle, target: str, prompt_tokens: int = 64) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from ..bundle import Bundle
+from ..bundle import Bundle, Manifest
 from ..errors import RvdeployError
 from ..generation import Sampling, runner_args
 
@@ -21,13 +21,13 @@ def device_flags(threads: int) -> list[str]:
     return ["--device=local-task", f"--task_topology_max_group_count={threads}"]
 
 
-def synthetic_prompt(manifest: dict, prompt_tokens: int) -> list[int]:
+def synthetic_prompt(manifest: Manifest, prompt_tokens: int) -> list[int]:
     """P token ids for measuring (the values do not change the work)."""
-    vocab = manifest["model"]["graph"].get("vocab_size") or 2
+    vocab = manifest.model.graph.vocab_size or 2
     return [1 + i % (vocab - 1) for i in range(prompt_tokens)]
 
 
-def measuring_args(manifest: dict, prompt_tokens: int, new_tokens: int, threads: int = 1) -> list[str]:
+def measuring_args(manifest: Manifest, prompt_tokens: int, new_tokens: int, threads: int = 1) -> list[str]:
     """The runner's arguments for a measurement: greedy, no EOS stop, THREADS workers."""
     args = runner_args(manifest, synthetic_prompt(manifest, prompt_tokens), new_tokens, Sampling(),
                        stop_at_eos=False)
@@ -57,7 +57,7 @@ def _stats(samples: list[float]) -> tuple[float, float]:
 def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
     if prompt_tokens < 1 or gen_tokens < 1:
         raise RvdeployError("-p and -n must be at least 1")
-    limit = bundle.manifest["max_context"]  # always there: the manifest check requires it
+    limit = bundle.manifest.max_context
     if prompt_tokens + gen_tokens > limit:
         raise RvdeployError(f"-p {prompt_tokens} + -n {gen_tokens} exceeds the model's context of {limit} tokens")
 
@@ -86,7 +86,7 @@ def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32
         seconds = [s[key] for s in stats]
         samples = [tokens / t for t in seconds]
         mean, sd = _stats(samples)
-        rows.append(Measurement(bundle.manifest["pipeline"]["name"], test, mean, sd, samples,
+        rows.append(Measurement(bundle.manifest.pipeline.name, test, mean, sd, samples,
                                 [t / tokens for t in seconds], peak_rss_bytes=peak))
     return rows
 
@@ -94,8 +94,8 @@ def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32
 def iree_runnable(bundle: Bundle) -> str | None:
     """None when the bundle can run on a board of its architecture; else why not (a riscv64 bundle without
     an IREE runtime: none exists on any package registry, the user supplies one)."""
-    rt = bundle.manifest.get("runtime", {})
-    if rt.get("kind") == "none":
-        return (f"IREE rows skipped: {bundle.path} has no {rt.get('arch', '')} IREE runtime "
-                f"({rt.get('hint') or 'register one with `rvdeploy runtime add DIR` and rebuild'})")
+    rt = bundle.manifest.runtime
+    if rt.kind == "none":
+        return (f"IREE rows skipped: {bundle.path} has no {rt.arch or ''} IREE runtime "
+                f"({rt.hint or 'register one with `rvdeploy runtime add DIR` and rebuild'})")
     return None

@@ -13,9 +13,8 @@ from .measure import Measurement
 def bundle_label(bundle: Bundle) -> dict:
     m = bundle.manifest
     facts = model_facts(bundle)
-    size = sum(f["size"] for f in m["files"] if f["path"] in ("model.vmfb",) or f["path"].endswith(".irpa"))
-    return {"model": f"{m['model']['id']} {m['model'].get('variant') or ''}".strip(), "size_bytes": size,
-            "params": facts.params, "pipeline": m["pipeline"]["name"], "target": m["target"]["name"],
+    return {"model": f"{m.model.id} {m.model.variant or ''}".strip(), "size_bytes": m.model_bytes,
+            "params": facts.params, "pipeline": m.pipeline.name, "target": m.target.name,
             "bundle": str(bundle.path)}
 
 

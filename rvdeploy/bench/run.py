@@ -33,7 +33,7 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
     if (hf_model or gguf_types) and compare != "llama.cpp":
         raise RvdeployError("--hf-model and --gguf-type belong to --compare llama.cpp")
     if estimate_only or estimate_target:
-        report.estimate = estimate(bundle, estimate_target or bundle.manifest["target"]["name"], prompt_tokens)
+        report.estimate = estimate(bundle, estimate_target or bundle.manifest.target.name, prompt_tokens)
     if estimate_only:
         return report
     if not board:
@@ -57,10 +57,10 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
             report.notes.append(f"built the baseline bundle {other.path}")
         bundles.append(other)
         report.bundles.append(bundle_label(other))
-    main = bundle.manifest["pipeline"]["name"]
+    main = bundle.manifest.pipeline.name
     with b:
         if cost:
-            report.cost = {bd.manifest["pipeline"]["name"]: measure_cost(bd, b, prompt_tokens, gen_tokens)
+            report.cost = {bd.manifest.pipeline.name: measure_cost(bd, b, prompt_tokens, gen_tokens)
                            for bd in bundles}
             for t in llama.ggufs if llama else ():
                 report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens, gen_tokens)

@@ -39,13 +39,13 @@ def raise_for(where: str, returncode: int, stderr: str, bundle: Bundle | None = 
         raise RvdeployError(f"{where} {msg}")
     if returncode == EXIT_NO_RUNTIME:
         name = bundle.path if bundle else "the bundle"
-        arch = bundle.manifest.get("requirements", {}).get("arch", "") if bundle else ""
+        arch = bundle.manifest.requirements.arch if bundle else ""
         raise RvdeployError(f"{name} has no {arch} IREE runtime to run on {where}",
                             hint=last_line(stderr).split(": no runtime: ", 1)[-1])
     raise RvdeployError(f"{tool} failed on {where}: {last_line(stderr)}")
 
 
 def require_launcher(bundle: Bundle) -> None:
-    if not bundle.manifest.get("launcher"):
+    if not bundle.manifest.launcher:
         raise RvdeployError(f"{bundle.path} has no board-side launcher (built by an older rvdeploy)",
                             hint="rebuild the bundle")

@@ -42,10 +42,10 @@ class LocalBoard:
         return host_probe()
 
     def check(self, bundle: Bundle) -> None:
-        target = bundle.manifest["target"]
-        if target["arch"] != "host":
+        target = bundle.manifest.target
+        if target.arch != "host":
             raise RvdeployError(
-                f"bundle {bundle.path} is built for {target['name']} ({target['arch']}); --board local runs "
+                f"bundle {bundle.path} is built for {target.name} ({target.arch}); --board local runs "
                 f"host-target bundles on this {platform.machine()} machine",
                 hint="build with --target host, or run it on a board: --board qemu or --board user@host")
 

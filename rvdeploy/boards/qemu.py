@@ -79,15 +79,15 @@ class QemuBoard:
     def _cpu(self, bundle: Bundle | None) -> str:
         if self.target is not None:
             return self.target.qemu_cpu
-        return bundle.manifest["target"]["qemu_cpu"] if bundle else ""
+        return bundle.manifest.target.qemu_cpu if bundle else ""
 
     def isa_target(self, bundle: Bundle) -> Target:
         """TARGET's, or the bundle's (the one it is emulated with)."""
-        return self.target if self.target is not None else get_target(bundle.manifest["target"]["name"])
+        return self.target if self.target is not None else get_target(bundle.manifest.target.name)
 
     def check(self, bundle: Bundle) -> None:
-        if bundle.manifest["target"]["arch"] != "riscv64":
-            raise RvdeployError(f"{bundle.path} is a {bundle.manifest['target']['name']} bundle; --board qemu runs "
+        if bundle.manifest.target.arch != "riscv64":
+            raise RvdeployError(f"{bundle.path} is a {bundle.manifest.target.name} bundle; --board qemu runs "
                                 "riscv64 bundles", hint="use --board local for host bundles")
         require_launcher(bundle)
 

@@ -141,7 +141,7 @@ class SshBoard:
         return hashes
 
     def _bundle_files(self, bundle: Bundle) -> dict[str, Path]:
-        names = [MANIFEST, SUMS] + [f["path"] for f in bundle.manifest["files"]]
+        names = [MANIFEST, SUMS] + [f.path for f in bundle.manifest.files]
         return {n: bundle.path / n for n in names}
 
     def _materialize(self, bundle: Bundle) -> str:
@@ -149,7 +149,7 @@ class SshBoard:
         cd's into it."""
         hashes = self.upload(self._bundle_files(bundle))
         bid = shlex.quote(hashes[MANIFEST])
-        executables = {f["path"] for f in bundle.manifest["files"] if f.get("executable")}
+        executables = {f.path for f in bundle.manifest.files if f.executable}
         lines = [f'c={CACHE}; d="$c/bundles"/{bid}', 'if [ ! -f "$d/.complete" ]; then',
                  'rm -rf "$d.tmp"; mkdir -p "$d.tmp"']
         for sub in sorted({str(Path(n).parent) for n in hashes if Path(n).parent != Path(".")}):
@@ -164,7 +164,7 @@ class SshBoard:
     # ---- board API --------------------------------------------------------------------------------------
     def isa_target(self, bundle: Bundle) -> Target:
         """The bundle's target: the board's launcher refuses a bundle its ISA does not match."""
-        return get_target(bundle.manifest["target"]["name"])
+        return get_target(bundle.manifest.target.name)
 
     def start_runner(self, bundle: Bundle, args: list[str]) -> RunnerProcess:
         """The bundle's runner through its launcher on the board, live over the shared connection (tokens

@@ -68,21 +68,20 @@ def build(
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if json_:
-        print_json({"bundle": str(result.bundle.path), "stage_seconds": result.seconds, "manifest": m,
+        print_json({"bundle": str(result.bundle.path), "stage_seconds": result.seconds, "manifest": m.to_dict(),
                     "warnings": list(result.warnings),
                     "archive": str(result.archive) if result.archive else None})
         return
-    size = sum(f["size"] for f in m["files"])
-    out.print(f"wrote {result.bundle.path}  ({m['model']['id']}, target {m['target']['name']}, "
-              f"pipeline {m['pipeline']['name']}, {size / 1e6:.1f} MB)")
-    mm = m["pipeline"].get("mmt4d")
+    out.print(f"wrote {result.bundle.path}  ({m.model.id}, target {m.target.name}, "
+              f"pipeline {m.pipeline.name}, {m.total_bytes / 1e6:.1f} MB)")
+    mm = m.pipeline.mmt4d
     if mm:
-        tiles = ", ".join(f"{elt}: prefill {t['prefill']}, decode {t['decode']}" for elt, t in mm["tiles"].items())
-        out.print(f"mmt4d: {mm['lowered_contractions']} weight contractions lowered ({tiles or 'no tile for this type'})")
-        if mm.get("q4_contractions"):
-            out.print(f"q4: {mm['q4_contractions']} weight contractions read 4-bit weights, dequantized inside the "
+        tiles = ", ".join(f"{elt}: prefill {t.prefill}, decode {t.decode}" for elt, t in mm.tiles.items())
+        out.print(f"mmt4d: {mm.lowered_contractions} weight contractions lowered ({tiles or 'no tile for this type'})")
+        if mm.q4_contractions:
+            out.print(f"q4: {mm.q4_contractions} weight contractions read 4-bit weights, dequantized inside the "
                       "contraction (generated code, no mmt4d microkernel for 4-bit)")
-        for reason in mm["not_lowered"][:5]:
+        for reason in mm.not_lowered[:5]:
             err.print(f"[yellow]not lowered:[/yellow] {reason}")
     if result.archive:
         out.print(f"wrote {result.archive}")

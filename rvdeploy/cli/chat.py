@@ -48,7 +48,7 @@ def chat(
 
             _, turn = session.say(user, show)
             out.print()
-            limit = b.manifest["max_context"]
+            limit = b.manifest.max_context
             err.print(f"[dim]({len(turn.ids)} tokens, stop: {turn.reason}; context {session.used}/{limit} used, "
                       f"{limit - session.used} left)[/dim]")
         session.close()

@@ -12,14 +12,14 @@ from ._output import out, print_json, print_table
 def inspect(bundle: BundleArg, json_: Json = False) -> None:
     """Show the manifest and one row per contraction dispatch: op, shapes, mmt4d microkernel tile, padding."""
     info = api.inspect(bundle)
-    if json_:
-        print_json(info)
-        return
     m = info["manifest"]
-    q = (m["model"].get("quantized") or {}).get("format")
-    variant = m["model"]["variant"] + (f", quantized {q} by rvdeploy" if q else "")
-    out.print(f"{bundle}: {m['model']['id']} ({variant}) for {m['target']['name']}, "
-              f"pipeline {m['pipeline']['name']}, IREE {m['compiler']['version']}")
+    if json_:
+        print_json(info | {"manifest": m.to_dict()})
+        return
+    q = m.model.quantized.format if m.model.quantized else None
+    variant = m.model.variant + (f", quantized {q} by rvdeploy" if q else "")
+    out.print(f"{bundle}: {m.model.id} ({variant}) for {m.target.name}, "
+              f"pipeline {m.pipeline.name}, IREE {m.compiler.version}")
     rows = [(r["entry"], r["op"], r["shapes"], r["types"], "yes" if r["mmt4d"] else "no",
              r["tile"] or "-" if r["ukernel"] else "codegen", (r.get("library") or "-") if r["ukernel"] else "-",
              _pct(r.get("padding")))

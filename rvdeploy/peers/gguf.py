@@ -39,8 +39,7 @@ def _noop(_: str) -> None:
 def matching_type(bundle: Bundle) -> str:
     """The GGUF type of the bundle's precision (llamacpp.toml [gguf_types]): rvdeploy's own quantization
     (build --quantize) if it has one, else the ONNX variant it was built from."""
-    model = bundle.manifest["model"]
-    precision = (model.get("quantized") or {}).get("format") or model.get("variant") or "fp32"
+    precision = bundle.manifest.model.precision
     types = llamacpp_build.CONFIG["gguf_types"]
     if precision not in types:
         raise RvdeployError(f"no GGUF type matches the bundle's precision {precision!r}",
@@ -79,7 +78,7 @@ def _from_hub(repo: str, revision: str | None) -> Path | None:
 def hf_checkpoint(bundle: Bundle, spec: str | None = None) -> Path:
     """The HF checkpoint of the bundle's model: SPEC (a directory or a hub repo id) if given, else the
     directory the bundle was built from (or its parent, for an onnx/ subfolder) or the same hub repo."""
-    model = bundle.manifest["model"]
+    model = bundle.manifest.model
     if spec:
         path = Path(spec).expanduser()
         if path.exists():
@@ -91,7 +90,7 @@ def hf_checkpoint(bundle: Bundle, spec: str | None = None) -> Path:
             raise RvdeployError(f"--hf-model {spec}: not a directory, and no cached hub checkpoint of that repo "
                                 "with config.json and *.safetensors", hint="download it, or pass its directory")
         return found
-    source, model_id = model.get("source"), model.get("id", "")
+    source, model_id = model.source, model.id
     if source in ("dir", "file"):
         p = Path(model_id)  # as given to `build` (relative paths are relative to where it ran)
         if not p.exists():
@@ -102,7 +101,7 @@ def hf_checkpoint(bundle: Bundle, spec: str | None = None) -> Path:
             if is_checkpoint(c):
                 return c
     if source == "hub":
-        found = _from_hub(model_id, model.get("revision"))
+        found = _from_hub(model_id, model.revision)
         if found is not None:
             return found
     raise RvdeployError(f"{model_id} is an ONNX-only model here: --compare llama.cpp needs its Hugging Face weights "

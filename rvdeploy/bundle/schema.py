@@ -9,12 +9,12 @@ import re
 import tomllib
 from pathlib import Path, PurePosixPath
 
-from .errors import RvdeployError
+from ..errors import RvdeployError
+from .names import RESERVED
 
 SCHEMA = Path(__file__).resolve().parent / "manifest_schema.toml"
 _COMPONENT = re.compile(r"[A-Za-z0-9_.+=@-]{1,255}")  # what rvdeploy names files: no spaces, quotes, controls
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-RESERVED = ("manifest.json", "SHA256SUMS")  # written beside the files, never listed among them
 
 
 def _count(v) -> bool:
@@ -82,8 +82,8 @@ def _values(doc, key: str):
     field yields the sentinel MISSING."""
     places = [("", doc)]
     for part in key.split("."):
-        items = part.endswith("[]")
-        name = part[:-2] if items else part
+        items, values = part.endswith("[]"), part.endswith("{}")
+        name = part[:-2] if items or values else part
         nxt = []
         for shown, v in places:
             if not isinstance(v, dict):
@@ -93,6 +93,9 @@ def _values(doc, key: str):
             if items:
                 if isinstance(child, list):
                     nxt += [(f"{here}[{i}]", x) for i, x in enumerate(child)]
+            elif values:
+                if isinstance(child, dict):
+                    nxt += [(f"{here}.{k}", x) for k, x in child.items()]
             else:
                 nxt.append((here, child))
         places = nxt

@@ -5,16 +5,16 @@ leaves a half-written bundle under the requested name; an existing output is rep
 rvdeploy.outputs allows. Same inputs give the same bytes: the manifest has no timestamps and its keys are
 sorted, and the .tar.gz form (pack_bundle) has sorted entries with fixed modes, owners and times. SHA256SUMS
 repeats the manifest's hashes in `sha256sum -c` format for the board-side launcher, which has no JSON parser.
-Every reader opens a bundle through Bundle.open, which checks the manifest (rvdeploy.manifest) first.
+Every reader opens a bundle through Bundle.open, which checks the manifest (rvdeploy.bundle.schema) first and
+reads it into a typed Manifest (rvdeploy.bundle.manifest).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import gzip
+import hashlib
 import io
+import os
 import shutil
 import stat
 import tarfile
@@ -23,13 +23,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import manifest as manifest_schema
-from . import outputs
-from .atomic import dir_into_place, file_into_place
-from .errors import RvdeployError
+from .. import outputs
+from ..atomic import dir_into_place, file_into_place
+from ..errors import RvdeployError
+from .manifest import FileEntry, Manifest, checked, parse
+from .names import MANIFEST, SUMS
 
-SCHEMA_VERSION = 1
-MANIFEST, SUMS = manifest_schema.RESERVED
 MAX_MANIFEST_BYTES = 16 << 20  # a real manifest is a few KB; more is not one (and is not read into memory)
 _CHUNK = 1 << 20
 
@@ -40,21 +39,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(_CHUNK), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def parse_manifest(data: bytes, where: str) -> dict:
-    """manifest.json's bytes -> the checked manifest (one RvdeployError naming WHERE otherwise)."""
-    try:
-        manifest = json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise RvdeployError(f"{where}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    except (ValueError, RecursionError):  # not UTF-8, or nested deeper than the parser goes
-        raise RvdeployError(f"{where}: not a JSON manifest") from None
-    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
-    if isinstance(manifest, dict) and version != SCHEMA_VERSION:
-        raise RvdeployError(f"{where}: schema_version {version!r}, this rvdeploy reads {SCHEMA_VERSION}",
-                            hint="rebuild the bundle with this rvdeploy")
-    return manifest_schema.check(manifest, where)
 
 
 def _open_inside(root: Path, name: str, shown: str):
@@ -83,7 +67,7 @@ def _open_inside(root: Path, name: str, shown: str):
 @dataclass(frozen=True)
 class Bundle:
     path: Path
-    manifest: dict
+    manifest: Manifest
     label: str = ""  # how messages name the bundle (an archive being unpacked), default its path
     raw: bytes = field(default=b"", repr=False, compare=False)  # manifest.json as read: packed byte for byte
 
@@ -103,10 +87,10 @@ class Bundle:
         if mf.stat().st_size > MAX_MANIFEST_BYTES:
             raise RvdeployError(f"{shown}/{MANIFEST} is {mf.stat().st_size} bytes: not an rvdeploy manifest")
         raw = mf.read_bytes()
-        return cls(path, parse_manifest(raw, f"{shown}/{MANIFEST}"), label, raw)
+        return cls(path, parse(raw, f"{shown}/{MANIFEST}"), label, raw)
 
     def file(self, name: str) -> Path:
-        if name not in {f["path"] for f in self.manifest["files"]}:
+        if not self.manifest.lists(name):
             raise RvdeployError(f"{self.shown}: manifest lists no file {name!r}")
         return self.path / name
 
@@ -124,14 +108,14 @@ class Bundle:
         return RvdeployError(f"{self.shown}: {name} does not match its sha256 in the manifest",
                              hint="the bundle was altered or damaged: rebuild or copy it again")
 
-    def reader(self, entry: dict) -> "_Checked":
+    def reader(self, entry: FileEntry) -> "_Checked":
         """A listed file open for reading, its size and sha256 checked as it is read (`check()` at the end)."""
         return _Checked(self, entry)
 
     def verify(self) -> None:
         """Every file present, a regular file inside the bundle, with the recorded size and sha256; and
         SHA256SUMS saying the same (the board-side launcher checks that file)."""
-        for entry in self.manifest["files"]:
+        for entry in self.manifest.files:
             with self.reader(entry) as f:
                 while f.read(_CHUNK):
                     pass
@@ -141,7 +125,7 @@ class Bundle:
     def check_sums(self) -> None:
         sums = self.path / SUMS
         if not sums.is_file() or sums.is_symlink() or sums.stat().st_size > MAX_MANIFEST_BYTES \
-                or sums.read_bytes() != _sums(self.manifest["files"]).encode():
+                or sums.read_bytes() != _sums(self.manifest.files).encode():
             raise RvdeployError(f"{self.shown}: {SUMS} is missing or does not match the manifest",
                                 hint="the bundle was altered or damaged: rebuild or copy it again")
 
@@ -150,13 +134,13 @@ class _Checked:
     """One bundle file being read (no link followed), hashed on the way: one pass checks it and, in pack,
     copies it."""
 
-    def __init__(self, bundle: Bundle, entry: dict):
+    def __init__(self, bundle: Bundle, entry: FileEntry):
         self.bundle, self.entry = bundle, entry
-        self._f = _open_inside(bundle.path, entry["path"], bundle.shown)
+        self._f = _open_inside(bundle.path, entry.path, bundle.shown)
         self._h, self._n = hashlib.sha256(), 0
-        if os.fstat(self._f.fileno()).st_size != entry["size"]:
+        if os.fstat(self._f.fileno()).st_size != entry.size:
             self._f.close()
-            raise bundle._mismatch(entry["path"])
+            raise bundle._mismatch(entry.path)
 
     def read(self, n: int = -1) -> bytes:
         chunk = self._f.read(n)
@@ -165,8 +149,8 @@ class _Checked:
         return chunk
 
     def check(self) -> None:
-        if self._n != self.entry["size"] or self._h.hexdigest() != self.entry["sha256"]:
-            raise self.bundle._mismatch(self.entry["path"])
+        if self._n != self.entry.size or self._h.hexdigest() != self.entry.sha256:
+            raise self.bundle._mismatch(self.entry.path)
 
     def __enter__(self) -> "_Checked":
         return self
@@ -175,11 +159,11 @@ class _Checked:
         self._f.close()
 
 
-def _sums(entries: list[dict]) -> str:
-    return "".join(f"{e['sha256']}  {e['path']}\n" for e in entries)
+def _sums(entries) -> str:
+    return "".join(f"{e.sha256}  {e.path}\n" for e in entries)
 
 
-def write_bundle(out: Path, files: dict[str, Path], manifest: dict, force: bool = False,
+def write_bundle(out: Path, files: dict[str, Path], manifest: Manifest, force: bool = False,
                  executables: frozenset[str] | set[str] = frozenset(), archive: Path | None = None) -> Bundle:
     """Copy `files` (bundle name -> source path) and write the manifest and SHA256SUMS, atomically.
     Names in `executables` get mode 0755 (recorded in the manifest), every other file 0644. With `archive`,
@@ -197,7 +181,7 @@ def write_bundle(out: Path, files: dict[str, Path], manifest: dict, force: bool 
     return Bundle.open(out)
 
 
-def _fill(staging: Path, files: dict[str, Path], manifest: dict, executables, out: Path) -> None:
+def _fill(staging: Path, files: dict[str, Path], manifest: Manifest, executables, out: Path) -> None:
     """The bundle's files (copied), its manifest (checked against the schema: a failure is rvdeploy's bug) and
     SHA256SUMS, into STAGING."""
     entries = []
@@ -206,13 +190,9 @@ def _fill(staging: Path, files: dict[str, Path], manifest: dict, executables, ou
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files[name], dst)
         os.chmod(dst, 0o755 if name in executables else 0o644)
-        entry = {"path": name, "size": dst.stat().st_size, "sha256": sha256_file(dst)}
-        if name in executables:
-            entry["executable"] = True
-        entries.append(entry)
-    manifest = dict(manifest, schema_version=SCHEMA_VERSION, files=entries)
-    manifest_schema.check(json.loads(json.dumps(manifest)), f"the manifest for {out}")  # a bug if it fails
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        entries.append(FileEntry(name, dst.stat().st_size, sha256_file(dst), name in executables))
+    manifest = checked(manifest.with_files(entries), f"the manifest for {out}")  # a bug if it fails
+    (staging / MANIFEST).write_text(manifest.to_json())
     (staging / SUMS).write_text(_sums(entries))
 
 
@@ -223,20 +203,20 @@ def _write_archive(bundle: Bundle, tmp: Path) -> None:
     entries, mode 0644/0755, uid/gid 0, no user names, mtime 0, and a gzip header without name or time. Each
     file is streamed and checked against the manifest as it is read (a bundle file is never held in memory)."""
     m = bundle.manifest
-    entries = {f["path"]: f for f in m["files"]}
-    inline = {MANIFEST: bundle.raw, SUMS: _sums(m["files"]).encode()}
+    entries = {f.path: f for f in m.files}
+    inline = {MANIFEST: bundle.raw, SUMS: _sums(m.files).encode()}
     with open(tmp, "wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for name in sorted([*inline, *entries]):
             info = tarfile.TarInfo(name)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            info.mode = 0o755 if entries.get(name, {}).get("executable") else 0o644
+            info.mode = 0o755 if name in entries and entries[name].executable else 0o644
             if name in inline:
                 info.size = len(inline[name])
                 tar.addfile(info, io.BytesIO(inline[name]))
                 continue
-            info.size = entries[name]["size"]
+            info.size = entries[name].size
             with bundle.reader(entries[name]) as f:
                 tar.addfile(info, f)
                 f.check()
@@ -292,10 +272,10 @@ def unpack_bundle(tar_path: Path | str, out: Path | str, force: bool = False) ->
                 raise RvdeployError(f"{tar_path} is not an rvdeploy bundle archive: no {MANIFEST}")
             if found[-1].size > MAX_MANIFEST_BYTES:
                 raise RvdeployError(f"{tar_path}: {MANIFEST} is {found[-1].size} bytes: not an rvdeploy manifest")
-            manifest = parse_manifest(_read_member(tar, found[-1]), f"{tar_path}: {MANIFEST}")
-            sizes = {f["path"]: f["size"] for f in manifest["files"]}
+            manifest = parse(_read_member(tar, found[-1]), f"{tar_path}: {MANIFEST}")
+            sizes = {f.path: f.size for f in manifest.files}
             sizes[MANIFEST] = found[-1].size
-            sizes[SUMS] = len(_sums(manifest["files"]))
+            sizes[SUMS] = len(_sums(manifest.files))
             dirs = {p.as_posix() for n in sizes for p in Path(n).parents} | {""}
             with dir_into_place(out, lambda o: outputs.check_directory(o, force)) as staging:
                 written = set()
