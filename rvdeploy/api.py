@@ -11,7 +11,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import outputs, runtime_build
+from . import runtime_build
+from .bundle import outputs
 from .bench.run import bench as run_bench
 from .boards import get_board
 from .build import bundle as bundle_stage, check, compile as compile_stage, entrypoints, fetch, import_

@@ -1,6 +1,6 @@
 """Writing an output so that nobody sees it half-written: into a temporary path beside it (same file system),
 renamed into place when complete, removed otherwise (also on Ctrl-C). What may be replaced is decided by the
-caller (rvdeploy.outputs); these only write."""
+caller (rvdeploy.bundle.outputs); these only write."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def global_name(layer: int, kind: str) -> str:
 
 
 def _append_fn(name: str, layout: CacheLayout, kind: str, opset: int) -> str:
-    h, d, c, e = layout.kv_heads, layout.head_dim, layout.capacity, layout.elt
+    h, d, e = layout.kv_heads, layout.head_dim, layout.elt
     cache = builtin(layout.key_dims() if kind == "key" else layout.value_dims(), e)
     new = builtin((1, h, 1, d), e)
     if kind == "key":  # a column of the transposed cache: [1, h, 1, d] is [1, h, d] is a [1, h, d, 1] slice

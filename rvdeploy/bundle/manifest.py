@@ -432,7 +432,7 @@ def checked(manifest: Manifest, where: str) -> Manifest:
 
 
 def problem(doc) -> str | None:
-    """The first way a parsed manifest.json departs from the schema, or None (rvdeploy.outputs: is a
+    """The first way a parsed manifest.json departs from the schema, or None (rvdeploy.bundle.outputs: is a
     directory rvdeploy's bundle?)."""
     found = schema.problems(doc)
     return found[0] if found else None

@@ -2,7 +2,7 @@
 
 Written into a temporary sibling directory and renamed into place, so an interrupted build never
 leaves a half-written bundle under the requested name; an existing output is replaced only as
-rvdeploy.outputs allows. Same inputs give the same bytes: the manifest has no timestamps and its keys are
+rvdeploy.bundle.outputs allows. Same inputs give the same bytes: the manifest has no timestamps and its keys are
 sorted, and the .tar.gz form (pack_bundle) has sorted entries with fixed modes, owners and times. SHA256SUMS
 repeats the manifest's hashes in `sha256sum -c` format for the board-side launcher, which has no JSON parser.
 Every reader opens a bundle through Bundle.open, which checks the manifest (rvdeploy.bundle.schema) first and
@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import outputs
+from . import outputs
 from ..atomic import dir_into_place, file_into_place
 from ..errors import RvdeployError
 from .manifest import FileEntry, Manifest, checked, parse

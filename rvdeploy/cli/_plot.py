@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import outputs
+from ..bundle import outputs
 from ..atomic import file_into_place
 from ..bench.report import BenchReport
 from ..errors import RvdeployError

@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle.manifest import listed_files, problem
-from .bundle.names import MANIFEST, SUMS
-from .errors import RvdeployError
+from ..errors import RvdeployError
+from .manifest import listed_files, problem
+from .names import MANIFEST, SUMS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 FORCE_HINT = "pass --force to replace it"
