@@ -4,6 +4,7 @@ hand calculation, the plot, and the emulated-cost plumbing (plugin-capable qemu,
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -22,10 +23,13 @@ def pair(built):
 
 
 def test_measuring_args_follow_the_manifest(pair):
-    """The runner measures what run executes: the graph's input roles and KV layout, greedy, no EOS stop."""
+    """The runner measures what run executes: the module's inputs (ids and the cached count when it keeps its KV
+    cache, else the graph's roles and the cache tensors), greedy, no EOS stop."""
     m = pair[0].manifest
     args = measure.measuring_args(m, 4, 3)
-    assert "--inputs=ids,mask,pos" in args and "--kv_count=4" in args and "--kv_heads=2" in args
+    assert "--inputs=ids,past" in args and "--kv_count=0" in args and "--kv_heads=2" in args
+    growing = measure.measuring_args(replace(m, kv_cache=None), 4, 3)  # a module that takes the cache tensors
+    assert "--inputs=ids,mask,pos" in growing and "--kv_count=4" in growing
     assert "--head_dim=16" in args and "--prompt=1,2,3,4" in args and "--max_new_tokens=3" in args
     assert "--temperature=0.0" in args and not any(a.startswith("--eos") for a in args)
     assert args[-1] == "--device=local-sync" and sum(a.startswith("--device") for a in args) == 1
