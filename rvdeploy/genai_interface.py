@@ -42,6 +42,7 @@ class GenaiConfig:
     eos_token_ids: tuple[int, ...]
     names_in: dict  # role -> graph name or template
     names_out: dict
+    num_heads: int | None = None  # query heads
 
 
 def find_config(onnx_path: Path) -> Path | None:
@@ -66,7 +67,7 @@ def read_config(onnx_path: Path) -> GenaiConfig | None:
     eos = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
     return GenaiConfig(path, dec.get("num_hidden_layers"), dec.get("num_key_value_heads"), dec.get("head_size"),
                        model.get("vocab_size"), model.get("context_length"), eos,
-                       dict(dec.get("inputs") or {}), dict(dec.get("outputs") or {}))
+                       dict(dec.get("inputs") or {}), dict(dec.get("outputs") or {}), dec.get("num_attention_heads"))
 
 
 def _template_regex(template: str) -> re.Pattern:

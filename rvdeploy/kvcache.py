@@ -159,26 +159,93 @@ def _computed_shape(gr: _Graph, node: onnx.NodeProto, dims: list | None, length:
     return helper.make_node("Concat", parts, [node.output[0]], axis=0)
 
 
+@dataclass(frozen=True)
+class _Shapes:
+    group_q: str  # [1, kv_heads, group, d]
+    scores: str  # [1, A, B, total]
+    group_p: str  # [1, kv_heads, group, total]
+    out: str  # [1, A, B, d]
+    ab: tuple[int, int] | None = None  # (A, B) when static
+
+
+def _attention_shapes(gr: _Graph, added: list, q: str, q_dims: list | None, heads: int | None, kv_heads: int,
+                      head_dim: int, total_1d: str) -> _Shapes:
+    """The reshape targets around the grouped attention. Static but for the context when the query head count
+    is known (decode has one position, so A * B = heads): IREE then sees static head dims and vectorizes the
+    softmax; otherwise computed from the queries' shape at run time. Never 0 (copy) or -1 dims: IREE 3.13
+    mis-sized Reshapes with those."""
+    a = q_dims[1] if q_dims and len(q_dims) == 4 else None
+    if heads and a and heads % a == 0 and heads % kv_heads == 0:
+        b, group = heads // a, heads // kv_heads
+        scores, group_p = gr.name("scores_shape"), gr.name("group_p")
+        added.append(helper.make_node("Concat", [gr.const("ab", [1, a, b]), total_1d], [scores], axis=0))
+        added.append(helper.make_node("Concat", [gr.const("kv_group", [1, kv_heads, group]), total_1d], [group_p],
+                                      axis=0))
+        return _Shapes(gr.const("group_q", [1, kv_heads, group, head_dim]), scores, group_p,
+                       gr.const("out", [1, a, b, head_dim]), (a, b))
+    q_shape, ab, rows, group = gr.name("q_shape"), gr.name("q_ab"), gr.name("q_rows"), gr.name("group")
+    added.append(helper.make_node("Shape", [q], [q_shape]))
+    added.append(helper.make_node("Slice", [q_shape, gr.const("one", [1]), gr.const("three", [3])], [ab]))
+    added.append(helper.make_node("ReduceProd", [ab], [rows], keepdims=1))
+    added.append(helper.make_node("Div", [rows, gr.const("kv_heads", [kv_heads])], [group]))
+    heads_1d = gr.const("kv_heads", [1, kv_heads])
+    group_q, lead, scores, group_p = gr.name("group_q"), gr.name("q_lead"), gr.name("scores_shape"), gr.name("group_p")
+    added.append(helper.make_node("Concat", [heads_1d, group, gr.const("head_dim", [head_dim])], [group_q], axis=0))
+    added.append(helper.make_node("Slice", [q_shape, gr.const("zero", [0]), gr.const("three", [3])], [lead]))
+    added.append(helper.make_node("Concat", [lead, total_1d], [scores], axis=0))
+    added.append(helper.make_node("Concat", [heads_1d, group, total_1d], [group_p], axis=0))
+    return _Shapes(group_q, scores, group_p, q_shape)
+
+
+_BOOLEAN = {"IsNaN", "IsInf", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or"}
+
+
+def _between(gr: _Graph, start: str, end: str) -> list[tuple[str, int | None]]:
+    """The values on every path from `start` to `end` (both excluded), with TensorProto.BOOL for comparisons'
+    outputs and None (the graph's float type) for the rest."""
+    forward, todo = set(), [start]
+    while todo:
+        for n in gr.consumers.get(todo.pop(), []):
+            for o in n.output:
+                if o not in forward and o != end:
+                    forward.add(o)
+                    todo.append(o)
+    backward, todo = set(), [end]
+    while todo:
+        n = gr.producer.get(todo.pop())
+        for i in (n.input if n is not None else ()):
+            if i not in backward and i != start:
+                backward.add(i)
+                todo.append(i)
+    return [(v, TensorProto.BOOL if gr.producer[v].op_type in _BOOLEAN else None)
+            for v in sorted(forward & backward)]
+
+
 def _perm(node: onnx.NodeProto) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
-def rewrite_decode(src: Path, dst: Path, capacity: int, kv_heads: int, head_dim: int) -> CacheLayout | None:
+def rewrite_decode(src: Path, dst: Path, capacity: int, kv_heads: int, head_dim: int,
+                   heads: int | None = None) -> CacheLayout | None:
     """Rewrite the static decode graph `src` to the fixed-capacity cache; write it to `dst` and return the
-    layout, or None (nothing written) when the graph's attention is not the pattern this knows."""
+    layout, or None (nothing written) when the graph's attention is not the pattern this knows. `heads`: the
+    query head count (config.json's num_attention_heads), which lets the attention shapes be static."""
     model = onnx.load(str(src), load_external_data=False)
     try:
-        layout = _rewrite(model, capacity, kv_heads, head_dim)
+        layout, dynamic = _rewrite(model, capacity, kv_heads, head_dim, heads)
     except _NoMatch:
         return None
-    # the importer's own inference does not propagate shape values, and the shapes this rewrite computes
-    # feed Reshapes downstream (onnxruntime-genai exports): record the inferred types
-    model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    if dynamic:
+        # the importer's own inference does not propagate shape values, and the shapes computed at run time
+        # feed Reshapes downstream (onnxruntime-genai exports): record the types inferred with them (less
+        # precise elsewhere, hence only here)
+        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
     onnx.save(model, str(dst))
     return layout
 
 
-def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int) -> CacheLayout:
+def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int,
+             heads: int | None) -> tuple[CacheLayout, bool]:
     gr = _Graph(model)
     g = gr.g
     inputs = {v.name: v for v in g.input}
@@ -207,6 +274,7 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
     dims = _inferred_dims(model)
 
     outputs = {v.name for v in g.output}
+    dynamic = False  # some attention shape known only at run time
     for layer in layers:
         views = {}
         for kind in ("key", "value"):
@@ -244,33 +312,33 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
         transposes = [n for n in kpath if n.op_type == "Transpose"]
         if len(transposes) != 1 or _perm(transposes[0]) != [0, 1, 3, 2]:
             raise _NoMatch(f"{score.name}: keys not read transposed")
-        keys = views["key"]
-        for n in kpath:  # the export's scale on the keys (sqrt of 1/sqrt(d) on each side), on the view
-            if n.op_type in ("Mul", "Div", "Cast"):
-                out = gr.name("key_scaled")
-                added.append(helper.make_node(n.op_type, [keys] + list(n.input[1:]), [out],
+        keys, scales = views["key"], []
+        for n in kpath:  # the export's scale on the keys (sqrt of 1/sqrt(d) on each side) goes on the queries:
+            if n.op_type in ("Mul", "Div"):  # the same product, without a pass over the cache
+                scales.append(n)
+            elif n.op_type == "Cast":
+                out = gr.name("key_cast")
+                added.append(helper.make_node("Cast", [keys], [out],
                                               **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
                 keys = out
         removed += kpath + [score]
         _shapes_of(gr, kpath, shape_fix, total_1d)
         # queries [1, A, B, d]: A heads of one position (optimum) or A kv heads of B grouped rows (the genai
-        # rewrite), regrouped as [1, kv_heads, A*B/kv_heads, d] (query head h reads kv head h // group). The
-        # shapes are computed from the queries' own: IREE 3.13 mis-sized Reshapes with 0 (copy) or -1 dims.
-        q_shape, ab, rows, group = gr.name("q_shape"), gr.name("q_ab"), gr.name("q_rows"), gr.name("group")
-        added.append(helper.make_node("Shape", [score.input[0]], [q_shape]))
-        added.append(helper.make_node("Slice", [q_shape, gr.const("one", [1]), gr.const("three", [3])], [ab]))
-        added.append(helper.make_node("ReduceProd", [ab], [rows], keepdims=1))
-        added.append(helper.make_node("Div", [rows, gr.const("kv_heads", [kv_heads])], [group]))
-        heads_1d, dim_1d = gr.const("kv_heads", [1, kv_heads]), gr.const("head_dim", [head_dim])
-        group_q, qg, s = gr.name("group_q"), gr.name("q_grouped"), gr.name("scores_grouped")
-        added.append(helper.make_node("Concat", [heads_1d, group, dim_1d], [group_q], axis=0))
-        added.append(helper.make_node("Reshape", [score.input[0], group_q], [qg]))
+        # rewrite), regrouped as [1, kv_heads, A*B/kv_heads, d] (query head h reads kv head h // group)
+        shapes = _attention_shapes(gr, added, score.input[0], dims.get(score.input[0]), heads, kv_heads, head_dim,
+                                   total_1d)
+        qg, s = gr.name("q_grouped"), gr.name("scores_grouped")
+        added.append(helper.make_node("Reshape", [score.input[0], shapes.group_q], [qg]))
+        for n in scales:
+            out = gr.name("q_scaled")
+            added.append(helper.make_node(n.op_type, [qg, n.input[1]], [out]))
+            qg = out
         added.append(helper.make_node("MatMul", [qg, keys], [s]))
-        # back to the export's [1, A, B, total]
-        lead, scores_shape = gr.name("q_lead"), gr.name("scores_shape")
-        added.append(helper.make_node("Slice", [q_shape, gr.const("zero", [0]), gr.const("three", [3])], [lead]))
-        added.append(helper.make_node("Concat", [lead, total_1d], [scores_shape], axis=0))
-        added.append(helper.make_node("Reshape", [s, scores_shape], [score.output[0]]))
+        added.append(helper.make_node("Reshape", [s, shapes.scores], [score.output[0]]))  # the export's [1, A, B, t]
+        if shapes.ab:  # the importer infers no shape through a computed Reshape target: give it
+            value_info.append(helper.make_tensor_value_info(score.output[0], elem, (1, *shapes.ab, "total")))
+        else:
+            dynamic = True
 
         # output: the MatMul reading the repeated values
         pv, vpath = _chain_to_matmul(gr, f"present.{layer}.value", _V_CHAIN)
@@ -278,11 +346,15 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
         _shapes_of(gr, vpath, shape_fix, total_1d)
         pg, o = gr.name("probs_grouped"), gr.name("attn_grouped")
         # [1, A, B, total] -> [1, kv_heads, group, total]; the output [1, kv_heads, group, d] -> [1, A, B, d]
-        group_p = gr.name("group_p")
-        added.append(helper.make_node("Concat", [heads_1d, group, total_1d], [group_p], axis=0))
-        added.append(helper.make_node("Reshape", [pv.input[0], group_p], [pg]))
+        added.append(helper.make_node("Reshape", [pv.input[0], shapes.group_p], [pg]))
         added.append(helper.make_node("MatMul", [pg, views["value"]], [o]))
-        added.append(helper.make_node("Reshape", [o, q_shape], [pv.output[0]]))
+        added.append(helper.make_node("Reshape", [o, shapes.out], [pv.output[0]]))
+        if shapes.ab:
+            value_info.append(helper.make_tensor_value_info(pv.output[0], elem, (1, *shapes.ab, head_dim)))
+            # the mask, softmax and NaN guard between the MatMuls keep the scores' shape (decode: one query
+            # position); said outright, IREE sees [.., B, total] with B static and keeps the softmax linear
+            for value, kind in _between(gr, score.output[0], pv.input[0]):
+                value_info.append(helper.make_tensor_value_info(value, kind or elem, (1, *shapes.ab, "total")))
 
     # Shape nodes of the old cache tensors: computed from the past length (they keep their output names)
     for out, (node, value, length) in shape_fix.items():
@@ -303,7 +375,7 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
     _prune(g)
     if not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
-    return CacheLayout(len(layers), kv_heads, head_dim, capacity, _ELT[elem])
+    return CacheLayout(len(layers), kv_heads, head_dim, capacity, _ELT[elem]), dynamic
 
 
 def _toposort(g: onnx.GraphProto) -> None:
