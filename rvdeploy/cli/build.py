@@ -40,8 +40,10 @@ def build(
                                                     "(per-channel int8 weights, dynamic int8 activations) or q4 "
                                                     "(4-bit blocks of 32, one scale each, like llama.cpp Q4_0).")] = None,
     max_context: Annotated[Optional[int], typer.Option("--max-context", min=1, max=MAX_TOKENS,
-                                                       help="Context length in tokens, for a model without "
-                                                       "config.json (or below its max_position_embeddings).")] = None,
+                                                       help="Context length in tokens: the KV cache the "
+                                                       "module allocates (default: the model's "
+                                                       "max_position_embeddings, at most 4096); required for "
+                                                       "a model without config.json.")] = None,
     json_: Json = False,
 ) -> None:
     """Build a bundle: fetch the model, import it, add prefill/decode/generate, lower to mmt4d, compile."""
