@@ -3,7 +3,7 @@
 pipeline and llama.cpp f32 / f16 / Q8_0 / Q4_0, one thread, one table.
 
   python benchmarks/make_llama.py mid /tmp/bench/models/mid        # once: ONNX + HF checkpoint, same weights
-  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--types T ...]
+  python benchmarks/mid_table.py [--model DIR] [--target spacemit-k1] [-p 64] [-n 32] [--depth 256] [--types T ...]
                                  [--quantize [int8] [q4]] [--json]
 
 The same at the Llama-3.2-1B shape (about 15 minutes for two types; 11 GB of model files, 5 GB peak):
@@ -60,7 +60,8 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def iree_rows(model: Path, target: str, out: Path, p: int, n: int, quantize: tuple[str, ...] = ()) -> dict:
+def iree_rows(model: Path, target: str, out: Path, p: int, n: int, quantize: tuple[str, ...] = (),
+              depths: tuple[int, ...] = ()) -> dict:
     rows = {}
     try:
         api.build_runtime(progress=lambda phase, done, total: None if done else log(phase))
@@ -81,16 +82,22 @@ def iree_rows(model: Path, target: str, out: Path, p: int, n: int, quantize: tup
         log(f"counting {pipeline} under qemu")
         with get_board(f"qemu:{target}") as board:
             rows[pipeline] = measure_cost(bundle, board, p, n)
+            for d in depths:  # decode after a D-token context: the growth with context
+                rows[pipeline].setdefault("decode_at_depth", {})[d] = \
+                    measure_cost(bundle, board, d, n)["per_generated_token"]
     return rows
 
 
-def llama_rows(model: Path, target: str, p: int, n: int, types: list[str]) -> dict:
+def llama_rows(model: Path, target: str, p: int, n: int, types: list[str], depths: tuple[int, ...] = ()) -> dict:
     llama = llamacpp.for_target(get_target(target), model, types, log)
     rows = {}
     with get_board(f"qemu:{target}") as board:
         for t in types:
             log(f"counting llama.cpp {t} under qemu")
-            rows[llamabench.backend(t)] = llamabench.measure_cost(board, llama, t, p, n)
+            row = rows[llamabench.backend(t)] = llamabench.measure_cost(board, llama, t, p, n)
+            for d in depths:
+                row.setdefault("decode_at_depth", {})[d] = \
+                    llamabench.measure_cost(board, llama, t, d, n)["per_generated_token"]
     return rows
 
 
@@ -98,27 +105,38 @@ def fmt_m(x: float | None) -> str:
     return f"{x / 1e6:.2f}M" if x is not None else "-"
 
 
-def table(rows: dict, shape: str | None) -> str:
+def table(rows: dict, shape: str | None, p: int, depths: tuple[int, ...] = ()) -> str:
     ref = rows.get("llama.cpp F32")
     anchors = ANCHORS.get(shape, {})
     lines = ["| backend | prefill instr/token | decode instr/token | prefill vector (x LMUL) | "
-             "decode vector (x LMUL) | vs llama.cpp f32 (prefill / decode) | peak RSS | issue's anchor "
-             "(prefill / decode) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "decode vector (x LMUL) | vs llama.cpp f32 (prefill / decode) | "
+             + "".join(f"decode at depth {d} (vs f32) | " for d in depths)
+             + f"growth per context token ({p} -> {depths[-1]}) | " * bool(depths)
+             + "peak RSS | issue's anchor (prefill / decode) |",
+             "|---|---|---|---|---|---|" + "---|" * (len(depths) + bool(depths)) + "---|---|"]
     for name, c in rows.items():
         anchor = anchors.get(name)
         anchor_text = f"{fmt_m(anchor[0])} / {fmt_m(anchor[1])}" if anchor else "-"
         if "skipped" in c:
-            lines.append(f"| IREE {name} | not measured: {c['skipped']} | | | | | | {anchor_text} |")
+            lines.append(f"| IREE {name} | not measured: {c['skipped']} | | | | |" + " |" * (len(depths) + bool(depths))
+                         + f" | {anchor_text} |")
             continue
         pp, tg = c["per_prompt_token"], c["per_generated_token"]
         vs = (f"{pp['instructions'] / ref['per_prompt_token']['instructions']:.2f}x / "
               f"{tg['instructions'] / ref['per_generated_token']['instructions']:.2f}x") if ref else "-"
         rss = c.get("peak_rss_bytes")
         label = name if name.startswith("llama.cpp") else f"IREE {name}"
+        at = c.get("decode_at_depth", {})
+        deep = ""
+        for d in depths:
+            x, r = at.get(d, {}).get("instructions"), ((ref or {}).get("decode_at_depth") or {}).get(d)
+            deep += f"{fmt_m(x)}" + (f" ({x / r['instructions']:.2f}x)" if x and r else "") + " | "
+        if depths:
+            last = at.get(depths[-1], {}).get("instructions")
+            deep += (f"{(last - tg['instructions']) / (depths[-1] - p) / 1e3:.1f}K | " if last else "- | ")
         lines.append(f"| {label} | {fmt_m(pp['instructions'])} | {fmt_m(tg['instructions'])} | "
                      f"{fmt_m(pp['vector_instructions'])} ({fmt_m(pp['vector_lmul_weighted'])}) | "
-                     f"{fmt_m(tg['vector_instructions'])} ({fmt_m(tg['vector_lmul_weighted'])}) | {vs} | "
+                     f"{fmt_m(tg['vector_instructions'])} ({fmt_m(tg['vector_lmul_weighted'])}) | {vs} | {deep}"
                      f"{f'{rss / 2**20:.0f} MiB' if rss else '-'} | "
                      f"{anchor_text} |")
     return "\n".join(lines)
@@ -137,6 +155,8 @@ def main() -> None:
     ap.add_argument("--types", nargs="+", default=list(TYPES), choices=TYPES, help="llama.cpp GGUF types")
     ap.add_argument("--quantize", nargs="*", default=["int8", "q4"], choices=["int8", "q4"],
                     help="also the mmt4d pipeline with --quantize (rows beside llama.cpp's Q8_0 / Q4_0)")
+    ap.add_argument("--depth", type=int, nargs="*", default=[256],
+                    help="also decode per token after a context of D tokens (the growth with context)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not gguf.is_checkpoint(args.model):
@@ -147,17 +167,18 @@ def main() -> None:
         shape = None  # not from make_llama.py: no anchors to show
     t0 = time.perf_counter()
     try:
-        rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n, tuple(args.quantize)),
-                **llama_rows(args.model, args.target, args.p, args.n, args.types)}
+        depths = tuple(args.depth)
+        rows = {**iree_rows(args.model, args.target, args.out, args.p, args.n, tuple(args.quantize), depths),
+                **llama_rows(args.model, args.target, args.p, args.n, args.types, depths)}
     except RvdeployError as e:
         sys.exit(f"error: {e}")
     if args.json:
-        print(json.dumps({"target": args.target, "prompt_tokens": args.p, "gen_tokens": args.n, "rows": rows},
-                         indent=1))
+        print(json.dumps({"target": args.target, "prompt_tokens": args.p, "gen_tokens": args.n, "depths": depths,
+                          "rows": rows}, indent=1))
         return
     print(f"{args.model.name}: {args.target}, one thread, P={args.p}, N={args.n} "
           f"(executed guest instructions per token, by difference; {time.perf_counter() - t0:.0f} s)")
-    print(table(rows, shape))
+    print(table(rows, shape, args.p, depths))
     if shape in GOALS:
         pp, tg = GOALS[shape]
         print(f"\ngoals ({shape}): mmt4d prefill <= {pp}x and decode <= {tg}x llama.cpp f32; never above baseline")
