@@ -300,10 +300,10 @@ def _check(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int, depths: l
     from .boards.qemu import QemuBoard
 
     m = bundle.manifest
-    if m["target"]["arch"] != "riscv64":
-        raise RvdeployError(f"{bundle.path} is a {m['target']['name']} bundle: dispatch costs are counted on "
+    if m.target.arch != "riscv64":
+        raise RvdeployError(f"{bundle.path} is a {m.target.name} bundle: dispatch costs are counted on "
                             "riscv64 bundles")
-    if m.get("runtime", {}).get("kind") != "bundled":
+    if m.runtime.kind != "bundled":
         raise RvdeployError(f"{bundle.path} has no riscv64 IREE runtime to run under qemu", hint=BUILD_HINT)
     if not isinstance(board, QemuBoard):
         raise RvdeployError("dispatch costs are counted under the plugin qemu on this machine: --board qemu")
