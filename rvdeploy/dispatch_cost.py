@@ -311,7 +311,7 @@ def _check(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int, depths: l
         raise RvdeployError("-p must be 2 or more (per prompt token = difference of P and 1 token prompts)")
     if gen_tokens < 1:
         raise RvdeployError("-n must be 1 or more")
-    limit = m.get("max_context")
+    limit = m.max_context
     for d in [prompt_tokens, *depths]:
         if d < 1 or (limit and d + gen_tokens + 1 > limit):
             raise RvdeployError(f"depth {d} + {gen_tokens + 1} new tokens does not fit the context ({limit})")
