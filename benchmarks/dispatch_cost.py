@@ -34,24 +34,37 @@ def _m(x: float) -> str:
 
 def table(name: str, phase: dict, top: int) -> str:
     t = phase["total"]
-    head = (f"### {name}: {_m(t['instructions'])} instructions per token, {_m(t['vector_instructions'])} vector "
-            f"({_m(t['vector_lmul_weighted'])} x LMUL)")
-    lines = [head, "", "| dispatch | kind | instr/token | share | vector | vector x LMUL |",
-             "|---|---|---|---|---|---|"]
+    head = (
+        f"### {name}: {_m(t['instructions'])} instructions per token, {_m(t['vector_instructions'])} vector "
+        f"({_m(t['vector_lmul_weighted'])} x LMUL)"
+    )
+    lines = [
+        head,
+        "",
+        "| dispatch | kind | instr/token | share | vector | vector x LMUL |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = phase["rows"]
     shown, rest = rows[:top], rows[top:]
     for r in shown:
-        lines.append(f"| {r['dispatch']} | {r['kind']} | {_m(r['instructions'])} | {100 * r['share']:.1f} % | "
-                     f"{_m(r['vector_instructions'])} | {_m(r['vector_lmul_weighted'])} |")
+        lines.append(
+            f"| {r['dispatch']} | {r['kind']} | {_m(r['instructions'])} | {100 * r['share']:.1f} % | "
+            f"{_m(r['vector_instructions'])} | {_m(r['vector_lmul_weighted'])} |"
+        )
     if rest:
-        s = {k: sum(r[k] for r in rest) for k in ("instructions", "vector_instructions", "vector_lmul_weighted",
-                                                  "share")}
-        lines.append(f"| ({len(rest)} more) | | {_m(s['instructions'])} | {100 * s['share']:.1f} % | "
-                     f"{_m(s['vector_instructions'])} | {_m(s['vector_lmul_weighted'])} |")
+        s = {
+            k: sum(r[k] for r in rest) for k in ("instructions", "vector_instructions", "vector_lmul_weighted", "share")
+        }
+        lines.append(
+            f"| ({len(rest)} more) | | {_m(s['instructions'])} | {100 * s['share']:.1f} % | "
+            f"{_m(s['vector_instructions'])} | {_m(s['vector_lmul_weighted'])} |"
+        )
     lines += ["", "| kind | instr/token | share | vector | vector x LMUL |", "|---|---|---|---|---|"]
     for r in phase["by_kind"]:
-        lines.append(f"| {r['kind']} | {_m(r['instructions'])} | {100 * r['share']:.1f} % | "
-                     f"{_m(r['vector_instructions'])} | {_m(r['vector_lmul_weighted'])} |")
+        lines.append(
+            f"| {r['kind']} | {_m(r['instructions'])} | {100 * r['share']:.1f} % | "
+            f"{_m(r['vector_instructions'])} | {_m(r['vector_lmul_weighted'])} |"
+        )
     lines += ["", "| runtime function | instr/token | share |", "|---|---|---|"]
     for r in phase["runtime_functions"][:top]:
         lines.append(f"| {r['function']} | {_m(r['instructions'])} | {100 * r['share']:.1f} % |")
@@ -68,8 +81,14 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     try:
-        result = measure(Bundle.open(a.bundle), QemuBoard(), a.prompt_tokens, a.gen_tokens, a.depth,
-                         progress=lambda msg: print(msg, file=sys.stderr, flush=True))
+        result = measure(
+            Bundle.open(a.bundle),
+            QemuBoard(),
+            a.prompt_tokens,
+            a.gen_tokens,
+            a.depth,
+            progress=lambda msg: print(msg, file=sys.stderr, flush=True),
+        )
     except RvdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -58,16 +58,21 @@ def iree_run_module() -> str:
 
 def build(model: str, pipeline: str, out: Path, cpu: str, rebuild: bool) -> str | None:
     """Build the host bundle through rvdeploy's Python API (host CPU flag replaced); returns an error line or None."""
-    from rvdeploy import api
-    from rvdeploy import pipeline as pipelines  # the compile stage reads pipelines.compile_flags when it runs
+    from rvdeploy import (
+        api,
+        pipeline as pipelines,  # the compile stage reads pipelines.compile_flags when it runs
+    )
     from rvdeploy.bundle import MANIFEST, Bundle
     from rvdeploy.errors import RvdeployError
 
     host_flag = "--iree-llvmcpu-target-cpu=host"
     if not rebuild and (out / MANIFEST).is_file():
         m = Bundle.open(out).manifest
-        if (m.pipeline.name == pipeline and m.target.name == "host"
-                and f"--iree-llvmcpu-target-cpu={cpu}" in m.pipeline.compiler_flags):
+        if (
+            m.pipeline.name == pipeline
+            and m.target.name == "host"
+            and f"--iree-llvmcpu-target-cpu={cpu}" in m.pipeline.compiler_flags
+        ):
             print(f"[{pipeline}] reusing {out}", file=sys.stderr)
             return None
     original = pipelines.compile_flags
@@ -95,10 +100,14 @@ def build(model: str, pipeline: str, out: Path, cpu: str, rebuild: bool) -> str 
 
 def _deny_io_uring() -> None:
     """preexec_fn: seccomp filter, io_uring_setup (x86-64 nr 425) -> ENOSYS, everything else allowed."""
-    prog = [(0x20, 0, 0, 4), (0x15, 0, 3, 0xC000003E),  # ld arch; != x86_64 -> allow
-            (0x20, 0, 0, 0), (0x15, 0, 1, 425),  # ld nr; == io_uring_setup?
-            (0x06, 0, 0, 0x00050000 | 38),  # ret ERRNO(ENOSYS)
-            (0x06, 0, 0, 0x7FFF0000)]  # ret ALLOW
+    prog = [
+        (0x20, 0, 0, 4),
+        (0x15, 0, 3, 0xC000003E),  # ld arch; != x86_64 -> allow
+        (0x20, 0, 0, 0),
+        (0x15, 0, 1, 425),  # ld nr; == io_uring_setup?
+        (0x06, 0, 0, 0x00050000 | 38),  # ret ERRNO(ENOSYS)
+        (0x06, 0, 0, 0x7FFF0000),
+    ]  # ret ALLOW
     code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in prog))
 
     class Fprog(ctypes.Structure):
@@ -113,15 +122,22 @@ def _deny_io_uring() -> None:
 def callgrind(tool: str, bundle: Path, prompt: list[int], n: int, scratch: Path) -> tuple[int, float, list[int]]:
     """(instructions, wall seconds, generated ids) of one generate run under callgrind."""
     outfile = scratch / f"callgrind.{len(prompt)}x{n}.out"
-    cmd = ["valgrind", "--tool=callgrind", "--cache-sim=no", f"--callgrind-out-file={outfile}", tool,
-           *generate_args(str(bundle / MODULE), str(bundle / PARAMETERS), prompt, n)]
+    cmd = [
+        "valgrind",
+        "--tool=callgrind",
+        "--cache-sim=no",
+        f"--callgrind-out-file={outfile}",
+        tool,
+        *generate_args(str(bundle / MODULE), str(bundle / PARAMETERS), prompt, n),
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=_deny_io_uring)
     secs = time.perf_counter() - t0
     if p.returncode != 0:
         lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith("==")]
-        raise RuntimeError(f"callgrind run failed (exit {p.returncode}): "
-                           f"{(lines or p.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise RuntimeError(
+            f"callgrind run failed (exit {p.returncode}): {(lines or p.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     m = re.search(r"^(?:totals|summary):\s+(\d+)", outfile.read_text(errors="replace"), re.MULTILINE)
     if not m:
         raise RuntimeError(f"no totals line in {outfile}")
@@ -131,8 +147,14 @@ def callgrind(tool: str, bundle: Path, prompt: list[int], n: int, scratch: Path)
 def plain_peak_rss(tool: str, bundle: Path, prompt: list[int], n: int) -> tuple[int | None, float, list[int]]:
     with tempfile.NamedTemporaryFile(suffix=".time", delete=False) as f:
         tf = f.name
-    cmd = ["/usr/bin/time", "-v", "-o", tf, tool,
-           *generate_args(str(bundle / MODULE), str(bundle / PARAMETERS), prompt, n)]
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        "-o",
+        tf,
+        tool,
+        *generate_args(str(bundle / MODULE), str(bundle / PARAMETERS), prompt, n),
+    ]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True)
     secs = time.perf_counter() - t0
@@ -153,20 +175,29 @@ def vocab_size(model: str) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     ap.add_argument("--model", default="/tmp/bench/models/mid", help="model directory (default: %(default)s)")
     ap.add_argument("--pipelines", nargs="+", default=["mmt4d", "baseline"], choices=["mmt4d", "baseline"])
-    ap.add_argument("--out-dir", type=Path, default=Path("/tmp/bench/out"),
-                    help="bundles go to OUT-DIR/NAME-host-PIPELINE (default: %(default)s)")
+    ap.add_argument(
+        "--out-dir",
+        type=Path,
+        default=Path("/tmp/bench/out"),
+        help="bundles go to OUT-DIR/NAME-host-PIPELINE (default: %(default)s)",
+    )
     ap.add_argument("--rebuild", action="store_true", help="rebuild bundles even if present")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=33)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--host-cpu", default="x86-64-v3",
-                    help="replaces --iree-llvmcpu-target-cpu=host in the build (default: %(default)s; valgrind "
-                         "cannot run AVX-512 code)")
+    ap.add_argument(
+        "--host-cpu",
+        default="x86-64-v3",
+        help="replaces --iree-llvmcpu-target-cpu=host in the build (default: %(default)s; valgrind "
+        "cannot run AVX-512 code)",
+    )
     args = ap.parse_args()
     if not shutil.which("valgrind") or not Path("/usr/bin/time").exists():
         sys.exit("needs valgrind and /usr/bin/time (Debian packages valgrind, time)")
@@ -189,16 +220,24 @@ def main() -> None:
         try:
             with tempfile.TemporaryDirectory(prefix="callgrind-") as tmp:
                 runs = {}
-                for key, prompt, n in (("1x1", one, 1), (f"1x{args.new_tokens}", one, args.new_tokens),
-                                       (f"{args.prompt_len}x1", long_prompt, 1)):
+                for key, prompt, n in (
+                    ("1x1", one, 1),
+                    (f"1x{args.new_tokens}", one, args.new_tokens),
+                    (f"{args.prompt_len}x1", long_prompt, 1),
+                ):
                     instr, secs, ids = callgrind(tool, bundle, prompt, n, Path(tmp))
                     runs[key] = instr
-                    print(f"[{pipeline}] callgrind prompt {len(prompt)} tokens, {n} new: {instr:,} instructions "
-                          f"({secs:.1f} s under valgrind), ids {ids[:6]}{'...' if len(ids) > 6 else ''}",
-                          file=sys.stderr)
+                    print(
+                        f"[{pipeline}] callgrind prompt {len(prompt)} tokens, {n} new: {instr:,} instructions "
+                        f"({secs:.1f} s under valgrind), ids {ids[:6]}{'...' if len(ids) > 6 else ''}",
+                        file=sys.stderr,
+                    )
             rss, secs, ids = plain_peak_rss(tool, bundle, long_prompt, args.new_tokens)
-            print(f"[{pipeline}] plain run prompt {len(long_prompt)}, {args.new_tokens} new: {secs:.2f} s, "
-                  f"ids {ids[:6]}...", file=sys.stderr)
+            print(
+                f"[{pipeline}] plain run prompt {len(long_prompt)}, {args.new_tokens} new: {secs:.2f} s, "
+                f"ids {ids[:6]}...",
+                file=sys.stderr,
+            )
         except RuntimeError as e:
             failures.append(f"{pipeline}: {e}")
             continue
@@ -208,12 +247,16 @@ def main() -> None:
 
     print()
     print(f"host CPU for codegen: {args.host_cpu}; model {args.model}")
-    print(f"| pipeline | prefill instr/token | decode instr/token | run with 1-token prompt, 1 new token "
-          f"(start-up) | peak RSS, plain run ({args.prompt_len}-token prompt, {args.new_tokens} new) |")
+    print(
+        f"| pipeline | prefill instr/token | decode instr/token | run with 1-token prompt, 1 new token "
+        f"(start-up) | peak RSS, plain run ({args.prompt_len}-token prompt, {args.new_tokens} new) |"
+    )
     print("|---|---:|---:|---:|---:|")
     for pipeline, prefill, decode, base, rss in rows:
-        print(f"| {pipeline} | {prefill / 1e6:.2f}M | {decode / 1e6:.2f}M | {base / 1e6:.1f}M | "
-              f"{'n/a' if rss is None else f'{rss / 2**20:.0f} MiB'} |")
+        print(
+            f"| {pipeline} | {prefill / 1e6:.2f}M | {decode / 1e6:.2f}M | {base / 1e6:.1f}M | "
+            f"{'n/a' if rss is None else f'{rss / 2**20:.0f} MiB'} |"
+        )
     for f in failures:
         print(f"FAILED {f}")
 

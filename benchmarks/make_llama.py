@@ -43,19 +43,55 @@ from pathlib import Path
 SEED = 0
 SHAPES = {
     "llama-3.2-1b": dict(
-        hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
-        intermediate_size=8192, vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0,
-        rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                      "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        max_position_embeddings=2048, bos_token_id=128000, eos_token_id=128001),
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        intermediate_size=8192,
+        vocab_size=128256,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        rope_scaling={
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        max_position_embeddings=2048,
+        bos_token_id=128000,
+        eos_token_id=128001,
+    ),
     "mid": dict(
-        hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4, head_dim=64,
-        intermediate_size=1408, vocab_size=8192, tie_word_embeddings=True, rope_theta=10000.0,
-        max_position_embeddings=512, bos_token_id=1, eos_token_id=2),
+        hidden_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=64,
+        intermediate_size=1408,
+        vocab_size=8192,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     "tiny": dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-        intermediate_size=128, vocab_size=320, tie_word_embeddings=True, rope_theta=10000.0,
-        max_position_embeddings=256, bos_token_id=1, eos_token_id=2, initializer_range=0.2),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=320,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,
+    ),
 }
 KEEP = ("model.onnx", "model.onnx_data", "config.json", "generation_config.json")
 HF_KEEP = ("model.safetensors",)
@@ -84,13 +120,35 @@ def write_tokenizer(out: Path) -> None:
         corpus = Path(tmp, "zen.txt")
         corpus.write_text(text)
         spm.SentencePieceTrainer.train(
-            input=str(corpus), model_prefix=str(Path(tmp, "tok")), vocab_size=TOKENIZER_PIECES, model_type="bpe",
-            byte_fallback=True, hard_vocab_limit=False, num_threads=1, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
-            minloglevel=2)
+            input=str(corpus),
+            model_prefix=str(Path(tmp, "tok")),
+            vocab_size=TOKENIZER_PIECES,
+            model_type="bpe",
+            byte_fallback=True,
+            hard_vocab_limit=False,
+            num_threads=1,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
+            minloglevel=2,
+        )
         shutil.copyfile(Path(tmp, "tok.model"), out / "tokenizer.model")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "add_bos_token": True, "add_eos_token": False, "legacy": True}, indent=1) + "\n")
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "legacy": True,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 def cached(out: Path, shape: str) -> dict | None:
@@ -116,8 +174,15 @@ def make(shape: str, out: Path, validate: bool) -> dict:
     torch.manual_seed(SEED)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t0 = time.perf_counter()
-    cfg = LlamaConfig(rms_norm_eps=1e-5, hidden_act="silu", use_cache=True, torch_dtype="float32",
-                      attention_bias=False, mlp_bias=False, **SHAPES[shape])
+    cfg = LlamaConfig(
+        rms_norm_eps=1e-5,
+        hidden_act="silu",
+        use_cache=True,
+        torch_dtype="float32",
+        attention_bias=False,
+        mlp_bias=False,
+        **SHAPES[shape],
+    )
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="make_llama-", dir=parent) as tmp:
@@ -128,10 +193,14 @@ def make(shape: str, out: Path, validate: bool) -> dict:
         model.save_pretrained(hf)
         del model  # main_export loads the checkpoint again, as optimum-cli would
         t_model = time.perf_counter() - t0
-        print(f"{shape}: {n_params / 1e6:.2f}M parameters ({(n_params - n_embed) / 1e6:.2f}M outside the "
-              f"embedding), checkpoint written in {t_model:.1f} s", file=sys.stderr)
-        main_export(str(hf), output=str(onnx_dir), task="text-generation-with-past", device="cpu",
-                    do_validation=validate)
+        print(
+            f"{shape}: {n_params / 1e6:.2f}M parameters ({(n_params - n_embed) / 1e6:.2f}M outside the "
+            f"embedding), checkpoint written in {t_model:.1f} s",
+            file=sys.stderr,
+        )
+        main_export(
+            str(hf), output=str(onnx_dir), task="text-generation-with-past", device="cpu", do_validation=validate
+        )
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -142,22 +211,34 @@ def make(shape: str, out: Path, validate: bool) -> dict:
             os.replace(hf / name, out / name)
         write_tokenizer(out)
     sizes = {p.name: p.stat().st_size for p in sorted(out.iterdir())}
-    stamp = {"shape": shape, "seed": SEED, "config": SHAPES[shape], "parameters": n_params,
-             "parameters_outside_embedding": n_params - n_embed, "sizes": sizes,
-             "export_seconds": round(time.perf_counter() - t0, 1), "peak_rss_gb": round(_peak_rss_gb(), 2),
-             "validated": validate}
+    stamp = {
+        "shape": shape,
+        "seed": SEED,
+        "config": SHAPES[shape],
+        "parameters": n_params,
+        "parameters_outside_embedding": n_params - n_embed,
+        "sizes": sizes,
+        "export_seconds": round(time.perf_counter() - t0, 1),
+        "peak_rss_gb": round(_peak_rss_gb(), 2),
+        "validated": validate,
+    }
     (out / STAMP).write_text(json.dumps(stamp, indent=1) + "\n")
     return stamp
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     ap.add_argument("shape", choices=sorted(SHAPES))
     ap.add_argument("dir", type=Path, help="output directory (model.onnx, model.onnx_data, config.json)")
-    ap.add_argument("--validate", action="store_true",
-                    help="let optimum compare onnxruntime against torch (slow and memory-hungry at 1B)")
+    ap.add_argument(
+        "--validate",
+        action="store_true",
+        help="let optimum compare onnxruntime against torch (slow and memory-hungry at 1B)",
+    )
     ap.add_argument("--force", action="store_true", help="re-export even if DIR already has this model")
     args = ap.parse_args()
     stamp = None if args.force else cached(args.dir, args.shape)
@@ -165,8 +246,10 @@ def main() -> None:
         print(f"cached: {args.dir} already holds {args.shape} (seed {SEED}); --force to redo", file=sys.stderr)
     else:
         stamp = make(args.shape, args.dir, args.validate)
-        print(f"exported in {stamp['export_seconds']} s, peak RSS {stamp['peak_rss_gb']} GB "
-              "(this process, ru_maxrss)", file=sys.stderr)
+        print(
+            f"exported in {stamp['export_seconds']} s, peak RSS {stamp['peak_rss_gb']} GB (this process, ru_maxrss)",
+            file=sys.stderr,
+        )
     print(f"{args.dir}: {args.shape}, {stamp['parameters'] / 1e6:.2f}M parameters (seed {stamp['seed']})")
     for name, size in stamp["sizes"].items():
         print(f"  {name:24s} {size / 1e6:12.1f} MB")

@@ -42,9 +42,15 @@ def one_run(bundle: Bundle, board, ids: list[int], n: int) -> dict:
     first = arrivals[0] if arrivals else None
     total = time.monotonic() - start
     s = turn.stats
-    return {"first_token_s": first, "total_s": total, "load_s": s["load_s"], "prefill_s": s["prefill_s"],
-            "decode_tokens_per_s": s["decode_steps"] / s["decode_s"] if s["decode_s"] else None,
-            "peak_rss_bytes": s["peak_rss_kb"] * 1024, "tokens": len(turn.ids)}
+    return {
+        "first_token_s": first,
+        "total_s": total,
+        "load_s": s["load_s"],
+        "prefill_s": s["prefill_s"],
+        "decode_tokens_per_s": s["decode_steps"] / s["decode_s"] if s["decode_s"] else None,
+        "peak_rss_bytes": s["peak_rss_kb"] * 1024,
+        "tokens": len(turn.ids),
+    }
 
 
 def main() -> None:
@@ -66,20 +72,32 @@ def main() -> None:
         with get_board(args.board) as board:
             runs = [one_run(bundle, board, ids, args.n) for _ in range(args.r)]
         weights = (bundle.path / bundle.manifest.parameters.file).stat().st_size  # before tmp goes
-    summary = {k: statistics.median(r[k] for r in runs)
-               for k in ("first_token_s", "total_s", "load_s", "prefill_s", "decode_tokens_per_s")}
-    summary.update(peak_rss_bytes=max(r["peak_rss_bytes"] for r in runs), weight_bytes=weights,
-                   board=args.board, bundle=str(args.bundle or "demo (rv64gcv-vlen256)"), prompt_tokens=len(ids),
-                   new_tokens=args.n, runs=runs)
+    summary = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("first_token_s", "total_s", "load_s", "prefill_s", "decode_tokens_per_s")
+    }
+    summary.update(
+        peak_rss_bytes=max(r["peak_rss_bytes"] for r in runs),
+        weight_bytes=weights,
+        board=args.board,
+        bundle=str(args.bundle or "demo (rv64gcv-vlen256)"),
+        prompt_tokens=len(ids),
+        new_tokens=args.n,
+        runs=runs,
+    )
     if args.json:
         print(json.dumps(summary, indent=2))
         return
     print(f"{summary['bundle']} on {args.board}, {len(ids)}-token prompt, {args.n} new tokens, median of {args.r}:")
-    print(f"  time to first token {summary['first_token_s']:.3f} s (load {summary['load_s']:.3f} s, prefill "
-          f"{summary['prefill_s']:.3f} s), all {args.n} tokens {summary['total_s']:.3f} s")
+    print(
+        f"  time to first token {summary['first_token_s']:.3f} s (load {summary['load_s']:.3f} s, prefill "
+        f"{summary['prefill_s']:.3f} s), all {args.n} tokens {summary['total_s']:.3f} s"
+    )
     print(f"  decode {summary['decode_tokens_per_s']:.1f} tokens/s")
-    print(f"  runner peak RSS {summary['peak_rss_bytes'] / 2**20:.1f} MiB, weights {weights / 2**20:.1f} MiB "
-          f"({summary['peak_rss_bytes'] / weights:.2f}x)")
+    print(
+        f"  runner peak RSS {summary['peak_rss_bytes'] / 2**20:.1f} MiB, weights {weights / 2**20:.1f} MiB "
+        f"({summary['peak_rss_bytes'] / weights:.2f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -95,8 +95,14 @@ def run_measured(cmd: list[str]) -> dict:
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", Path(time_file).read_text())
         max_single = int(m.group(1)) * 1024 if m else None
     os.unlink(time_file)
-    return {"rc": proc.returncode, "stdout": stdout, "stderr": stderr, "wall_s": wall,
-            "tree_peak_bytes": poller.peak, "max_single_bytes": max_single}
+    return {
+        "rc": proc.returncode,
+        "stdout": stdout,
+        "stderr": stderr,
+        "wall_s": wall,
+        "tree_peak_bytes": poller.peak,
+        "max_single_bytes": max_single,
+    }
 
 
 def dir_bytes(path: Path) -> int:
@@ -104,48 +110,78 @@ def dir_bytes(path: Path) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--model", default="/tmp/bench/models/llama-3.2-1b",
-                    help="model directory or .onnx (default: %(default)s, from make_llama.py llama-3.2-1b)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument(
+        "--model",
+        default="/tmp/bench/models/llama-3.2-1b",
+        help="model directory or .onnx (default: %(default)s, from make_llama.py llama-3.2-1b)",
+    )
     ap.add_argument("--target", default="spacemit-k1")
     ap.add_argument("--pipeline", default="mmt4d", choices=["mmt4d", "baseline"])
-    ap.add_argument("-o", "--output", type=Path, default=None,
-                    help="bundle directory (default: /tmp/bench/out/1b-TARGET-PIPELINE)")
+    ap.add_argument(
+        "-o", "--output", type=Path, default=None, help="bundle directory (default: /tmp/bench/out/1b-TARGET-PIPELINE)"
+    )
     args = ap.parse_args()
     out = args.output or Path(f"/tmp/bench/out/1b-{args.target}-{args.pipeline}")
     if not Path(args.model).exists():
         sys.exit(f"{args.model} not found: run benchmarks/make_llama.py llama-3.2-1b {args.model}")
 
-    cmd = [sys.executable, "-m", "rvdeploy", "build", "--model", str(args.model), "--target", args.target,
-           "--pipeline", args.pipeline, "-o", str(out), "--force", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rvdeploy",
+        "build",
+        "--model",
+        str(args.model),
+        "--target",
+        args.target,
+        "--pipeline",
+        args.pipeline,
+        "-o",
+        str(out),
+        "--force",
+        "--json",
+    ]
     print("$ " + " ".join(cmd), file=sys.stderr)
     r = run_measured(cmd)
     gb = 1e9
     single = "n/a" if r["max_single_bytes"] is None else f"{r['max_single_bytes'] / gb:.2f} GB"
-    print(f"build: exit {r['rc']}, {r['wall_s']:.1f} s wall, peak RSS tree sum "
-          f"{r['tree_peak_bytes'] / gb:.2f} GB (/proc poll 0.2 s), largest single process {single} (/usr/bin/time -v)")
+    print(
+        f"build: exit {r['rc']}, {r['wall_s']:.1f} s wall, peak RSS tree sum "
+        f"{r['tree_peak_bytes'] / gb:.2f} GB (/proc poll 0.2 s), largest single process {single} (/usr/bin/time -v)"
+    )
     ok = r["rc"] == 0
     bundle, files, doc, summary = None, {}, {}, None
     if ok:
         doc = json.loads(r["stdout"])
         bundle = Path(doc["bundle"])
         files = {str(p.relative_to(bundle)): p.stat().st_size for p in sorted(bundle.rglob("*")) if p.is_file()}
-        ins = subprocess.run([sys.executable, "-m", "rvdeploy", "inspect", str(bundle), "--json"],
-                             capture_output=True, text=True)
-        summary = json.loads(ins.stdout)["summary"] if ins.returncode == 0 else \
-            {"error": (ins.stderr.strip().splitlines() or ["?"])[-1]}
+        ins = subprocess.run(
+            [sys.executable, "-m", "rvdeploy", "inspect", str(bundle), "--json"], capture_output=True, text=True
+        )
+        summary = (
+            json.loads(ins.stdout)["summary"]
+            if ins.returncode == 0
+            else {"error": (ins.stderr.strip().splitlines() or ["?"])[-1]}
+        )
 
     print()
     print(f"| {args.model} -> {args.target}, pipeline {args.pipeline} | value | target |")
     print("|---|---|---|")
     print(f"| build result | {'ok' if ok else 'FAILED (exit ' + str(r['rc']) + ')'} | |")
-    print(f"| wall time | {r['wall_s'] / 60:.2f} min | <= {WALL_TARGET_S / 60:.0f} min "
-          f"{'ok' if r['wall_s'] <= WALL_TARGET_S else 'OVER'} |")
+    print(
+        f"| wall time | {r['wall_s'] / 60:.2f} min | <= {WALL_TARGET_S / 60:.0f} min "
+        f"{'ok' if r['wall_s'] <= WALL_TARGET_S else 'OVER'} |"
+    )
     tree = r["tree_peak_bytes"] / gb
-    print(f"| peak RSS, process-tree sum (/proc, 0.2 s) | {tree:.2f} GB | <= {RSS_TARGET_GB:.0f} GB "
-          f"{'ok' if tree <= RSS_TARGET_GB else 'OVER'} |")
+    print(
+        f"| peak RSS, process-tree sum (/proc, 0.2 s) | {tree:.2f} GB | <= {RSS_TARGET_GB:.0f} GB "
+        f"{'ok' if tree <= RSS_TARGET_GB else 'OVER'} |"
+    )
     if r["max_single_bytes"] is not None:
         print(f"| peak RSS, largest single process (/usr/bin/time -v) | {r['max_single_bytes'] / gb:.2f} GB | |")
     if ok:

@@ -102,15 +102,21 @@ def _analyze(lines: list[str], vlen: int, n0: int) -> dict | None:
             continue
         vset = None
         for j in range(end, -1, -1):
-            if (m := _VSET.search(lines[j])):
+            if m := _VSET.search(lines[j]):
                 vset = m
                 break
         if vset is None:
             continue
         lmul = int(vset.group(2)) if not vset.group(2).startswith("f") else 1
         vl = min(n0, vlen * lmul // int(vset.group(1)))
-        cand = {"loop_insns": len(body), "fmas": fmas, "lmul": lmul, "vl": vl, "macs_per_iter": fmas * vl,
-                "other_insns": len(insns) - len(body)}
+        cand = {
+            "loop_insns": len(body),
+            "fmas": fmas,
+            "lmul": lmul,
+            "vl": vl,
+            "macs_per_iter": fmas * vl,
+            "other_insns": len(insns) - len(body),
+        }
         if best is None or cand["macs_per_iter"] > best["macs_per_iter"]:
             best = cand
     return best
@@ -125,8 +131,18 @@ def measure(vlen: int, library: str, elt: str = "f32") -> list[dict]:
         src.write_text(_module(tile.n0, elt))
         dump = Path(tmp) / "dump"
         flags = [f for f in compile_flags(target, "mmt4d") if f != "--iree-input-type=onnx"] + choice.compile_flags()
-        proc = subprocess.run([find_tool("iree-compile"), str(src), *flags, f"--iree-hal-dump-executable-files-to={dump}",
-                               "-o", str(Path(tmp) / "m.vmfb")], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                find_tool("iree-compile"),
+                str(src),
+                *flags,
+                f"--iree-hal-dump-executable-files-to={dump}",
+                "-o",
+                str(Path(tmp) / "m.vmfb"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode:
             raise SystemExit(f"iree-compile failed: {proc.stderr[-800:]}")
         asm = "\n".join(p.read_text() for p in dump.glob("*.s"))
@@ -136,17 +152,37 @@ def measure(vlen: int, library: str, elt: str = "f32") -> list[dict]:
         name = next((f for f in funcs if f.startswith(f"{phase}_k{k}_dispatch")), None)
         a = _analyze(funcs[name], vlen, tile.n0) if name else None
         if a is None:
-            rows.append({"vlen": vlen, "library": library, "phase": phase, "tile": f"{m0}x{tile.n0}x1", "k": k,
-                         "error": "no vector FMA loop found"})
+            rows.append(
+                {
+                    "vlen": vlen,
+                    "library": library,
+                    "phase": phase,
+                    "tile": f"{m0}x{tile.n0}x1",
+                    "k": k,
+                    "error": "no vector FMA loop found",
+                }
+            )
             continue
         chunks = -(-tile.n0 // a["vl"]) if a["vl"] else 1
         iters = k * m0 * tile.n0 / a["macs_per_iter"]
         steady = a["loop_insns"] / a["macs_per_iter"]
         with_overhead = (a["loop_insns"] * iters + a["other_insns"]) / (k * m0 * tile.n0)
-        rows.append({"vlen": vlen, "library": library, "phase": phase, "tile": f"{m0}x{tile.n0}x1", "k": k,
-                     "loop_insns": a["loop_insns"], "fmas_per_iter": a["fmas"], "lmul": a["lmul"],
-                     "macs_per_iter": a["macs_per_iter"], "column_chunks": chunks,
-                     "insns_per_mac_loop": round(steady, 5), "insns_per_mac": round(with_overhead, 5)})
+        rows.append(
+            {
+                "vlen": vlen,
+                "library": library,
+                "phase": phase,
+                "tile": f"{m0}x{tile.n0}x1",
+                "k": k,
+                "loop_insns": a["loop_insns"],
+                "fmas_per_iter": a["fmas"],
+                "lmul": a["lmul"],
+                "macs_per_iter": a["macs_per_iter"],
+                "column_chunks": chunks,
+                "insns_per_mac_loop": round(steady, 5),
+                "insns_per_mac": round(with_overhead, 5),
+            }
+        )
     return rows
 
 
@@ -168,17 +204,21 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    head = f"{'VLEN':>4} {'library':8} {'phase':7} {'tile':9} {'K':>5} {'loop':>4} {'FMAs':>4} {'LMUL':>4} " \
-           f"{'MAC/it':>6} {'ins/MAC loop':>12} {'ins/MAC':>8} {'vs upstream':>11}"
+    head = (
+        f"{'VLEN':>4} {'library':8} {'phase':7} {'tile':9} {'K':>5} {'loop':>4} {'FMAs':>4} {'LMUL':>4} "
+        f"{'MAC/it':>6} {'ins/MAC loop':>12} {'ins/MAC':>8} {'vs upstream':>11}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         if "error" in r:
             print(f"{r['vlen']:>4} {r['library']:8} {r['phase']:7} {r['tile']:9} {r['k']:>5}  {r['error']}")
             continue
-        print(f"{r['vlen']:>4} {r['library']:8} {r['phase']:7} {r['tile']:9} {r['k']:>5} {r['loop_insns']:>4} "
-              f"{r['fmas_per_iter']:>4} {r['lmul']:>4} {r['macs_per_iter']:>6} {r['insns_per_mac_loop']:>12.4f} "
-              f"{r['insns_per_mac']:>8.4f} {r.get('ratio_vs_upstream', ''):>11}")
+        print(
+            f"{r['vlen']:>4} {r['library']:8} {r['phase']:7} {r['tile']:9} {r['k']:>5} {r['loop_insns']:>4} "
+            f"{r['fmas_per_iter']:>4} {r['lmul']:>4} {r['macs_per_iter']:>6} {r['insns_per_mac_loop']:>12.4f} "
+            f"{r['insns_per_mac']:>8.4f} {r.get('ratio_vs_upstream', ''):>11}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,15 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import runtime_build
-from .bundle import outputs
 from .bench.run import bench as run_bench
 from .boards import get_board
-from .build import bundle as bundle_stage, check, compile as compile_stage, entrypoints, fetch, import_
-from .build import inspect as inspect_stage, lower, runtime as runtime_stage, weights
+from .build import (
+    bundle as bundle_stage,
+    check,
+    compile as compile_stage,
+    entrypoints,
+    fetch,
+    import_,
+    inspect as inspect_stage,
+    lower,
+    runtime as runtime_stage,
+    weights,
+)
 from .build.chain import Stage, StageHook, run as run_stages
 from .build.context import BuildContext, BuildRequest
 from .build.runtime import build_and_register as build_runtime  # noqa: F401 (the API's name for it)
-from .bundle import Bundle, pack_bundle, unpack_bundle
+from .bundle import Bundle, outputs, pack_bundle, unpack_bundle
 from .bundle.names import DISPATCHES
 from .dispatches import DYN, ContractionRow, DispatchReport, summarize
 from .errors import RvdeployError
@@ -61,12 +70,25 @@ class BuildResult:
     runtime_built: runtime_build.RuntimeBuild | None = None  # a riscv64 runtime this build had to make
 
 
-def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revision: str | None = None,
-          target: str = "host", pipeline: str = "mmt4d", force: bool = False, workdir: Path | None = None,
-          runtime: Path | str | None = None, tar: bool = False, ukernels: str | None = None,
-          quantize: str | None = None, max_context: int | None = None, no_runtime: bool = False,
-          on_stage: StageHook = _noop, on_progress: runtime_build.Progress = runtime_build.no_progress
-          ) -> BuildResult:
+def build(
+    model: str = DEFAULT_MODEL,
+    *,
+    out: Path,
+    variant: str = "fp32",
+    revision: str | None = None,
+    target: str = "host",
+    pipeline: str = "mmt4d",
+    force: bool = False,
+    workdir: Path | None = None,
+    runtime: Path | str | None = None,
+    tar: bool = False,
+    ukernels: str | None = None,
+    quantize: str | None = None,
+    max_context: int | None = None,
+    no_runtime: bool = False,
+    on_stage: StageHook = _noop,
+    on_progress: runtime_build.Progress = runtime_build.no_progress,
+) -> BuildResult:
     """`ukernels`: the mmt4d microkernel library, "project" or "upstream" (rvdeploy.ukernels; default
     rvdeploy.ukernels.DEFAULT). Only the mmt4d pipeline on a riscv64 RVV target links the project's.
     `quantize`: "int8" or "q4" quantizes the (fp32) graph first with rvdeploy.quantize.
@@ -83,8 +105,22 @@ def build(model: str = DEFAULT_MODEL, *, out: Path, variant: str = "fp32", revis
     # what may be written is settled before minutes of work, not after
     out = outputs.directory(out, force)
     archive = outputs.file(archive_path(out), force, outputs.ARCHIVE, flag="--tar") if tar else None
-    request = BuildRequest(model, variant, revision, tgt, pipeline, ukernels, quantize, max_context, runtime,
-                           no_runtime, out, force, archive, on_progress)
+    request = BuildRequest(
+        model,
+        variant,
+        revision,
+        tgt,
+        pipeline,
+        ukernels,
+        quantize,
+        max_context,
+        runtime,
+        no_runtime,
+        out,
+        force,
+        archive,
+        on_progress,
+    )
     own_workdir = workdir is None
     work = Path(tempfile.mkdtemp(prefix="rvdeploy-build-")) if own_workdir else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -153,6 +189,7 @@ def inspect(bundle_path: Path) -> dict:
     for row, contraction in zip(dispatches["contractions"], report.contractions):
         row["padding"] = _padding(contraction, packed)
     summary = summarize(report)
-    summary["padding_note"] = (f"padding: decode exact (one token); prefill for a {PADDING_PROMPT}-token prompt "
-                               "(M rounded up to M0)")
+    summary["padding_note"] = (
+        f"padding: decode exact (one token); prefill for a {PADDING_PROMPT}-token prompt (M rounded up to M0)"
+    )
     return {"manifest": bundle.manifest, "dispatches": dispatches, "summary": summary}

@@ -27,8 +27,10 @@ def _beside(out: Path, make: Callable[..., str]) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         made = make(dir=out.parent, prefix=f".{out.name}.partial-")
     except OSError as exc:
-        raise RvdeployError(f"cannot write {out}: {exc.strerror} ({exc.filename or out.parent})",
-                            hint="choose an output in a writable directory") from None
+        raise RvdeployError(
+            f"cannot write {out}: {exc.strerror} ({exc.filename or out.parent})",
+            hint="choose an output in a writable directory",
+        ) from None
     if isinstance(made, tuple):  # mkstemp: (fd, path)
         os.close(made[0])
         made = made[1]

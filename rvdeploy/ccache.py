@@ -40,8 +40,9 @@ def sources_digest(sources: Iterable[Path]) -> str:
     return h.hexdigest()
 
 
-def key(*, sources: Iterable[Path] = (), command: Sequence[str] = (), tool_version: str = "",
-        extra: Iterable[str] = ()) -> str:
+def key(
+    *, sources: Iterable[Path] = (), command: Sequence[str] = (), tool_version: str = "", extra: Iterable[str] = ()
+) -> str:
     """sha256 (hex) of the sources, the command, the tool version and anything else the result depends on."""
     parts = [sources_digest(sources), *command, "\0tool", tool_version, "\0extra", *extra]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
@@ -52,8 +53,15 @@ def entry(kind: str, name: str, digest: str) -> Path:
     return cache_dir() / kind / digest[:16] / name
 
 
-def build_once(out: Path, build: Callable[[Path], None], *, directory: bool = False, lock: Path | None = None,
-               ready: Callable[[Path], bool] | None = None, on_wait: Callable[[str], None] | None = None) -> Path:
+def build_once(
+    out: Path,
+    build: Callable[[Path], None],
+    *,
+    directory: bool = False,
+    lock: Path | None = None,
+    ready: Callable[[Path], bool] | None = None,
+    on_wait: Callable[[str], None] | None = None,
+) -> Path:
     """OUT, made by BUILD(temporary path) unless it is there already. The build holds LOCK (by default a lock
     file beside OUT) and its result is renamed onto OUT (a file, or a directory with DIRECTORY); READY says
     whether an existing OUT is complete (by default: it exists)."""
@@ -68,8 +76,16 @@ def build_once(out: Path, build: Callable[[Path], None], *, directory: bool = Fa
     return out
 
 
-def compile_c(kind: str, command: Sequence[str], source: Path, name: str, *, what: str,
-              headers: Sequence[Path] = (), hint: str | None = None) -> Path:
+def compile_c(
+    kind: str,
+    command: Sequence[str],
+    source: Path,
+    name: str,
+    *,
+    what: str,
+    headers: Sequence[Path] = (),
+    hint: str | None = None,
+) -> Path:
     """`COMMAND -o OUT SOURCE` (command[0] the compiler) into the cache, as an executable file NAME; HEADERS
     are files the result depends on beyond SOURCE. A failure is one RvdeployError: WHAT failed, and why."""
     digest = key(sources=[source, *headers], command=command, tool_version=tool_version(command[0]))

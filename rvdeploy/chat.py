@@ -20,19 +20,23 @@ class ChatTemplate:
     @classmethod
     def load(cls, tokenizer_config: Path | None) -> "ChatTemplate":
         if tokenizer_config is None or not tokenizer_config.is_file():
-            raise RvdeployError("the model has no chat template (no tokenizer_config.json in the bundle)",
-                                hint="drop --chat and give the prompt as plain text")
+            raise RvdeployError(
+                "the model has no chat template (no tokenizer_config.json in the bundle)",
+                hint="drop --chat and give the prompt as plain text",
+            )
         try:
             cfg = json.loads(tokenizer_config.read_text())
         except (OSError, ValueError) as exc:
             raise RvdeployError(f"{tokenizer_config}: not valid JSON ({exc})")
         template = cfg.get("chat_template") if isinstance(cfg, dict) else None
         if isinstance(template, list):  # named templates: the default one
-            template = next((t.get("template") for t in template if isinstance(t, dict)
-                             and t.get("name") == "default"), None)
+            template = next(
+                (t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None
+            )
         if not isinstance(template, str) or not template.strip():
-            raise RvdeployError(f"{tokenizer_config} has no chat_template",
-                                hint="drop --chat and give the prompt as plain text")
+            raise RvdeployError(
+                f"{tokenizer_config} has no chat_template", hint="drop --chat and give the prompt as plain text"
+            )
         special = {}
         for key in ("bos_token", "eos_token", "unk_token", "pad_token"):
             value = cfg.get(key)
@@ -51,12 +55,14 @@ class ChatTemplate:
             raise TemplateError(message)
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(x, indent=indent,
-                                                                                    ensure_ascii=ensure_ascii)
+        env.filters["tojson"] = lambda x, indent=None, ensure_ascii=False: json.dumps(
+            x, indent=indent, ensure_ascii=ensure_ascii
+        )
         env.globals["raise_exception"] = raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         try:
-            return env.from_string(self.source).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                       **self.special)
+            return env.from_string(self.source).render(
+                messages=messages, add_generation_prompt=add_generation_prompt, **self.special
+            )
         except TemplateError as exc:
             raise RvdeployError(f"the model's chat template failed to render: {' '.join(str(exc).split())[:200]}")

@@ -54,8 +54,9 @@ def end_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def run(cmd: list, *, input=None, timeout: float | None = None, capture_output: bool = False,
-        **popen) -> subprocess.CompletedProcess:
+def run(
+    cmd: list, *, input=None, timeout: float | None = None, capture_output: bool = False, **popen
+) -> subprocess.CompletedProcess:
     """subprocess.run for rvdeploy: the child in its own process group, ended with everything it started
     when this call does not return normally. TIMEOUT (seconds): the group is ended and one RvdeployError
     names the command."""
@@ -69,8 +70,10 @@ def run(cmd: list, *, input=None, timeout: float | None = None, capture_output: 
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             end_group(proc)
-            raise RvdeployError(f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s and was stopped "
-                                f"({' '.join(map(str, cmd))[:120]})") from None
+            raise RvdeployError(
+                f"{Path(str(cmd[0])).name} did not finish within {timeout:g} s and was stopped "
+                f"({' '.join(map(str, cmd))[:120]})"
+            ) from None
         except BaseException:
             end_group(proc)
             raise
@@ -89,8 +92,14 @@ def first_error(text: str) -> str:
     return (lines[-1:] or ["no output"])[0][:250]
 
 
-def run_logged(cmd: list[str], log: Path, what: str, on_line: Callable[[str], None] | None = None,
-               hint: str | None = None, cwd: Path | None = None) -> None:
+def run_logged(
+    cmd: list[str],
+    log: Path,
+    what: str,
+    on_line: Callable[[str], None] | None = None,
+    hint: str | None = None,
+    cwd: Path | None = None,
+) -> None:
     """Run CMD in its own process group with its output appended to LOG (ON_LINE sees each line); the group
     is ended if rvdeploy is interrupted or fails. A non-zero exit is one RvdeployError naming WHAT and the
     log's first error."""
@@ -98,8 +107,16 @@ def run_logged(cmd: list[str], log: Path, what: str, on_line: Callable[[str], No
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         start = f.tell()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", start_new_session=True, cwd=cwd)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+            cwd=cwd,
+        )
         try:
             for line in proc.stdout:
                 f.write(line)

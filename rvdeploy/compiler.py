@@ -34,8 +34,7 @@ def compile_module(mlir: Path, flags: list[str], workdir: Path) -> CompiledModul
     # Run inside the work directory with relative paths: the module embeds source locations, and an
     # absolute temporary path there would make two builds of the same inputs differ.
     src = os.path.relpath(mlir, workdir)
-    cmd = [find_tool("iree-compile"), src, *flags, "--iree-hal-dump-executable-files-to=executables",
-           "-o", MODULE]
+    cmd = [find_tool("iree-compile"), src, *flags, "--iree-hal-dump-executable-files-to=executables", "-o", MODULE]
     proc = children.run(cmd, capture_output=True, text=True, cwd=workdir)
     if proc.returncode != 0:
         errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]

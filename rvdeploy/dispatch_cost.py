@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import children
+from .bench.measure import measuring_args
 from .bundle import Bundle
 from .errors import RvdeployError
 from .generation import RUNNER
-from .bench.measure import measuring_args
 from .qemu_cost import parse_counts, plugin_library, plugin_qemu
 from .runtimes import BUILD_HINT
 
@@ -53,38 +53,42 @@ def embedded_elfs(module: bytes) -> list[bytes]:
     """The riscv64 ELF images inside a vmfb (IREE stores each executable's library as a byte buffer)."""
     out, i = [], module.find(b"\x7fELF")
     while i >= 0:
-        hdr = module[i:i + 64]
+        hdr = module[i : i + 64]
         if len(hdr) == 64 and hdr[4] == 2 and hdr[5] == 1 and struct.unpack_from("<H", hdr, 18)[0] == EM_RISCV:
-            shoff, = struct.unpack_from("<Q", hdr, 0x28)
+            (shoff,) = struct.unpack_from("<Q", hdr, 0x28)
             shentsize, shnum = struct.unpack_from("<HH", hdr, 0x3A)
-            out.append(module[i:i + shoff + shentsize * shnum])  # lld writes the section headers last
+            out.append(module[i : i + shoff + shentsize * shnum])  # lld writes the section headers last
         i = module.find(b"\x7fELF", i + 4)
     return out
 
 
 def _sections(elf: bytes) -> dict[str, tuple[int, int, int, int]]:
     """name -> (flags, addr, offset, size)"""
-    shoff, = struct.unpack_from("<Q", elf, 0x28)
+    (shoff,) = struct.unpack_from("<Q", elf, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", elf, 0x3A)
     heads = [struct.unpack_from("<IIQQQQ", elf, shoff + k * shentsize) for k in range(shnum)]
     strtab = heads[shstrndx][4]
     names = {}
     for name, _type, flags, addr, offset, size in heads:
         end = elf.index(b"\0", strtab + name)
-        names[elf[strtab + name:end].decode()] = (flags, addr, offset, size)
+        names[elf[strtab + name : end].decode()] = (flags, addr, offset, size)
     return names
 
 
 def _dwarfdump() -> str:
     tool = shutil.which("llvm-dwarfdump-19") or shutil.which("llvm-dwarfdump")
     if tool is None:
-        raise RvdeployError("llvm-dwarfdump not found (it names the dispatch functions' code ranges)",
-                            hint="apt-get install llvm-19")
+        raise RvdeployError(
+            "llvm-dwarfdump not found (it names the dispatch functions' code ranges)", hint="apt-get install llvm-19"
+        )
     return tool
 
 
-_SUBPROGRAM = re.compile(r'DW_TAG_subprogram\s+DW_AT_low_pc\s+\((0x[0-9a-f]+)\)\s+DW_AT_high_pc\s+\((0x[0-9a-f]+)\)'
-                         r'(?:(?!DW_TAG_).)*?DW_AT_name\s+\("([^"]+)"\)', re.S)
+_SUBPROGRAM = re.compile(
+    r"DW_TAG_subprogram\s+DW_AT_low_pc\s+\((0x[0-9a-f]+)\)\s+DW_AT_high_pc\s+\((0x[0-9a-f]+)\)"
+    r'(?:(?!DW_TAG_).)*?DW_AT_name\s+\("([^"]+)"\)',
+    re.S,
+)
 
 
 def read_executable(elf: bytes) -> Executable:
@@ -106,9 +110,11 @@ def read_executable(elf: bytes) -> Executable:
         else:
             functions.append((low, high, name))
     if not functions:
-        raise RvdeployError("the module's executable has no debug info naming its dispatches",
-                            hint="build without --iree-llvmcpu-debug-symbols=false")
-    return Executable(text_addr, elf[offset:offset + size], tuple(sorted(functions)), tuple(folded))
+        raise RvdeployError(
+            "the module's executable has no debug info naming its dispatches",
+            hint="build without --iree-llvmcpu-debug-symbols=false",
+        )
+    return Executable(text_addr, elf[offset : offset + size], tuple(sorted(functions)), tuple(folded))
 
 
 def bundle_executables(bundle: Bundle) -> list[Executable]:
@@ -142,8 +148,9 @@ def parse_blocks(text: str) -> tuple[int, list[Block]]:
     blocks = []
     for line in lines[1:]:
         vaddr, n, nv, execs, lmul8, *code = line.split()
-        blocks.append(Block(int(vaddr, 16), int(n), int(nv), int(execs), int(lmul8),
-                            bytes.fromhex(code[0]) if code else b""))
+        blocks.append(
+            Block(int(vaddr, 16), int(n), int(nv), int(execs), int(lmul8), bytes.fromhex(code[0]) if code else b"")
+        )
     return whole, blocks
 
 
@@ -153,7 +160,7 @@ def _code_index(exe: Executable) -> dict[tuple[int, bytes], list[int]]:
     index: dict[tuple[int, bytes], list[int]] = defaultdict(list)
     for off in range(0, len(exe.text) - MATCH_BYTES + 1, 2):
         addr = exe.text_addr + off
-        index[(addr & 0xFFF, exe.text[off:off + MATCH_BYTES])].append(addr)
+        index[(addr & 0xFFF, exe.text[off : off + MATCH_BYTES])].append(addr)
     return index
 
 
@@ -172,9 +179,11 @@ def locate(exe: Executable, blocks: list[Block]) -> int | None:
     end = exe.text_addr + len(exe.text)
     for b in blocks:  # every block inside the executable's code must be its code
         off = b.vaddr - base - exe.text_addr
-        if 0 <= off < len(exe.text) and exe.text[off:off + len(b.code)] != b.code[:len(exe.text) - off]:
-            raise RvdeployError(f"the code run at {b.vaddr:#x} is not the module's (executable at {base:#x}, "
-                                f"ELF address {b.vaddr - base:#x} of {exe.text_addr:#x}-{end:#x})")
+        if 0 <= off < len(exe.text) and exe.text[off : off + len(b.code)] != b.code[: len(exe.text) - off]:
+            raise RvdeployError(
+                f"the code run at {b.vaddr:#x} is not the module's (executable at {base:#x}, "
+                f"ELF address {b.vaddr - base:#x} of {exe.text_addr:#x}-{end:#x})"
+            )
     return base
 
 
@@ -183,8 +192,9 @@ def _lookup(functions, addr: int) -> str | None:
     return functions[k][2] if k >= 0 and functions[k][0] <= addr < functions[k][1] else None
 
 
-def attribute(executables: list[Executable], blocks: list[Block],
-              runner_functions: list[tuple[int, int, str]]) -> tuple[dict, dict]:
+def attribute(
+    executables: list[Executable], blocks: list[Block], runner_functions: list[tuple[int, int, str]]
+) -> tuple[dict, dict]:
     """Counts per dispatch function (RUNTIME: all code outside them) over one run, and RUNTIME's counts by the
     runner's function (its static executable's symbols; "(other)" outside them)."""
     by_dispatch: dict[str, dict[str, float]] = defaultdict(lambda: dict.fromkeys(KEYS, 0))
@@ -213,7 +223,7 @@ def elf_functions(elf: bytes) -> list[tuple[int, int, str]]:
     for k in range(off, off + size, 24):
         name, info, _other, _shndx, value, sz = struct.unpack_from("<IBBHQQ", elf, k)
         if info & 0xF == 2 and sz:  # STT_FUNC
-            out.append((value, value + sz, elf[strtab + name:elf.index(b"\0", strtab + name)].decode()))
+            out.append((value, value + sz, elf[strtab + name : elf.index(b"\0", strtab + name)].decode()))
     return sorted(out)
 
 
@@ -226,23 +236,24 @@ def runner_functions(bundle: Bundle) -> list[tuple[int, int, str]]:
 
 
 # ---- runs of the bundle's runner ------------------------------------------------------------------------
-def count_run(bundle: Bundle, board, executables: list[Executable], runner: list[tuple[int, int, str]],
-              prompt: int, new: int) -> dict:
+def count_run(
+    bundle: Bundle, board, executables: list[Executable], runner: list[tuple[int, int, str]], prompt: int, new: int
+) -> dict:
     """One run of the runner (greedy, no EOS stop, one thread) under the plugin qemu: the whole counts
     (as bench --cost has them) and the same split by dispatch."""
     with tempfile.TemporaryDirectory(prefix="rvdeploy-dispatch-cost-") as tmp:
         outfile, tbfile = Path(tmp) / "counts.txt", Path(tmp) / "blocks.txt"
         env = {"QEMU_PLUGIN": f"{plugin_library()},outfile={outfile},tbfile={tbfile}"}
-        board.run_tool(bundle, RUNNER, measuring_args(bundle.manifest, prompt, new), qemu=str(plugin_qemu()),
-                       env=env)
+        board.run_tool(bundle, RUNNER, measuring_args(bundle.manifest, prompt, new), qemu=str(plugin_qemu()), env=env)
         whole = parse_counts(outfile.read_text())
         whole_insns, blocks = parse_blocks(tbfile.read_text())
     by_dispatch, runtime = attribute(executables, blocks, runner)
     for key in KEYS:  # the same run counted twice (inline and per block): they agree exactly
         summed = sum(row[key] for row in by_dispatch.values())
         if summed != whole[key] or whole_insns != whole["instructions"]:
-            raise RvdeployError(f"the per-block records sum to {summed} {key.replace('_', ' ')}, the run counted "
-                                f"{whole[key]}")
+            raise RvdeployError(
+                f"the per-block records sum to {summed} {key.replace('_', ' ')}, the run counted {whole[key]}"
+            )
     return {"whole": whole, "by_dispatch": by_dispatch, "runtime": runtime}
 
 
@@ -255,8 +266,11 @@ def _rows_difference(big: dict, small: dict, per: int) -> dict:
 def _difference(big: dict, small: dict, per: int) -> dict:
     """Per-token rows (dispatch -> counts), the runtime's by function, and totals of big - small over `per`."""
     total = {k: (big["whole"][k] - small["whole"][k]) / per for k in KEYS}
-    return {"total": total, "rows": _rows_difference(big["by_dispatch"], small["by_dispatch"], per),
-            "runtime_functions": _rows_difference(big["runtime"], small["runtime"], per)}
+    return {
+        "total": total,
+        "rows": _rows_difference(big["by_dispatch"], small["by_dispatch"], per),
+        "runtime_functions": _rows_difference(big["runtime"], small["runtime"], per),
+    }
 
 
 # ---- kinds ------------------------------------------------------------------------------------------------
@@ -283,7 +297,7 @@ def kind_of(name: str, contractions: dict[str, dict]) -> str:
     kind = "_".join(op) or (name if not m else "dispatch")
     if row is not None and row.get("mmt4d"):
         return "mmt4d"
-    if kind.endswith("matmul") and any("D" in w for w in words[len(op):]):
+    if kind.endswith("matmul") and any("D" in w for w in words[len(op) :]):
         return "attention"
     return kind
 
@@ -301,8 +315,7 @@ def _check(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int, depths: l
 
     m = bundle.manifest
     if m.target.arch != "riscv64":
-        raise RvdeployError(f"{bundle.path} is a {m.target.name} bundle: dispatch costs are counted on "
-                            "riscv64 bundles")
+        raise RvdeployError(f"{bundle.path} is a {m.target.name} bundle: dispatch costs are counted on riscv64 bundles")
     if m.runtime.kind != "bundled":
         raise RvdeployError(f"{bundle.path} has no riscv64 IREE runtime to run under qemu", hint=BUILD_HINT)
     if not isinstance(board, QemuBoard):
@@ -317,8 +330,9 @@ def _check(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int, depths: l
             raise RvdeployError(f"depth {d} + {gen_tokens + 1} new tokens does not fit the context ({limit})")
 
 
-def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32,
-            depths: list[int] | None = None, progress=None) -> dict:
+def measure(
+    bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32, depths: list[int] | None = None, progress=None
+) -> dict:
     """Per-token counts by dispatch: prefill at P and decode at each depth (default: P), as bench --cost
     measures them (same runs, same differences)."""
     depths = list(dict.fromkeys(depths or [prompt_tokens]))
@@ -335,23 +349,36 @@ def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32
             runs[prompt, new] = count_run(bundle, board, executables, runner, prompt, new)
         return runs[prompt, new]
 
-    phases = {"prefill": {"prompt_tokens": prompt_tokens,
-                          **_difference(run(prompt_tokens, 1), run(1, 1), prompt_tokens - 1)}}
+    phases = {
+        "prefill": {"prompt_tokens": prompt_tokens, **_difference(run(prompt_tokens, 1), run(1, 1), prompt_tokens - 1)}
+    }
     for d in depths:
-        phases[f"decode@{d}"] = {"depth": d, "generated_tokens": gen_tokens,
-                                 **_difference(run(d, gen_tokens + 1), run(d, 1), gen_tokens)}
+        phases[f"decode@{d}"] = {
+            "depth": d,
+            "generated_tokens": gen_tokens,
+            **_difference(run(d, gen_tokens + 1), run(d, 1), gen_tokens),
+        }
     for phase in phases.values():
         total = phase["total"]["instructions"] or 1
-        phase["rows"] = sorted(({"dispatch": n, "kind": kind_of(n, contractions), **r,
-                                 "share": r["instructions"] / total} for n, r in phase.pop("rows").items()),
-                               key=lambda r: -r["instructions"])
+        phase["rows"] = sorted(
+            (
+                {"dispatch": n, "kind": kind_of(n, contractions), **r, "share": r["instructions"] / total}
+                for n, r in phase.pop("rows").items()
+            ),
+            key=lambda r: -r["instructions"],
+        )
         phase["by_kind"] = _by_kind(phase["rows"], total)
-        phase["runtime_functions"] = sorted(({"function": n, **r, "share": r["instructions"] / total}
-                                             for n, r in phase["runtime_functions"].items()),
-                                            key=lambda r: -r["instructions"])
-    return {"bundle": str(bundle.path), "board": board.name, "phases": phases,
-            "folded": sorted({n for exe in executables for n in exe.folded}),
-            "runs": {f"prompt{p}_new{n}": r["whole"] for (p, n), r in runs.items()}}
+        phase["runtime_functions"] = sorted(
+            ({"function": n, **r, "share": r["instructions"] / total} for n, r in phase["runtime_functions"].items()),
+            key=lambda r: -r["instructions"],
+        )
+    return {
+        "bundle": str(bundle.path),
+        "board": board.name,
+        "phases": phases,
+        "folded": sorted({n for exe in executables for n in exe.folded}),
+        "runs": {f"prompt{p}_new{n}": r["whole"] for (p, n), r in runs.items()},
+    }
 
 
 def _by_kind(rows: list[dict], total: float) -> list[dict]:
@@ -359,5 +386,7 @@ def _by_kind(rows: list[dict], total: float) -> list[dict]:
     for r in rows:
         for k in KEYS:
             kinds[r["kind"]][k] += r[k]
-    return sorted(({"kind": k, **v, "share": v["instructions"] / total} for k, v in kinds.items()),
-                  key=lambda r: -r["instructions"])
+    return sorted(
+        ({"kind": k, **v, "share": v["instructions"] / total} for k, v in kinds.items()),
+        key=lambda r: -r["instructions"],
+    )

@@ -73,21 +73,23 @@ class ContractionRow:
 
     @property
     def shapes(self) -> str:
-        """"LHSSHAPE * RHSSHAPE -> OUTSHAPE", ? for dynamic dims: for display, and as dispatches.json stores
+        """ "LHSSHAPE * RHSSHAPE -> OUTSHAPE", ? for dynamic dims: for display, and as dispatches.json stores
         the operand and result dims (the form every reader of the file accepts)."""
         return " * ".join(format_dims(d) for d in self.operands) + " -> " + format_dims(self.result)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("result")
-        return {("shapes" if k == "operands" else k): (self.shapes if k == "operands" else v)
-                for k, v in d.items()}  # the order of the fields kept
+        return {
+            ("shapes" if k == "operands" else k): (self.shapes if k == "operands" else v) for k, v in d.items()
+        }  # the order of the fields kept
 
     @classmethod
     def json_fields(cls) -> list[tuple[str, str]]:
         """(key, annotated type) of the dict to_dict writes."""
-        return [("shapes", "str") if f.name == "operands" else (f.name, f.type) for f in fields(cls)
-                if f.name != "result"]
+        return [
+            ("shapes", "str") if f.name == "operands" else (f.name, f.type) for f in fields(cls) if f.name != "result"
+        ]
 
     @classmethod
     def from_dict(cls, d: dict) -> "ContractionRow":
@@ -158,15 +160,19 @@ class DispatchReport:
                     _check_row(row_type, row)
             return cls.from_dict(d)
         except (ValueError, TypeError, AttributeError, RecursionError) as exc:
-            raise RvdeployError(f"{where}: not a dispatch report rvdeploy wrote ({str(exc)[:80]})",
-                                hint="rebuild the bundle") from None
+            raise RvdeployError(
+                f"{where}: not a dispatch report rvdeploy wrote ({str(exc)[:80]})", hint="rebuild the bundle"
+            ) from None
 
 
 _ROW_TYPES = {"str": (str,), "bool": (bool,), "str | None": (str, type(None)), "int | None": (int, type(None))}
 _SHAPE = r"(?:(?:[0-9]+|\?)(?:x(?:[0-9]+|\?))*)?"  # _Type.shape: "1x?x16", "" for a scalar
 # fields the analysis parses further, in the form _analyze writes them
-_ROW_FORMATS = {"shapes": re.compile(rf"{_SHAPE}(?: \* {_SHAPE})* -> {_SHAPE}"),
-                "source_shape": re.compile(_SHAPE), "dest_shape": re.compile(_SHAPE)}
+_ROW_FORMATS = {
+    "shapes": re.compile(rf"{_SHAPE}(?: \* {_SHAPE})* -> {_SHAPE}"),
+    "source_shape": re.compile(_SHAPE),
+    "dest_shape": re.compile(_SHAPE),
+}
 
 
 def _check_row(row_type, row) -> None:
@@ -262,7 +268,7 @@ def _parse_type(text: str) -> _Type:
     if not m:
         return _Type(None, text)
     lt = m.end() - 1
-    inner = text[lt + 1:_match_close(text, lt, "<", ">")]
+    inner = text[lt + 1 : _match_close(text, lt, "<", ">")]
     head = _split_top(inner)[0]  # drop an encoding / memref layout
     dm = _DIMS_RE.match(head)
     dims = tuple(DYN if d == "?" else int(d) for d in dm.group(1).split("x")[:-1]) if dm.group(1) else ()
@@ -271,9 +277,9 @@ def _parse_type(text: str) -> _Type:
 
 def _shaped_types(text: str) -> list[_Type]:
     out, pos = [], 0
-    while (m := _SHAPED_START.search(text, pos)):
+    while m := _SHAPED_START.search(text, pos):
         end = _match_close(text, m.end() - 1, "<", ">")
-        out.append(_parse_type(text[m.start():end + 1]))
+        out.append(_parse_type(text[m.start() : end + 1]))
         pos = end + 1
     return out
 
@@ -284,7 +290,7 @@ def _operand_types(line: str, keyword: str) -> list[_Type] | None:
     if not m:
         return None
     start = m.end() - 1
-    seg = line[start + 1:_match_close(line, start, "(", ")")]
+    seg = line[start + 1 : _match_close(line, start, "(", ")")]
     parts = _split_top(seg, ":")
     if len(parts) < 2:
         return []
@@ -305,11 +311,11 @@ def _indexing_maps(line: str, aliases: dict[str, str]) -> list[tuple[list[str], 
     if not m:
         return None
     start = m.end() - 1
-    seg = line[start + 1:_match_close(line, start, "[", "]")]
+    seg = line[start + 1 : _match_close(line, start, "[", "]")]
     maps = []
     for item in _split_top(seg):
         if item.startswith("affine_map<"):
-            body = item[len("affine_map<"):_match_close(item, len("affine_map"), "<", ">")]
+            body = item[len("affine_map<") : _match_close(item, len("affine_map"), "<", ">")]
         elif item.startswith("#") and item[1:] in aliases:
             body = aliases[item[1:]]
         else:
@@ -372,8 +378,9 @@ def _is_contraction_body(body: list[str], n_ins: int) -> bool:
             a, b = root.get(mm.group(2)), root.get(mm.group(3))
             if a is not None and b is not None and a != b and a < n_ins and b < n_ins:
                 products.add(mm.group(1))
-            elif (a is not None and a < n_ins and mm.group(3) in products) or \
-                    (b is not None and b < n_ins and mm.group(2) in products):
+            elif (a is not None and a < n_ins and mm.group(3) in products) or (
+                b is not None and b < n_ins and mm.group(2) in products
+            ):
                 products.add(mm.group(1))  # x * (q * scale): a weight dequantized inside the contraction
         elif ad := _ADD.match(line):
             x, y = ad.group(2), ad.group(3)
@@ -673,8 +680,9 @@ def _mlir_files(dump: Path) -> list[Path]:
     return files
 
 
-def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
-                 weight_shapes: set[tuple[int, int]] | None = None) -> DispatchReport:
+def analyze_dump(
+    dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None, weight_shapes: set[tuple[int, int]] | None = None
+) -> DispatchReport:
     dump = Path(dump_dir)
     if not dump.is_dir():
         raise FileNotFoundError(f"no executable dump at {dump}")
@@ -708,22 +716,40 @@ def analyze_dump(dump_dir: Path, kv_shapes: set[tuple[int, ...]] | None = None,
             shaped_ins = [t for t in rc.ins if t.dims is not None] or rc.ins
             out = rc.outs[0] if rc.outs else _Type((), "?")
             kernels = tiles_by_func.get(name, set()) if ukernel else set()
-            contractions.append(ContractionRow(
-                entry=entry, dispatch=name, op=rc.op,
-                operands=tuple(t.dims or () for t in shaped_ins), result=out.dims or (),
-                types="*".join(t.elt for t in shaped_ins) + "->" + out.elt,
-                mmt4d=is_mmt4d, ukernel=ukernel, tile=tile, macs=rc.macs,
-                library=_library_of(kernels), kernel=", ".join(sorted(kernels)) or None))
+            contractions.append(
+                ContractionRow(
+                    entry=entry,
+                    dispatch=name,
+                    op=rc.op,
+                    operands=tuple(t.dims or () for t in shaped_ins),
+                    result=out.dims or (),
+                    types="*".join(t.elt for t in shaped_ins) + "->" + out.elt,
+                    mmt4d=is_mmt4d,
+                    ukernel=ukernel,
+                    tile=tile,
+                    macs=rc.macs,
+                    library=_library_of(kernels),
+                    kernel=", ".join(sorted(kernels)) or None,
+                )
+            )
         for rp in raw_p:
             name = rp.func if rp.func in exports or not exports else exports[0]
             entry = entry_of(name)
             plain = rp.src if rp.op == "linalg.pack" else rp.dst
             eb = _elt_bytes(rp.src.elt)
             nbytes = math.prod(rp.src.dims) * eb if rp.src.static and eb is not None else None
-            packs.append(PackRow(
-                entry=entry, dispatch=name, op=rp.op, source_shape=rp.src.shape, dest_shape=rp.dst.shape,
-                elt=rp.src.elt, bytes=nbytes,
-                operand=_classify(entry, plain.dims or (), kv_shapes, weight_shapes)))
+            packs.append(
+                PackRow(
+                    entry=entry,
+                    dispatch=name,
+                    op=rp.op,
+                    source_shape=rp.src.shape,
+                    dest_shape=rp.dst.shape,
+                    elt=rp.src.elt,
+                    bytes=nbytes,
+                    operand=_classify(entry, plain.dims or (), kv_shapes, weight_shapes),
+                )
+            )
     return DispatchReport(
         contractions=tuple(contractions),
         packs=tuple(packs),
@@ -771,13 +797,16 @@ def summarize(report: DispatchReport) -> dict:
     entries: dict[str, dict] = {}
 
     def slot(entry: str) -> dict:
-        return entries.setdefault(entry, {
-            "contractions": 0,
-            "weight_like": {"mmt4d_ukernel": 0, "not_mmt4d_ukernel": 0, "not_by_op": {}},
-            "tiles": {},
-            "macs_static": 0,
-            "packs": {"count": 0, "bytes": {}, "unknown_bytes": {}, "bytes_per_dynamic_unit": {}},
-        })
+        return entries.setdefault(
+            entry,
+            {
+                "contractions": 0,
+                "weight_like": {"mmt4d_ukernel": 0, "not_mmt4d_ukernel": 0, "not_by_op": {}},
+                "tiles": {},
+                "macs_static": 0,
+                "packs": {"count": 0, "bytes": {}, "unknown_bytes": {}, "bytes_per_dynamic_unit": {}},
+            },
+        )
 
     for r in report.contractions:
         s = slot(r.entry)
@@ -822,7 +851,22 @@ def summarize(report: DispatchReport) -> dict:
         # of those with one dynamic dim (the KV length): bytes per unit of it, e.g. per cached token
         "decode_step_pack_bytes_per_dynamic_unit": dict(decode["bytes_per_dynamic_unit"]),
         "ukernel_tiles": dict(report.ukernel_tiles),
-        "rvv": {"total": sum(report.rvv.values()),
-                **{k: families[k] for k in ("vsetvli", "vsetivli", "vle32", "vse32", "vfmacc", "vfmadd",
-                                            "vfmul", "vfredosum", "vfredusum") if families.get(k)}},
+        "rvv": {
+            "total": sum(report.rvv.values()),
+            **{
+                k: families[k]
+                for k in (
+                    "vsetvli",
+                    "vsetivli",
+                    "vle32",
+                    "vse32",
+                    "vfmacc",
+                    "vfmadd",
+                    "vfmul",
+                    "vfredosum",
+                    "vfredusum",
+                )
+                if families.get(k)
+            },
+        },
     }

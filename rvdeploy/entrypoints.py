@@ -48,24 +48,25 @@ def _func(module: ir.Module, name: str) -> ir.Operation:
 
 def _signature(func: ir.Operation) -> _Signature:
     ftype = ir.FunctionType(ir.TypeAttr(func.attributes["function_type"]).value)
-    return _Signature([TensorType.parse(str(t)) for t in ftype.inputs],
-                      [TensorType.parse(str(t)) for t in ftype.results])
+    return _Signature(
+        [TensorType.parse(str(t)) for t in ftype.inputs], [TensorType.parse(str(t)) for t in ftype.results]
+    )
 
 
 def _opset(func: ir.Operation) -> int:
     return ir.IntegerAttr(func.attributes["torch.onnx_meta.opset_version"]).value
 
 
-def _generate_text(names_in: list[str], names_out: list[str], pre: _Signature, dec: _Signature,
-                   opset: int) -> str:
+def _generate_text(names_in: list[str], names_out: list[str], pre: _Signature, dec: _Signature, opset: int) -> str:
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
     logits = dec.results[names_out.index("logits")]
     vocab, lt = logits.dims[-1], logits.elt
     kv_slots = [(i, n) for i, n in enumerate(names_in) if _PAST.fullmatch(n)]
     present_slot = {n: i for i, n in enumerate(names_out)}
     # the KV cache as the loop carries it: decode's past types (batch 1, past length dynamic)
-    carried = [dec.inputs[i].with_dims((1,) + dec.inputs[i].dims[1:2] + (-1,) + dec.inputs[i].dims[3:])
-               for i, _ in kv_slots]
+    carried = [
+        dec.inputs[i].with_dims((1,) + dec.inputs[i].dims[1:2] + (-1,) + dec.inputs[i].dims[3:]) for i, _ in kv_slots
+    ]
     row_t = builtin((1, 1, vocab), lt)
     any_rows_t = builtin((1, -1, vocab), lt)
 
@@ -180,8 +181,9 @@ def _rename(func: ir.Operation, name: str) -> None:
     func.attributes["sym_name"] = ir.StringAttr.get(name)
 
 
-def assemble(imported: ImportedGraphs, names_in: list[str], names_out: list[str], workdir: Path,
-             cache: CacheLayout | None = None) -> EntryModule:
+def assemble(
+    imported: ImportedGraphs, names_in: list[str], names_out: list[str], workdir: Path, cache: CacheLayout | None = None
+) -> EntryModule:
     """Merge the two imported graphs and append `generate`; returns the module written to workdir.
     With `cache` (the decode graph rewritten by rvdeploy.kvcache), the entry points keep the KV cache in the
     module at that fixed capacity (rvdeploy.kvstate) instead of taking and returning it."""
@@ -203,8 +205,11 @@ def assemble(imported: ImportedGraphs, names_in: list[str], names_out: list[str]
         pre_func.detach_from_parent()
         module.body.append(pre_func)
 
-        text = (kvstate.entry_points_text(names_in, pre, dec, cache, opset) if cache
-                else _generate_text(names_in, names_out, pre, dec, opset))
+        text = (
+            kvstate.entry_points_text(names_in, pre, dec, cache, opset)
+            if cache
+            else _generate_text(names_in, names_out, pre, dec, opset)
+        )
         added = ir.Module.parse(text)
         for op in list(added.body.operations):
             if op.operation.name == "func.func" and len(op.regions[0].blocks) == 0:
@@ -215,8 +220,11 @@ def assemble(imported: ImportedGraphs, names_in: list[str], names_out: list[str]
         out = workdir / "module.mlir"
         out.write_text(str(module))
     if cache is not None:
-        return EntryModule(mlir=out, params=imported.params,
-                           entry_points=kvstate.signatures(cache, pre.results[0].dims[-1], pre.results[0].elt))
+        return EntryModule(
+            mlir=out,
+            params=imported.params,
+            entry_points=kvstate.signatures(cache, pre.results[0].dims[-1], pre.results[0].elt),
+        )
     entry_points = {
         "prefill": f"({', '.join(t.builtin for t in pre.inputs)}) -> ({', '.join(t.builtin for t in pre.results)})",
         "decode": f"({', '.join(t.builtin for t in dec.inputs)}) -> ({', '.join(t.builtin for t in dec.results)})",

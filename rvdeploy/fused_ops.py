@@ -55,10 +55,18 @@ class FusedOp:
 @lru_cache(maxsize=1)
 def fused_ops() -> dict[str, FusedOp]:
     data = tomllib.loads(_TABLE.read_text())
-    return {key: FusedOp(key, tuple(e.get("any_value", ())), e.get("attributes", {}), e.get("defaults", {}),
-                         {int(k): v for k, v in e.get("absent_inputs", {}).items()},
-                         {int(k): v for k, v in e.get("unused_outputs", {}).items()}, e["hint"])
-            for key, e in data["ops"].items()}
+    return {
+        key: FusedOp(
+            key,
+            tuple(e.get("any_value", ())),
+            e.get("attributes", {}),
+            e.get("defaults", {}),
+            {int(k): v for k, v in e.get("absent_inputs", {}).items()},
+            {int(k): v for k, v in e.get("unused_outputs", {}).items()},
+            e["hint"],
+        )
+        for key, e in data["ops"].items()
+    }
 
 
 def op_key(node: onnx.NodeProto) -> str:
@@ -138,8 +146,10 @@ class _Builder:
 def _np_dtype(elem_type: int, where: str):
     dt = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}.get(elem_type)
     if dt is None:
-        raise RvdeployError(f"{where}: KV cache of type {TensorProto.DataType.Name(elem_type).lower()}; rvdeploy "
-                            "handles f32 and f16", "export with -p fp32 (or fp16)")
+        raise RvdeployError(
+            f"{where}: KV cache of type {TensorProto.DataType.Name(elem_type).lower()}; rvdeploy handles f32 and f16",
+            "export with -p fp32 (or fp16)",
+        )
     return dt
 
 
@@ -212,8 +222,11 @@ def _gqa(node, ctx: _Ctx, b: _Builder) -> None:
     head = ctx.head_dim
     q_width = ctx.last_dims.get(query)
     if not key and q_width and q_width != (n_heads + 2 * n_kv) * head:
-        raise RvdeployError(f"{where}: packed QKV width {q_width} is not (num_heads {n_heads} + 2 x kv_num_heads "
-                            f"{n_kv}) x head size {head}", "check genai_config.json's head_size")
+        raise RvdeployError(
+            f"{where}: packed QKV width {q_width} is not (num_heads {n_heads} + 2 x kv_num_heads "
+            f"{n_kv}) x head size {head}",
+            "check genai_config.json's head_size",
+        )
     dtype = ctx.types.get(past_k, TensorProto.FLOAT)
     npdt = _np_dtype(dtype, where)
     scale = _attr(node, "scale", 0.0) or 1.0 / np.sqrt(head)
@@ -224,8 +237,15 @@ def _gqa(node, ctx: _Ctx, b: _Builder) -> None:
         q3, k3, v3 = query, key, value
     else:  # packed [B, S, (N + 2 Nkv) x H]
         q3, k3, v3 = b.name("q"), b.name("k"), b.name("v")
-        b.nodes.append(helper.make_node("Split", [query, b.i64(n_heads * head, n_kv * head, n_kv * head)],
-                                        [q3, k3, v3], axis=-1, name=b.name("split")))
+        b.nodes.append(
+            helper.make_node(
+                "Split",
+                [query, b.i64(n_heads * head, n_kv * head, n_kv * head)],
+                [q3, k3, v3],
+                axis=-1,
+                name=b.name("split"),
+            )
+        )
 
     def heads(x, n):  # [B, S, n x H] -> [B, n, S, H]
         return b.op("Transpose", [b.op("Reshape", [x, b.i64(0, 0, n, head)])], perm=[0, 2, 1, 3])
@@ -259,8 +279,7 @@ def _gqa(node, ctx: _Ctx, b: _Builder) -> None:
     # (the window holds local_window_size keys, the query's own included, as onnxruntime's kernel counts)
     t_len = b.op("Add", [p_len, s_len])
     qpos = b.op("Unsqueeze", [b.op("Range", [b.scalar(p_len), b.scalar(t_len), b.const(1, np.int64)]), b.i64(1)])
-    kpos = b.op("Unsqueeze", [b.op("Range", [b.const(0, np.int64), b.scalar(t_len), b.const(1, np.int64)]),
-                              b.i64(0)])
+    kpos = b.op("Unsqueeze", [b.op("Range", [b.const(0, np.int64), b.scalar(t_len), b.const(1, np.int64)]), b.i64(0)])
     allowed = b.op("LessOrEqual", [kpos, qpos])
     if window is not None and window > 0:
         allowed = b.op("And", [allowed, b.op("Greater", [kpos, b.op("Sub", [qpos, b.const(window, np.int64)])])])
@@ -325,8 +344,11 @@ def _rotary_embedding(node, ctx: _Ctx, b: _Builder) -> None:
     cos, sin = _cos_sin_at(b, cos_cache, sin_cache, positions)  # [B, S, half]
     if rank == 3:  # [B, S, N x H] -> [B, S, N, H]; cos [B, S, 1, half]
         heads = n_heads or None
-        xs = b.op("Reshape", [x, b.i64(0, 0, -1, head)]) if heads is None else \
-            b.op("Reshape", [x, b.i64(0, 0, heads, head)])
+        xs = (
+            b.op("Reshape", [x, b.i64(0, 0, -1, head)])
+            if heads is None
+            else b.op("Reshape", [x, b.i64(0, 0, heads, head)])
+        )
         cos, sin = (b.op("Unsqueeze", [t, b.i64(2)]) for t in (cos, sin))
         y = _rotate(b, xs, cos, sin, half, head, inter)
         b.op("Reshape", [y, b.op("Shape", [x])], node.output[0])
@@ -335,8 +357,9 @@ def _rotary_embedding(node, ctx: _Ctx, b: _Builder) -> None:
         b.op("Identity", [_rotate(b, x, cos, sin, half, head, inter)], node.output[0])
 
 
-def dequantize_blocks(data: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int,
-                      block: int, signed: bool) -> np.ndarray:
+def dequantize_blocks(
+    data: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, bits: int, block: int, signed: bool
+) -> np.ndarray:
     """A block-quantized [R, C] table as GatherBlockQuantized reads it: data uint8 (4-bit: two per byte,
     low nibble first), scales [R, C / block], zero points like data (default 8 / 128 unsigned, 0 signed)."""
     rows = data.shape[0]
@@ -396,13 +419,17 @@ def _gather_block_quantized(node, ctx: _Ctx, b: _Builder) -> None:
     scales = _constant_through_reshape(node.input[2], ctx)
     zps = _constant_through_reshape(node.input[3], ctx) if len(node.input) > 3 and node.input[3] else None
     if data is None or scales is None or (len(node.input) > 3 and node.input[3] and zps is None):
-        raise RvdeployError(f"{where}: data, scales and zero points must be constant initializers",
-                            "export the embedding table unquantized")
+        raise RvdeployError(
+            f"{where}: data, scales and zero points must be constant initializers",
+            "export the embedding table unquantized",
+        )
     if data.dtype != np.uint8:  # INT4 / UINT4-typed tables: not what onnxruntime-genai writes
-        raise RvdeployError(f"{where}: data of type {data.dtype} is not supported (uint8-packed only)",
-                            fused_ops()[op_key(node)].hint)
-    table = dequantize_blocks(data, scales, zps, _attr(node, "bits", 4), _attr(node, "block_size", 128),
-                              signed=False).astype(scales.dtype)
+        raise RvdeployError(
+            f"{where}: data of type {data.dtype} is not supported (uint8-packed only)", fused_ops()[op_key(node)].hint
+        )
+    table = dequantize_blocks(
+        data, scales, zps, _attr(node, "bits", 4), _attr(node, "block_size", 128), signed=False
+    ).astype(scales.dtype)
     name = b.name("table")
     b.inits.append(numpy_helper.from_array(table, name))
     b.op("Gather", [name, node.input[1]], node.output[0], axis=0)
@@ -466,12 +493,20 @@ def rewrite_model(model: onnx.ModelProto, head_dim: int) -> dict:
         if bad:
             raise RvdeployError(*bad)
     types, ranks, last = _types_and_ranks(model)
-    ctx = _Ctx({i.name: i for i in model.graph.initializer}, types, ranks, last,
-               {o: n for n in model.graph.node for o in n.output}, head_dim)
+    ctx = _Ctx(
+        {i.name: i for i in model.graph.initializer},
+        types,
+        ranks,
+        last,
+        {o: n for n in model.graph.node for o in n.output},
+        head_dim,
+    )
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 18:
-        raise RvdeployError(f"fused onnxruntime ops in an ai.onnx opset {opset} graph: rvdeploy rewrites them"
-                            " for opset 18 or later", "re-export with onnxruntime-genai's builder (opset 21+)")
+        raise RvdeployError(
+            f"fused onnxruntime ops in an ai.onnx opset {opset} graph: rvdeploy rewrites them for opset 18 or later",
+            "re-export with onnxruntime-genai's builder (opset 21+)",
+        )
     nodes, inits, counts = [], [], {}
     for i, node in enumerate(model.graph.node):
         fn = _REWRITES.get(op_key(node))

@@ -26,8 +26,13 @@ from .fused_ops import has_fused, rewrite_model
 
 CONFIG = "genai_config.json"
 # genai_config role -> the common name (a template with %d for the per-layer ones)
-_ROLES_IN = {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-             "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+_ROLES_IN = {
+    "input_ids": "input_ids",
+    "attention_mask": "attention_mask",
+    "position_ids": "position_ids",
+    "past_key_names": "past_key_values.%d.key",
+    "past_value_names": "past_key_values.%d.value",
+}
 _ROLES_OUT = {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"}
 
 
@@ -61,13 +66,24 @@ def read_config(onnx_path: Path) -> GenaiConfig | None:
         model = data["model"]
         dec = model["decoder"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RvdeployError(f"{path} is not an onnxruntime-genai config ({type(e).__name__}: {e})",
-                            "remove it or replace it with the one the builder wrote") from None
+        raise RvdeployError(
+            f"{path} is not an onnxruntime-genai config ({type(e).__name__}: {e})",
+            "remove it or replace it with the one the builder wrote",
+        ) from None
     eos = model.get("eos_token_id")
     eos = tuple(eos) if isinstance(eos, list) else (eos,) if isinstance(eos, int) else ()
-    return GenaiConfig(path, dec.get("num_hidden_layers"), dec.get("num_key_value_heads"), dec.get("head_size"),
-                       model.get("vocab_size"), model.get("context_length"), eos,
-                       dict(dec.get("inputs") or {}), dict(dec.get("outputs") or {}), dec.get("num_attention_heads"))
+    return GenaiConfig(
+        path,
+        dec.get("num_hidden_layers"),
+        dec.get("num_key_value_heads"),
+        dec.get("head_size"),
+        model.get("vocab_size"),
+        model.get("context_length"),
+        eos,
+        dict(dec.get("inputs") or {}),
+        dict(dec.get("outputs") or {}),
+        dec.get("num_attention_heads"),
+    )
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -141,12 +157,15 @@ def io_names(onnx_path: Path) -> dict:
     """{"inputs": (...), "outputs": (...)} of a graph, in its order (what the entry points are called with)."""
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {t.name for t in model.graph.initializer}
-    return {"inputs": tuple(vi.name for vi in model.graph.input if vi.name not in inits),
-            "outputs": tuple(vi.name for vi in model.graph.output)}
+    return {
+        "inputs": tuple(vi.name for vi in model.graph.input if vi.name not in inits),
+        "outputs": tuple(vi.name for vi in model.graph.output),
+    }
 
 
-def prepare(onnx_path: Path, workdir: Path, kv_heads: int, head_dim: int,
-            cfg: GenaiConfig | None = None) -> tuple[Path, dict]:
+def prepare(
+    onnx_path: Path, workdir: Path, kv_heads: int, head_dim: int, cfg: GenaiConfig | None = None
+) -> tuple[Path, dict]:
     """(graph in the common interface, what was done); the source is not modified, and returned as it is when
     it already is in that form. `cfg`: the model's genai_config.json (read beside the graph when not given;
     a graph copied into a work directory has left it behind)."""
@@ -162,10 +181,11 @@ def prepare(onnx_path: Path, workdir: Path, kv_heads: int, head_dim: int,
     _reorder(model.graph.input, lambda vi: _order_key(vi.name))
     _reorder(model.graph.output, lambda vi: _order_key(vi.name))
     _static_kv_dims(model, kv_heads, head_dim)
-    done = {"interface": "genai_config.json" if cfg else "graph",
-            "renamed": sum(1 for k, v in mapping.items() if k != v)}
-    done |= {f"{k}_rewritten" if k != "dead_nodes_dropped" else k: v
-             for k, v in rewrite_model(model, head_dim).items()}
+    done = {
+        "interface": "genai_config.json" if cfg else "graph",
+        "renamed": sum(1 for k, v in mapping.items() if k != v),
+    }
+    done |= {f"{k}_rewritten" if k != "dead_nodes_dropped" else k: v for k, v in rewrite_model(model, head_dim).items()}
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / "model.onnx"
     large = sum(i.ByteSize() for i in model.graph.initializer) > 1_500_000_000

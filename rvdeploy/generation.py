@@ -21,6 +21,7 @@ _ROLES = {"input_ids": "ids", "attention_mask": "mask", "position_ids": "pos"}
 @dataclass(frozen=True)
 class Sampling:
     """Greedy when temperature is 0. The runner's header comment specifies the algorithm exactly."""
+
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -38,16 +39,27 @@ class Sampling:
         return self
 
     def args(self) -> list[str]:
-        return [f"--temperature={self.temperature!r}", f"--top_k={self.top_k}", f"--top_p={self.top_p!r}",
-                f"--seed={self.seed}"]
+        return [
+            f"--temperature={self.temperature!r}",
+            f"--top_k={self.top_k}",
+            f"--top_p={self.top_p!r}",
+            f"--seed={self.seed}",
+        ]
 
 
 def eos_ids(manifest: Manifest) -> list[int]:
     return [int(i) for i in manifest.eos_token_ids]
 
 
-def runner_args(manifest: Manifest, prompt_ids: list[int], max_new_tokens: int, sampling: Sampling,
-                interactive: bool = False, device: str = "local-sync", stop_at_eos: bool = True) -> list[str]:
+def runner_args(
+    manifest: Manifest,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    sampling: Sampling,
+    interactive: bool = False,
+    device: str = "local-sync",
+    stop_at_eos: bool = True,
+) -> list[str]:
     """The runner's arguments, paths relative to the bundle directory (the launcher cd's there).
     local-sync: one thread, deterministic, no worker pool to start."""
     if not prompt_ids:
@@ -59,11 +71,20 @@ def runner_args(manifest: Manifest, prompt_ids: list[int], max_new_tokens: int, 
         roles = [_ROLES[name] for name in graph.inputs if name in _ROLES]
         kv = [name for name in graph.inputs if name.startswith("past_key_values.")]
     params = manifest.parameters
-    args = [f"--module={MODULE}", f"--parameters={params.scope}={params.file}", f"--device={device}",
-            f"--inputs={','.join(roles)}", f"--kv_count={len(kv)}", f"--kv_heads={graph.num_kv_heads}",
-            f"--head_dim={graph.head_dim}", f"--kv_type={'f16' if graph.dtype == 'f16' else 'f32'}",
-            f"--prompt={','.join(str(int(i)) for i in prompt_ids)}", f"--max_new_tokens={int(max_new_tokens)}",
-            f"--context={int(manifest.max_context)}", *sampling.args()]
+    args = [
+        f"--module={MODULE}",
+        f"--parameters={params.scope}={params.file}",
+        f"--device={device}",
+        f"--inputs={','.join(roles)}",
+        f"--kv_count={len(kv)}",
+        f"--kv_heads={graph.num_kv_heads}",
+        f"--head_dim={graph.head_dim}",
+        f"--kv_type={'f16' if graph.dtype == 'f16' else 'f32'}",
+        f"--prompt={','.join(str(int(i)) for i in prompt_ids)}",
+        f"--max_new_tokens={int(max_new_tokens)}",
+        f"--context={int(manifest.max_context)}",
+        *sampling.args(),
+    ]
     eos = eos_ids(manifest) if stop_at_eos else []
     if eos:
         args.append(f"--eos={','.join(map(str, eos))}")
@@ -80,6 +101,7 @@ def turn_line(prompt_ids: list[int], max_new_tokens: int) -> str:
 @dataclass
 class Turn:
     """One turn's outcome: the ids, why it ended, the runner's own timings."""
+
     ids: list[int] = field(default_factory=list)
     reason: str = ""
     stats: dict = field(default_factory=dict)
@@ -133,12 +155,12 @@ class TextStream:
         text = self.codec.decode(self.ids)
         if text.endswith("\ufffd"):  # an incomplete character: wait for the next token
             return ""
-        new = text[len(self.shown):] if text.startswith(self.shown) else text
+        new = text[len(self.shown) :] if text.startswith(self.shown) else text
         self.shown = text
         return new
 
     def flush(self) -> str:
         text = self.codec.decode(self.ids)
-        new = text[len(self.shown):] if text.startswith(self.shown) else ""
+        new = text[len(self.shown) :] if text.startswith(self.shown) else ""
         self.shown = text
         return new

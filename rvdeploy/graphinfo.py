@@ -141,9 +141,7 @@ def walk_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
 def external_data_locations(model: onnx.ModelProto) -> list[str]:
     """The external data files a model's tensors reference (relative to the graph file), in first-use order."""
     seen: dict[str, None] = {}
-    graphs = [model.graph] + [
-        onnx.helper.make_graph(list(f.node), f.name, [], []) for f in model.functions
-    ]
+    graphs = [model.graph] + [onnx.helper.make_graph(list(f.node), f.name, [], []) for f in model.functions]
     for graph in graphs:
         for t in walk_tensors(graph):
             if t.data_location == TensorProto.EXTERNAL:
@@ -236,9 +234,7 @@ def _check_kv(path: Path, inputs: list[str], outputs: list[str]) -> int:
                 )
     present = _layers(outputs, _PRESENT_RE)
     if not present:
-        raise RvdeployError(
-            f"{path} has past_key_values.N inputs but no present.N.key/value outputs", _EXPORT_HINT
-        )
+        raise RvdeployError(f"{path} has past_key_values.N inputs but no present.N.key/value outputs", _EXPORT_HINT)
     for i in range(n):
         for kind in ("key", "value"):
             if kind not in present.get(i, set()):
@@ -284,8 +280,7 @@ def _check_ops(path: Path, model: onnx.ModelProto) -> dict[str, int]:
         more = ""
         if others:
             more = "; also " + ", ".join(
-                f"{n} more {table[k].display}" if k == op.key else f"{n} {table[k].display}"
-                for k, n in others.items()
+                f"{n} more {table[k].display}" if k == op.key else f"{n} {table[k].display}" for k, n in others.items()
             )
         raise RvdeployError(
             f"{path}: IREE 3.13 cannot import {op.display} node {_node_label(ref.node, ref.index)}{where}:"
@@ -310,7 +305,8 @@ def inspect_graph(onnx_path: Path) -> LlmGraph:
     genai = genai_interface.read_config(path)
     raw_in = [vi.name for vi in graph.input if vi.name not in init_names]
     rename = genai_interface.common_names(genai, raw_in, False) | genai_interface.common_names(
-        genai, [vi.name for vi in graph.output], True)
+        genai, [vi.name for vi in graph.output], True
+    )
     input_vis = {rename.get(vi.name, vi.name): vi for vi in graph.input if vi.name not in init_names}
     output_vis = {rename.get(vi.name, vi.name): vi for vi in graph.output}
     inputs, outputs = list(input_vis), list(output_vis)
@@ -365,9 +361,7 @@ def inspect_graph(onnx_path: Path) -> LlmGraph:
             )
         if vocab is None:
             vocab = cfg.get("vocab_size")
-        unknown = [
-            n for n, v in (("kv heads", kv_heads), ("head dim", head_dim), ("vocab size", vocab)) if not v
-        ]
+        unknown = [n for n, v in (("kv heads", kv_heads), ("head dim", head_dim), ("vocab size", vocab)) if not v]
         if unknown:
             names = ", ".join(unknown[:-1]) + (" and " if len(unknown) > 1 else "") + unknown[-1]
             raise RvdeployError(

@@ -28,9 +28,19 @@ class ImportedGraphs:
 
 
 def _run_import(onnx_path: Path, data_dir: Path, out: Path, params: Path | None, large: bool) -> None:
-    cmd = [sys.executable, "-m", "rvdeploy._import_onnx", str(onnx_path), "-o", str(out),
-           "--data-dir", str(data_dir), "--externalize-params",
-           f"--num-elements-threshold={EXTERNALIZE_MIN_ELEMENTS}", f"--params-scope={PARAM_SCOPE}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rvdeploy._import_onnx",
+        str(onnx_path),
+        "-o",
+        str(out),
+        "--data-dir",
+        str(data_dir),
+        "--externalize-params",
+        f"--num-elements-threshold={EXTERNALIZE_MIN_ELEMENTS}",
+        f"--params-scope={PARAM_SCOPE}",
+    ]
     if large:  # past protobuf's 2 GB: the importer must not re-serialize the weights into one proto
         cmd.append("--large-model")
     cmd += [f"--save-params-to={params}"] if params else ["--no-save-params"]

@@ -40,6 +40,7 @@ _V_CHAIN = {"Unsqueeze", "Expand", "Reshape", "Cast"}
 class CacheLayout:
     """How the module keeps the cache: per layer, keys [1, kv_heads, head_dim, capacity] and values
     [1, kv_heads, capacity, head_dim] (`elt` as exported)."""
+
     layers: int
     kv_heads: int
     head_dim: int
@@ -53,9 +54,15 @@ class CacheLayout:
         return (1, self.kv_heads, self.capacity, self.head_dim)
 
     def to_dict(self) -> dict:
-        return {"layout": "keys [1, kv_heads, head_dim, capacity], values [1, kv_heads, capacity, head_dim]",
-                "layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                "capacity": self.capacity, "element_type": self.elt, "updated": "in place"}
+        return {
+            "layout": "keys [1, kv_heads, head_dim, capacity], values [1, kv_heads, capacity, head_dim]",
+            "layers": self.layers,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "capacity": self.capacity,
+            "element_type": self.elt,
+            "updated": "in place",
+        }
 
 
 class _NoMatch(Exception):
@@ -168,8 +175,9 @@ class _Shapes:
     ab: tuple[int, int] | None = None  # (A, B) when static
 
 
-def _attention_shapes(gr: _Graph, added: list, q: str, q_dims: list | None, heads: int | None, kv_heads: int,
-                      head_dim: int, total_1d: str) -> _Shapes:
+def _attention_shapes(
+    gr: _Graph, added: list, q: str, q_dims: list | None, heads: int | None, kv_heads: int, head_dim: int, total_1d: str
+) -> _Shapes:
     """The reshape targets around the grouped attention. Static but for the context when the query head count
     is known (decode has one position, so A * B = heads): IREE then sees static head dims and vectorizes the
     softmax; otherwise computed from the queries' shape at run time. Never 0 (copy) or -1 dims: IREE 3.13
@@ -179,10 +187,16 @@ def _attention_shapes(gr: _Graph, added: list, q: str, q_dims: list | None, head
         b, group = heads // a, heads // kv_heads
         scores, group_p = gr.name("scores_shape"), gr.name("group_p")
         added.append(helper.make_node("Concat", [gr.const("ab", [1, a, b]), total_1d], [scores], axis=0))
-        added.append(helper.make_node("Concat", [gr.const("kv_group", [1, kv_heads, group]), total_1d], [group_p],
-                                      axis=0))
-        return _Shapes(gr.const("group_q", [1, kv_heads, group, head_dim]), scores, group_p,
-                       gr.const("out", [1, a, b, head_dim]), (a, b))
+        added.append(
+            helper.make_node("Concat", [gr.const("kv_group", [1, kv_heads, group]), total_1d], [group_p], axis=0)
+        )
+        return _Shapes(
+            gr.const("group_q", [1, kv_heads, group, head_dim]),
+            scores,
+            group_p,
+            gr.const("out", [1, a, b, head_dim]),
+            (a, b),
+        )
     q_shape, ab, rows, group = gr.name("q_shape"), gr.name("q_ab"), gr.name("q_rows"), gr.name("group")
     added.append(helper.make_node("Shape", [q], [q_shape]))
     added.append(helper.make_node("Slice", [q_shape, gr.const("one", [1]), gr.const("three", [3])], [ab]))
@@ -213,20 +227,20 @@ def _between(gr: _Graph, start: str, end: str) -> list[tuple[str, int | None]]:
     backward, todo = set(), [end]
     while todo:
         n = gr.producer.get(todo.pop())
-        for i in (n.input if n is not None else ()):
+        for i in n.input if n is not None else ():
             if i not in backward and i != start:
                 backward.add(i)
                 todo.append(i)
-    return [(v, TensorProto.BOOL if gr.producer[v].op_type in _BOOLEAN else None)
-            for v in sorted(forward & backward)]
+    return [(v, TensorProto.BOOL if gr.producer[v].op_type in _BOOLEAN else None) for v in sorted(forward & backward)]
 
 
 def _perm(node: onnx.NodeProto) -> list[int] | None:
     return next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
 
 
-def rewrite_decode(src: Path, dst: Path, capacity: int, kv_heads: int, head_dim: int,
-                   heads: int | None = None) -> CacheLayout | None:
+def rewrite_decode(
+    src: Path, dst: Path, capacity: int, kv_heads: int, head_dim: int, heads: int | None = None
+) -> CacheLayout | None:
     """Rewrite the static decode graph `src` to the fixed-capacity cache; write it to `dst` and return the
     layout, or None (nothing written) when the graph's attention is not the pattern this knows. `heads`: the
     query head count (config.json's num_attention_heads), which lets the attention shapes be static."""
@@ -244,8 +258,9 @@ def rewrite_decode(src: Path, dst: Path, capacity: int, kv_heads: int, head_dim:
     return layout
 
 
-def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int,
-             heads: int | None) -> tuple[CacheLayout, bool]:
+def _rewrite(
+    model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int, heads: int | None
+) -> tuple[CacheLayout, bool]:
     gr = _Graph(model)
     g = gr.g
     inputs = {v.name: v for v in g.input}
@@ -298,9 +313,16 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
             cache_dims = (1, kv_heads, head_dim, capacity) if kind == "key" else (1, kv_heads, capacity, head_dim)
             cache_in, cache_out = f"cache.{layer}.{kind}", f"cache_out.{layer}.{kind}"
             view = gr.name(f"{kind}_view")
-            added.append(helper.make_node(APPEND, [cache_in, new, PAST_LENGTH], [cache_out, view], domain=DOMAIN,
-                                          name=f"/rvdeploy/kv/append.{layer}.{kind}",
-                                          transpose=1 if kind == "key" else 0))
+            added.append(
+                helper.make_node(
+                    APPEND,
+                    [cache_in, new, PAST_LENGTH],
+                    [cache_out, view],
+                    domain=DOMAIN,
+                    name=f"/rvdeploy/kv/append.{layer}.{kind}",
+                    transpose=1 if kind == "key" else 0,
+                )
+            )
             new_inputs.append(helper.make_tensor_value_info(cache_in, elem, cache_dims))
             new_outputs.append(helper.make_tensor_value_info(cache_out, elem, cache_dims))
             view_dims = (1, kv_heads, head_dim, "total") if kind == "key" else (1, kv_heads, "total", head_dim)
@@ -318,15 +340,19 @@ def _rewrite(model: onnx.ModelProto, capacity: int, kv_heads: int, head_dim: int
                 scales.append(n)
             elif n.op_type == "Cast":
                 out = gr.name("key_cast")
-                added.append(helper.make_node("Cast", [keys], [out],
-                                              **{a.name: helper.get_attribute_value(a) for a in n.attribute}))
+                added.append(
+                    helper.make_node(
+                        "Cast", [keys], [out], **{a.name: helper.get_attribute_value(a) for a in n.attribute}
+                    )
+                )
                 keys = out
         removed += kpath + [score]
         _shapes_of(gr, kpath, shape_fix, total_1d)
         # queries [1, A, B, d]: A heads of one position (optimum) or A kv heads of B grouped rows (the genai
         # rewrite), regrouped as [1, kv_heads, A*B/kv_heads, d] (query head h reads kv head h // group)
-        shapes = _attention_shapes(gr, added, score.input[0], dims.get(score.input[0]), heads, kv_heads, head_dim,
-                                   total_1d)
+        shapes = _attention_shapes(
+            gr, added, score.input[0], dims.get(score.input[0]), heads, kv_heads, head_dim, total_1d
+        )
         qg, s = gr.name("q_grouped"), gr.name("scores_grouped")
         added.append(helper.make_node("Reshape", [score.input[0], shapes.group_q], [qg]))
         for n in scales:

@@ -47,17 +47,19 @@ def _append_fn(name: str, layout: CacheLayout, kind: str, opset: int) -> str:
             f"{new} into {cache}",
             f"  %v = tensor.extract_slice %u[0, 0, 0, 0] [1, {h}, %n, {d}] [1, 1, 1, 1] : {cache} to {view}",
         ]
-    return "\n".join([
-        f"func.func private @{name}(%cache: {cache}, %new: {new}, %pos: tensor<i64>) -> ({cache}, {view}) "
-        f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}} {{",
-        "  %p = tensor.extract %pos[] : tensor<i64>",
-        "  %i = arith.index_cast %p : i64 to index",
-        "  %c1 = arith.constant 1 : index",
-        "  %n = arith.addi %i, %c1 : index",
-        *body,
-        f"  return %u, %v : {cache}, {view}",
-        "}",
-    ])
+    return "\n".join(
+        [
+            f"func.func private @{name}(%cache: {cache}, %new: {new}, %pos: tensor<i64>) -> ({cache}, {view}) "
+            f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}} {{",
+            "  %p = tensor.extract %pos[] : tensor<i64>",
+            "  %i = arith.index_cast %p : i64 to index",
+            "  %c1 = arith.constant 1 : index",
+            "  %n = arith.addi %i, %c1 : index",
+            *body,
+            f"  return %u, %v : {cache}, {view}",
+            "}",
+        ]
+    )
 
 
 def _walk(op, visit) -> None:
@@ -88,8 +90,14 @@ def _to_torch(value, torch_type):
 def lower_appends(module: ir.Module, layout: CacheLayout, opset: int) -> int:
     """Replace the decode graph's RvdKVAppend ops by calls of in-place insert helpers; returns how many."""
     ops = []
-    _walk(module.operation, lambda op: ops.append(op) if op.name == "torch.operator"
-          and ir.StringAttr(op.attributes["name"]).value == f"onnx.{APPEND}" else None)
+    _walk(
+        module.operation,
+        lambda op: (
+            ops.append(op)
+            if op.name == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == f"onnx.{APPEND}"
+            else None
+        ),
+    )
     helpers = {}
     h, d, e = layout.kv_heads, layout.head_dim, layout.elt
     for op in ops:
@@ -99,10 +107,17 @@ def lower_appends(module: ir.Module, layout: CacheLayout, opset: int) -> int:
         cache_t = builtin(layout.key_dims() if kind == "key" else layout.value_dims(), e)
         view_t = builtin((1, h, d, -1) if kind == "key" else (1, h, -1, d), e)
         with ir.InsertionPoint(op), op.location:
-            args = [_to_builtin(op.operands[0], cache_t), _to_builtin(op.operands[1], builtin((1, h, 1, d), e)),
-                    _to_builtin(op.operands[2], "tensor<i64>")]
-            call = _create("func.call", [ir.Type.parse(cache_t), ir.Type.parse(view_t)], args,
-                           {"callee": ir.FlatSymbolRefAttr.get(name)})
+            args = [
+                _to_builtin(op.operands[0], cache_t),
+                _to_builtin(op.operands[1], builtin((1, h, 1, d), e)),
+                _to_builtin(op.operands[2], "tensor<i64>"),
+            ]
+            call = _create(
+                "func.call",
+                [ir.Type.parse(cache_t), ir.Type.parse(view_t)],
+                args,
+                {"callee": ir.FlatSymbolRefAttr.get(name)},
+            )
             new = [_to_torch(call.results[0], op.results[0].type), _to_torch(call.results[1], op.results[1].type)]
         for old, value in zip(op.results, new):
             old.replace_all_uses_with(value)
@@ -122,8 +137,10 @@ def _globals(layout: CacheLayout) -> list[str]:
     lines = []
     for layer in range(layout.layers):
         for k, (kind, dims) in enumerate((("key", layout.key_dims()), ("value", layout.value_dims()))):
-            lines.append(f"util.global private mutable @{global_name(layer, kind)} = "
-                         f"dense<{float(2 * layer + k + 1)}> : {builtin(dims, layout.elt)}")
+            lines.append(
+                f"util.global private mutable @{global_name(layer, kind)} = "
+                f"dense<{float(2 * layer + k + 1)}> : {builtin(dims, layout.elt)}"
+            )
     return lines
 
 
@@ -136,8 +153,11 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
     row_t, rows_t = builtin((1, 1, vocab), lt), builtin((1, -1, vocab), lt)
     h, d, c, e = layout.kv_heads, layout.head_dim, layout.capacity, layout.elt
     kt_t, v_t = builtin(layout.key_dims(), e), builtin(layout.value_dims(), e)
-    dec_names = [n for n in names_in if not n.startswith("past_key_values.")] + ["past_length"] + \
-        [f"cache.{i}.{k}" for i in range(layout.layers) for k in ("key", "value")]
+    dec_names = (
+        [n for n in names_in if not n.startswith("past_key_values.")]
+        + ["past_length"]
+        + [f"cache.{i}.{k}" for i in range(layout.layers) for k in ("key", "value")]
+    )
     if len(dec_names) != len(dec.inputs):
         raise ValueError(f"decode graph has {len(dec.inputs)} inputs, expected {len(dec_names)}")
     text = _globals(layout) + [
@@ -219,14 +239,23 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
         new = em.from_torch(res[1 + j], pre.results[1 + j], builtin((1, h, -1, d), e))
         if kind == "key":
             empty = em.op("e", f"tensor.empty(%s) : {builtin((1, h, d, -1), e)}")
-            new_t = em.op("nt", f"linalg.transpose ins({new} : {builtin((1, h, -1, d), e)}) "
-                                f"outs({empty} : {builtin((1, h, d, -1), e)}) permutation = [0, 1, 3, 2]")
-            upd = em.op("u", f"tensor.insert_slice {new_t} into {g}[0, 0, 0, 0] [1, {h}, {d}, %s] [1, 1, 1, 1] : "
-                             f"{builtin((1, h, d, -1), e)} into {kt_t}")
+            new_t = em.op(
+                "nt",
+                f"linalg.transpose ins({new} : {builtin((1, h, -1, d), e)}) "
+                f"outs({empty} : {builtin((1, h, d, -1), e)}) permutation = [0, 1, 3, 2]",
+            )
+            upd = em.op(
+                "u",
+                f"tensor.insert_slice {new_t} into {g}[0, 0, 0, 0] [1, {h}, {d}, %s] [1, 1, 1, 1] : "
+                f"{builtin((1, h, d, -1), e)} into {kt_t}",
+            )
             em.raw(f"util.global.store {upd}, @{global_name(int(layer), kind)} : {kt_t}")
         else:
-            upd = em.op("u", f"tensor.insert_slice {new} into {g}[0, 0, 0, 0] [1, {h}, %s, {d}] [1, 1, 1, 1] : "
-                             f"{builtin((1, h, -1, d), e)} into {v_t}")
+            upd = em.op(
+                "u",
+                f"tensor.insert_slice {new} into {g}[0, 0, 0, 0] [1, {h}, %s, {d}] [1, 1, 1, 1] : "
+                f"{builtin((1, h, -1, d), e)} into {v_t}",
+            )
             em.raw(f"util.global.store {upd}, @{global_name(int(layer), kind)} : {v_t}")
     rows = em.from_torch(res[0], pre.results[0], rows_t)  # every position's, or the last one's (last_logits)
     n_rows = em.op("nrows", f"tensor.dim {rows}, %c1 : {rows_t}")

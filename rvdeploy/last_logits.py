@@ -79,9 +79,13 @@ def slice_last_position(model: onnx.ModelProto) -> bool:
     act = node.input[0]
     last = f"{act}/{SLICED}"
     starts, ends, axes = (f"{SLICED}/{k}" for k in ("starts", "ends", "axes"))
-    graph.initializer.extend([numpy_helper.from_array(np.array([-1], np.int64), starts),
-                              numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), ends),
-                              numpy_helper.from_array(np.array([1], np.int64), axes)])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1], np.int64), starts),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), ends),
+            numpy_helper.from_array(np.array([1], np.int64), axes),
+        ]
+    )
     index = list(graph.node).index(node)
     graph.node.insert(index, helper.make_node("Slice", [act, starts, ends, axes], [last], name=f"{SLICED}/Slice"))
     node.input[0] = last
@@ -106,4 +110,3 @@ def prefill_last_logits(prefill: Path) -> bool:
     onnx.save(model, str(tmp))
     tmp.replace(prefill)
     return True
-

@@ -39,6 +39,7 @@ class LoweredModule:
 class _Lowering:
     """What the rewrites of one module share: the module and its globals, where the tiles come from, and
     what the rewrites add up (helper functions, packed weights, tiles used, contractions left alone)."""
+
     module: ir.Module
     globals_: dict  # global symbol -> its util.global op
     target: Target
@@ -64,8 +65,14 @@ def _gathers_from_packed(low: _Lowering) -> int:
     """Point embedding Gathers at the transposed-packed copy of the same table (tied lm_head), so the
     plain table can be dropped. Returns how many were rewritten."""
     gathers = []
-    _walk(low.module.operation, lambda op: gathers.append(op) if op.name == "torch.operator"
-          and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather" else None)
+    _walk(
+        low.module.operation,
+        lambda op: (
+            gathers.append(op)
+            if op.name == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather"
+            else None
+        ),
+    )
     count = 0
     for op in gathers:
         conv = op.operands[0].owner
@@ -85,8 +92,10 @@ def _gathers_from_packed(low: _Lowering) -> int:
         helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}_{pw.n0}x{pw.k0}"
         low.helper(helper, lambda: embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, low.opset, pw.k0))
         with ir.InsertionPoint(op), op.location:
-            args = [_builtin(op.operands[1], ids, "tensor<?x?xi64>"),
-                    _load("rvd_packed." + gname + ".T", pw.tensor_type)]
+            args = [
+                _builtin(op.operands[1], ids, "tensor<?x?xi64>"),
+                _load("rvd_packed." + gname + ".T", pw.tensor_type),
+            ]
         _replace_with_call(op, helper, args, f"tensor<?x?x{pw.k}x{pw.elt}>")
         count += 1
     return count
@@ -105,11 +114,11 @@ def _weight_global(value) -> tuple[str, bool] | None:
     Transpose of one (how exports share a tied embedding with lm_head)."""
     op = value.owner
     transposed = False
-    if (getattr(op, "name", None) == "torch.operator"
-            and ir.StringAttr(op.attributes["name"]).value == "onnx.Transpose"):
+    if getattr(op, "name", None) == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == "onnx.Transpose":
         # no perm attribute means reversed dims: [1, 0] for a 2-D table
-        if "torch.onnx.perm" in op.attributes and \
-                [ir.IntegerAttr(p).value for p in ir.ArrayAttr(op.attributes["torch.onnx.perm"])] != [1, 0]:
+        if "torch.onnx.perm" in op.attributes and [
+            ir.IntegerAttr(p).value for p in ir.ArrayAttr(op.attributes["torch.onnx.perm"])
+        ] != [1, 0]:
             return None
         transposed = True
         op = op.operands[0].owner
@@ -166,8 +175,14 @@ def _tied_copies(module, globals_, matmuls, is_transpose) -> dict[str, str]:
     """lm_head weights that are a stored transposed copy of an embedding table (exporters without
     `accelerate` store the tied table twice): MatMul global -> the embedding global it duplicates."""
     tables = {}
-    _walk(module.operation, lambda op: tables.setdefault(op, None) if op.name == "torch.operator"
-          and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather" else None)
+    _walk(
+        module.operation,
+        lambda op: (
+            tables.setdefault(op, None)
+            if op.name == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather"
+            else None
+        ),
+    )
     shapes = {}  # embedding global -> (N, K)
     for op in tables:
         conv = op.operands[0].owner
@@ -183,8 +198,11 @@ def _tied_copies(module, globals_, matmuls, is_transpose) -> dict[str, str]:
             continue
         w = TensorType.parse(str(op.operands[1].type)).dims
         for emb, (n, k) in shapes.items():
-            if w == (k, n) and found[0] not in aliases and \
-                    is_transpose(_param_key(globals_[found[0]]), _param_key(globals_[emb]), k, n):
+            if (
+                w == (k, n)
+                and found[0] not in aliases
+                and is_transpose(_param_key(globals_[found[0]]), _param_key(globals_[emb]), k, n)
+            ):
                 aliases[found[0]] = emb
     return aliases
 
@@ -234,8 +252,13 @@ def _lower_q4(low: _Lowering) -> int:
             b = TensorType.parse(str(shift.operands[0].type))
             st = TensorType.parse(str(scale_v.type))
             zt = TensorType.parse(str(zero_v.type))
-            if len(x.dims) != 3 or len(b.dims) != 3 or st.dims != (b.dims[0], b.dims[1], 1) or \
-                    zt.dims not in ((), st.dims) or x.elt not in ("f32", "f16"):
+            if (
+                len(x.dims) != 3
+                or len(b.dims) != 3
+                or st.dims != (b.dims[0], b.dims[1], 1)
+                or zt.dims not in ((), st.dims)
+                or x.elt not in ("f32", "f16")
+            ):
                 low.skipped.append(f"{op.location}: unsupported 4-bit MatMul shapes {x.dims} x {b.dims}")
                 continue
             n, g, half = b.dims
@@ -249,8 +272,12 @@ def _lower_q4(low: _Lowering) -> int:
             sym = "rvd_q4." + gname
             wt = pw.tensor_type
             with ir.InsertionPoint(op), op.location:
-                args = [_builtin(op.operands[0], x, f"tensor<?x?x{k}x{x.elt}>"), _load(sym, wt),
-                        _builtin(scale_v, st, st.builtin), _builtin(zero_v, zt, zt.builtin)]
+                args = [
+                    _builtin(op.operands[0], x, f"tensor<?x?x{k}x{x.elt}>"),
+                    _load(sym, wt),
+                    _builtin(scale_v, st, st.builtin),
+                    _builtin(zero_v, zt, zt.builtin),
+                ]
             _replace_with_call(op, helper, args, f"tensor<?x?x{n}x{x.elt}>")
             _declare_global(low.globals_, gname, sym, key, wt)
             count += 1
@@ -263,8 +290,14 @@ def _lower_matmul_integer(low: _Lowering) -> int:
     W may be a Transpose of an int8 embedding table (rvdeploy.quantize's tied lm_head): packed from it, and
     registered in sym_to_packed so that the table's lookups read the packed copy too."""
     ops = []
-    _walk(low.module.operation, lambda op: ops.append(op) if op.name == "torch.operator"
-          and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMulInteger" else None)
+    _walk(
+        low.module.operation,
+        lambda op: (
+            ops.append(op)
+            if op.name == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMulInteger"
+            else None
+        ),
+    )
     count = 0
     for op in ops:
         where = str(op.location)
@@ -296,8 +329,12 @@ def _lower_matmul_integer(low: _Lowering) -> int:
         low.helper(helper, lambda: int8_matmul_fn(helper, k, n, tile, decode, low.opset))
         source_key = _param_key(low.globals_[gname])
         key = f"{source_key}{tsuffix}.mmt4d_{tile.n0}x{tile.k0}"
-        pw = low.packed.setdefault(key, PackedWeight(key, source_key, k, n, "i8", tile.n0, tile.k0, transposed,
-                                                     colsum_key=f"{source_key}{tsuffix}.colsum"))
+        pw = low.packed.setdefault(
+            key,
+            PackedWeight(
+                key, source_key, k, n, "i8", tile.n0, tile.k0, transposed, colsum_key=f"{source_key}{tsuffix}.colsum"
+            ),
+        )
         packed_sym, colsum_sym = "rvd_packed." + gname + tsuffix, "rvd_colsum." + gname + tsuffix
         low.sym_to_packed[gname + tsuffix] = pw
         hx = f"tensor<1x1x{k}xi8>" if decode else f"tensor<?x?x{k}xi8>"
@@ -306,8 +343,12 @@ def _lower_matmul_integer(low: _Lowering) -> int:
         with ir.InsertionPoint(op), op.location:
             zb = _builtin(op.operands[2], zp, zp.builtin)
             if zp.dims:
-                zb = _create("tensor.collapse_shape", [ir.Type.parse("tensor<i8>")], [zb],
-                             {"reassociation": ir.ArrayAttr.get([])})
+                zb = _create(
+                    "tensor.collapse_shape",
+                    [ir.Type.parse("tensor<i8>")],
+                    [zb],
+                    {"reassociation": ir.ArrayAttr.get([])},
+                )
             args = [_builtin(op.operands[0], x, hx), zb, _load(packed_sym, wt), _load(colsum_sym, ct)]
         _replace_with_call(op, helper, args, f"tensor<1x1x{n}xi32>" if decode else f"tensor<?x?x{n}xi32>")
         _declare_global(low.globals_, gname, packed_sym, key, wt)
@@ -319,8 +360,14 @@ def _lower_matmul_integer(low: _Lowering) -> int:
 def _lower_matmul(low: _Lowering, is_transpose) -> int:
     """MatMul(x, W global) in f32/f16/... -> a call of matmul_fn on W packed for the target's tile."""
     matmuls = []
-    _walk(low.module.operation, lambda op: matmuls.append(op) if op.name == "torch.operator"
-          and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMul" else None)
+    _walk(
+        low.module.operation,
+        lambda op: (
+            matmuls.append(op)
+            if op.name == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == "onnx.MatMul"
+            else None
+        ),
+    )
     aliases = _tied_copies(low.module, low.globals_, matmuls, is_transpose) if is_transpose else {}
     lowered = 0
     for op in matmuls:
@@ -362,15 +409,19 @@ def _lower_matmul(low: _Lowering, is_transpose) -> int:
     return lowered
 
 
-def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: str = "upstream",
-                   is_transpose=None) -> LoweredModule:
+def lower_to_mmt4d(
+    entry: EntryModule, target: Target, workdir: Path, ukernels: str = "upstream", is_transpose=None
+) -> LoweredModule:
     """`is_transpose(w_key, e_key, k, n)`, when given, says whether weight w (KxN) equals table e (NxK)
     transposed; such copies are dropped and lm_head reads the table (see params.is_transposed_copy)."""
     with ir.Context() as ctx:
         ctx.allow_unregistered_dialects = True
         module = ir.Module.parse(entry.mlir.read_text())
-        globals_ = {ir.StringAttr(op.attributes["sym_name"]).value: op.operation
-                    for op in module.body.operations if op.operation.name == "util.global"}
+        globals_ = {
+            ir.StringAttr(op.attributes["sym_name"]).value: op.operation
+            for op in module.body.operations
+            if op.operation.name == "util.global"
+        }
         opset = 17
         for op in module.body.operations:
             if op.operation.name == "func.func" and "torch.onnx_meta.opset_version" in op.attributes:
@@ -384,8 +435,12 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
         _gathers_from_packed(low)
 
         used: set[str] = set()
-        _walk(module.operation, lambda op: used.add(ir.FlatSymbolRefAttr(op.attributes["global"]).value)
-              if op.name == "util.global.load" else None)
+        _walk(
+            module.operation,
+            lambda op: (
+                used.add(ir.FlatSymbolRefAttr(op.attributes["global"]).value) if op.name == "util.global.load" else None
+            ),
+        )
         plain = []
         for name, g in globals_.items():
             if name not in used:
@@ -400,5 +455,12 @@ def lower_to_mmt4d(entry: EntryModule, target: Target, workdir: Path, ukernels: 
         module.operation.verify()
         out = workdir / "module.mmt4d.mlir"
         out.write_text(str(module))
-    return LoweredModule(mlir=out, packed=tuple(low.packed.values()), plain_keys=tuple(plain), tiles=low.tiles,
-                         lowered=lowered, skipped=tuple(low.skipped), q4=q4)
+    return LoweredModule(
+        mlir=out,
+        packed=tuple(low.packed.values()),
+        plain_keys=tuple(plain),
+        tiles=low.tiles,
+        lowered=lowered,
+        skipped=tuple(low.skipped),
+        q4=q4,
+    )

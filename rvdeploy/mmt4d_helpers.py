@@ -29,7 +29,9 @@ def matmul_fn(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, ops
             f"  %flat = tensor.collapse_shape %o [[0, 1, 2, 3]] : {acc} into tensor<{n1 * n0}x{elt}>",
         ]
         if n1 * n0 != n:  # N padded up to a whole tile: drop the padding columns
-            lines.append(f"  %y1 = tensor.extract_slice %flat[0] [{n}] [1] : tensor<{n1 * n0}x{elt}> to tensor<{n}x{elt}>")
+            lines.append(
+                f"  %y1 = tensor.extract_slice %flat[0] [{n}] [1] : tensor<{n1 * n0}x{elt}> to tensor<{n}x{elt}>"
+            )
         else:
             lines.append(f"  %y1 = tensor.cast %flat : tensor<{n}x{elt}> to tensor<{n}x{elt}>")
         lines += [
@@ -42,31 +44,33 @@ def matmul_fn(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, ops
     m0 = tile.m0
     lhs = f"tensor<?x{k1}x{m0}x{k0}x{elt}>"
     acc = f"tensor<?x{n1}x{m0}x{n0}x{elt}>"
-    return "\n".join([
-        f"func.func private @{name}(%x: tensor<?x?x{k}x{elt}>, %w: {w}) -> tensor<?x?x{n}x{elt}> {attrs} {{",
-        "  %c0 = arith.constant 0 : index",
-        "  %c1 = arith.constant 1 : index",
-        f"  %cm0 = arith.constant {m0} : index",
-        f"  %zero = arith.constant 0.0 : {elt}",
-        f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}x{elt}>",
-        f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}x{elt}>",
-        f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}x{elt}> into tensor<?x{k}x{elt}>",
-        f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}x{elt}>",
-        "  %m1 = arith.ceildivui %m, %cm0 : index",
-        f"  %pe = tensor.empty(%m1) : {lhs}",
-        f"  %xp = linalg.pack %x2 padding_value(%zero : {elt}) inner_dims_pos = [0, 1] inner_tiles = [{m0}, {k0}] "
-        f"into %pe : tensor<?x{k}x{elt}> -> {lhs}",
-        f"  %oe = tensor.empty(%m1) : {acc}",
-        f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : {acc}) -> {acc}",
-        f"  %o = linalg.mmt4d ins(%xp, %w : {lhs}, {w}) outs(%of : {acc}) -> {acc}",
-        f"  %ue = tensor.empty(%m) : tensor<?x{n}x{elt}>",
-        f"  %y2 = linalg.unpack %o inner_dims_pos = [0, 1] inner_tiles = [{m0}, {n0}] into %ue : {acc} -> "
-        f"tensor<?x{n}x{elt}>",
-        f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
-        f"tensor<?x?x{n}x{elt}>",
-        f"  return %y : tensor<?x?x{n}x{elt}>",
-        "}",
-    ])
+    return "\n".join(
+        [
+            f"func.func private @{name}(%x: tensor<?x?x{k}x{elt}>, %w: {w}) -> tensor<?x?x{n}x{elt}> {attrs} {{",
+            "  %c0 = arith.constant 0 : index",
+            "  %c1 = arith.constant 1 : index",
+            f"  %cm0 = arith.constant {m0} : index",
+            f"  %zero = arith.constant 0.0 : {elt}",
+            f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}x{elt}>",
+            f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}x{elt}>",
+            f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}x{elt}> into tensor<?x{k}x{elt}>",
+            f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}x{elt}>",
+            "  %m1 = arith.ceildivui %m, %cm0 : index",
+            f"  %pe = tensor.empty(%m1) : {lhs}",
+            f"  %xp = linalg.pack %x2 padding_value(%zero : {elt}) inner_dims_pos = [0, 1] inner_tiles = [{m0}, {k0}] "
+            f"into %pe : tensor<?x{k}x{elt}> -> {lhs}",
+            f"  %oe = tensor.empty(%m1) : {acc}",
+            f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : {acc}) -> {acc}",
+            f"  %o = linalg.mmt4d ins(%xp, %w : {lhs}, {w}) outs(%of : {acc}) -> {acc}",
+            f"  %ue = tensor.empty(%m) : tensor<?x{n}x{elt}>",
+            f"  %y2 = linalg.unpack %o inner_dims_pos = [0, 1] inner_tiles = [{m0}, {n0}] into %ue : {acc} -> "
+            f"tensor<?x{n}x{elt}>",
+            f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
+            f"tensor<?x?x{n}x{elt}>",
+            f"  return %y : tensor<?x?x{n}x{elt}>",
+            "}",
+        ]
+    )
 
 
 def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: int) -> str:
@@ -77,10 +81,14 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
     n1, k1, n0, k0 = packed_shape(k, n, tile.n0, tile.k0)
     w = tensor_type((n1, k1, n0, k0), "i8")
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
-    xor = ("  ^bb0(%xa: i8, %xo: i8):\n    %flip = arith.constant -128 : i8\n    %xr = arith.xori %xa, %flip : i8\n"
-           "    linalg.yield %xr : i8\n")
-    fix = ("  ^bb0(%ya: i32, %ycs: i32, %yo: i32):\n    %yt = arith.muli %za, %ycs : i32\n    %yr = arith.subi %ya, %yt : i32\n"
-           "    linalg.yield %yr : i32\n")
+    xor = (
+        "  ^bb0(%xa: i8, %xo: i8):\n    %flip = arith.constant -128 : i8\n    %xr = arith.xori %xa, %flip : i8\n"
+        "    linalg.yield %xr : i8\n"
+    )
+    fix = (
+        "  ^bb0(%ya: i32, %ycs: i32, %yo: i32):\n    %yt = arith.muli %za, %ycs : i32\n    %yr = arith.subi %ya, %yt : i32\n"
+        "    linalg.yield %yr : i32\n"
+    )
     head = [
         "  %c0i = arith.constant 0 : i32",
         "  %c128 = arith.constant 128 : i32",
@@ -97,7 +105,7 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
             f"  %xf = tensor.collapse_shape %x [[0, 1, 2]] : tensor<1x1x{k}xi8> into tensor<{k}xi8>",
             f"  %xe = tensor.empty() : tensor<{k}xi8>",
             "  %xs = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>], "
-            f"iterator_types = [\"parallel\"]}} ins(%xf : tensor<{k}xi8>) outs(%xe : tensor<{k}xi8>) {{\n{xor}"
+            f'iterator_types = ["parallel"]}} ins(%xf : tensor<{k}xi8>) outs(%xe : tensor<{k}xi8>) {{\n{xor}'
             f"  }} -> tensor<{k}xi8>",
             f"  %xp = tensor.expand_shape %xs [[0, 1, 2, 3]] output_shape [1, {k1}, 1, {k0}] : "
             f"tensor<{k}xi8> into tensor<1x{k1}x1x{k0}xi8>",
@@ -108,7 +116,7 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
             f"  %y1 = tensor.extract_slice %flat[0] [{n}] [1] : tensor<{n1 * n0}xi32> to tensor<{n}xi32>",
             f"  %ye = tensor.empty() : tensor<{n}xi32>",
             "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0) -> (d0)>, affine_map<(d0) -> (d0)>, "
-            "affine_map<(d0) -> (d0)>], iterator_types = [\"parallel\"]} "
+            'affine_map<(d0) -> (d0)>], iterator_types = ["parallel"]} '
             f"ins(%y1, %colsum : tensor<{n}xi32>, tensor<{n}xi32>) outs(%ye : tensor<{n}xi32>) {{\n{fix}"
             f"  }} -> tensor<{n}xi32>",
             f"  %y = tensor.expand_shape %y2 [[0, 1, 2]] output_shape [1, 1, {n}] : tensor<{n}xi32> into "
@@ -120,42 +128,44 @@ def int8_matmul_fn(name: str, k: int, n: int, tile: Tile, decode: bool, opset: i
     m0 = tile.m0
     lhs = f"tensor<?x{k1}x{m0}x{k0}xi8>"
     acc = f"tensor<?x{n1}x{m0}x{n0}xi32>"
-    return "\n".join([
-        f"func.func private @{name}(%x: tensor<?x?x{k}xi8>, %zp: tensor<i8>, %w: {w}, %colsum: tensor<{n}xi32>) "
-        f"-> tensor<?x?x{n}xi32> {attrs} {{",
-        *head,
-        "  %c0 = arith.constant 0 : index",
-        "  %c1 = arith.constant 1 : index",
-        f"  %cm0 = arith.constant {m0} : index",
-        "  %zero8 = arith.constant 0 : i8",
-        f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}xi8>",
-        f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}xi8>",
-        f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}xi8> into tensor<?x{k}xi8>",
-        f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}xi8>",
-        f"  %xe = tensor.empty(%m) : tensor<?x{k}xi8>",
-        "  %xs = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>], "
-        f"iterator_types = [\"parallel\", \"parallel\"]}} ins(%x2 : tensor<?x{k}xi8>) outs(%xe : tensor<?x{k}xi8>) "
-        f"{{\n{xor}  }} -> tensor<?x{k}xi8>",
-        "  %m1 = arith.ceildivui %m, %cm0 : index",
-        f"  %pe = tensor.empty(%m1) : {lhs}",
-        f"  %xp = linalg.pack %xs padding_value(%zero8 : i8) inner_dims_pos = [0, 1] inner_tiles = [{m0}, {k0}] "
-        f"into %pe : tensor<?x{k}xi8> -> {lhs}",
-        f"  %oe = tensor.empty(%m1) : {acc}",
-        f"  %of = linalg.fill ins(%c0i : i32) outs(%oe : {acc}) -> {acc}",
-        f"  %o = linalg.mmt4d ins(%xp, %w : {lhs}, {w}) outs(%of : {acc}) -> {acc}",
-        f"  %ue = tensor.empty(%m) : tensor<?x{n}xi32>",
-        f"  %y1 = linalg.unpack %o inner_dims_pos = [0, 1] inner_tiles = [{m0}, {n0}] into %ue : {acc} -> "
-        f"tensor<?x{n}xi32>",
-        f"  %ye = tensor.empty(%m) : tensor<?x{n}xi32>",
-        "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d1)>, "
-        "affine_map<(d0, d1) -> (d0, d1)>], iterator_types = [\"parallel\", \"parallel\"]} "
-        f"ins(%y1, %colsum : tensor<?x{n}xi32>, tensor<{n}xi32>) outs(%ye : tensor<?x{n}xi32>) {{\n{fix}"
-        f"  }} -> tensor<?x{n}xi32>",
-        f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}xi32> into "
-        f"tensor<?x?x{n}xi32>",
-        f"  return %y : tensor<?x?x{n}xi32>",
-        "}",
-    ])
+    return "\n".join(
+        [
+            f"func.func private @{name}(%x: tensor<?x?x{k}xi8>, %zp: tensor<i8>, %w: {w}, %colsum: tensor<{n}xi32>) "
+            f"-> tensor<?x?x{n}xi32> {attrs} {{",
+            *head,
+            "  %c0 = arith.constant 0 : index",
+            "  %c1 = arith.constant 1 : index",
+            f"  %cm0 = arith.constant {m0} : index",
+            "  %zero8 = arith.constant 0 : i8",
+            f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}xi8>",
+            f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}xi8>",
+            f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}xi8> into tensor<?x{k}xi8>",
+            f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}xi8>",
+            f"  %xe = tensor.empty(%m) : tensor<?x{k}xi8>",
+            "  %xs = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d0, d1)>], "
+            f'iterator_types = ["parallel", "parallel"]}} ins(%x2 : tensor<?x{k}xi8>) outs(%xe : tensor<?x{k}xi8>) '
+            f"{{\n{xor}  }} -> tensor<?x{k}xi8>",
+            "  %m1 = arith.ceildivui %m, %cm0 : index",
+            f"  %pe = tensor.empty(%m1) : {lhs}",
+            f"  %xp = linalg.pack %xs padding_value(%zero8 : i8) inner_dims_pos = [0, 1] inner_tiles = [{m0}, {k0}] "
+            f"into %pe : tensor<?x{k}xi8> -> {lhs}",
+            f"  %oe = tensor.empty(%m1) : {acc}",
+            f"  %of = linalg.fill ins(%c0i : i32) outs(%oe : {acc}) -> {acc}",
+            f"  %o = linalg.mmt4d ins(%xp, %w : {lhs}, {w}) outs(%of : {acc}) -> {acc}",
+            f"  %ue = tensor.empty(%m) : tensor<?x{n}xi32>",
+            f"  %y1 = linalg.unpack %o inner_dims_pos = [0, 1] inner_tiles = [{m0}, {n0}] into %ue : {acc} -> "
+            f"tensor<?x{n}xi32>",
+            f"  %ye = tensor.empty(%m) : tensor<?x{n}xi32>",
+            "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0, d1) -> (d0, d1)>, affine_map<(d0, d1) -> (d1)>, "
+            'affine_map<(d0, d1) -> (d0, d1)>], iterator_types = ["parallel", "parallel"]} '
+            f"ins(%y1, %colsum : tensor<?x{n}xi32>, tensor<{n}xi32>) outs(%ye : tensor<?x{n}xi32>) {{\n{fix}"
+            f"  }} -> tensor<?x{n}xi32>",
+            f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}xi32> into "
+            f"tensor<?x?x{n}xi32>",
+            f"  return %y : tensor<?x?x{n}xi32>",
+            "}",
+        ]
+    )
 
 
 def embed_lookup_fn(name: str, vocab: int, hidden: int, elt: str, n0: int, opset: int, k0: int = 1) -> str:
@@ -163,31 +173,33 @@ def embed_lookup_fn(name: str, vocab: int, hidden: int, elt: str, n0: int, opset
     row v of the NxK table is P[v / N0, h / K0, v % N0, h % K0] for h < K."""
     p = tensor_type(packed_shape(hidden, vocab, n0, k0), elt)
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
-    return "\n".join([
-        f"func.func private @{name}(%ids: tensor<?x?xi64>, %p: {p}) -> tensor<?x?x{hidden}x{elt}> {attrs} {{",
-        "  %c0 = arith.constant 0 : index",
-        "  %c1 = arith.constant 1 : index",
-        f"  %cn0 = arith.constant {n0} : index",
-        f"  %ck0 = arith.constant {k0} : index",
-        "  %b = tensor.dim %ids, %c0 : tensor<?x?xi64>",
-        "  %s = tensor.dim %ids, %c1 : tensor<?x?xi64>",
-        f"  %e = tensor.empty(%b, %s) : tensor<?x?x{hidden}x{elt}>",
-        "  %r = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1)>, "
-        "affine_map<(d0, d1, d2) -> (d0, d1, d2)>], iterator_types = [\"parallel\", \"parallel\", \"parallel\"]} "
-        f"ins(%ids : tensor<?x?xi64>) outs(%e : tensor<?x?x{hidden}x{elt}>) {{",
-        f"  ^bb0(%id: i64, %o: {elt}):",
-        "    %h = linalg.index 2 : index",
-        "    %hk = arith.divui %h, %ck0 : index",
-        "    %hr = arith.remui %h, %ck0 : index",
-        "    %v = arith.index_cast %id : i64 to index",
-        "    %t = arith.divui %v, %cn0 : index",
-        "    %j = arith.remui %v, %cn0 : index",
-        f"    %x = tensor.extract %p[%t, %hk, %j, %hr] : {p}",
-        f"    linalg.yield %x : {elt}",
-        f"  }} -> tensor<?x?x{hidden}x{elt}>",
-        f"  return %r : tensor<?x?x{hidden}x{elt}>",
-        "}",
-    ])
+    return "\n".join(
+        [
+            f"func.func private @{name}(%ids: tensor<?x?xi64>, %p: {p}) -> tensor<?x?x{hidden}x{elt}> {attrs} {{",
+            "  %c0 = arith.constant 0 : index",
+            "  %c1 = arith.constant 1 : index",
+            f"  %cn0 = arith.constant {n0} : index",
+            f"  %ck0 = arith.constant {k0} : index",
+            "  %b = tensor.dim %ids, %c0 : tensor<?x?xi64>",
+            "  %s = tensor.dim %ids, %c1 : tensor<?x?xi64>",
+            f"  %e = tensor.empty(%b, %s) : tensor<?x?x{hidden}x{elt}>",
+            "  %r = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2) -> (d0, d1)>, "
+            'affine_map<(d0, d1, d2) -> (d0, d1, d2)>], iterator_types = ["parallel", "parallel", "parallel"]} '
+            f"ins(%ids : tensor<?x?xi64>) outs(%e : tensor<?x?x{hidden}x{elt}>) {{",
+            f"  ^bb0(%id: i64, %o: {elt}):",
+            "    %h = linalg.index 2 : index",
+            "    %hk = arith.divui %h, %ck0 : index",
+            "    %hr = arith.remui %h, %ck0 : index",
+            "    %v = arith.index_cast %id : i64 to index",
+            "    %t = arith.divui %v, %cn0 : index",
+            "    %j = arith.remui %v, %cn0 : index",
+            f"    %x = tensor.extract %p[%t, %hk, %j, %hr] : {p}",
+            f"    linalg.yield %x : {elt}",
+            f"  }} -> tensor<?x?x{hidden}x{elt}>",
+            f"  return %r : tensor<?x?x{hidden}x{elt}>",
+            "}",
+        ]
+    )
 
 
 def q4_matmul_fn(name: str, k: int, n: int, g: int, bs: int, elt: str, per_block_zero: bool, opset: int) -> str:
@@ -202,39 +214,45 @@ def q4_matmul_fn(name: str, k: int, n: int, g: int, bs: int, elt: str, per_block
     zmap = "affine_map<(d0, d1, d2, d3) -> (d1, d2, 0)>" if per_block_zero else "affine_map<(d0, d1, d2, d3) -> ()>"
     wt = f"tensor<{n}x{g}x{bs}xi4>"
     if per_block_zero:  # (q - z) s = ((q - 8) - (z - 8)) s
-        deq = [f"    %c8 = arith.constant 8.0 : {elt}", f"    %zc = arith.subf %qz, %c8 : {elt}",
-               f"    %qd = arith.subf %qf, %zc : {elt}", f"    %qr = arith.mulf %qd, %qs : {elt}"]
+        deq = [
+            f"    %c8 = arith.constant 8.0 : {elt}",
+            f"    %zc = arith.subf %qz, %c8 : {elt}",
+            f"    %qd = arith.subf %qf, %zc : {elt}",
+            f"    %qr = arith.mulf %qd, %qs : {elt}",
+        ]
     else:
         deq = [f"    %qr = arith.mulf %qf, %qs : {elt}"]
-    return "\n".join([
-        f"func.func private @{name}(%x: tensor<?x?x{k}x{elt}>, %w: {wt}, %sc: {st}, %z: {zt}) -> tensor<?x?x{n}x{elt}> "
-        f"{attrs} {{",
-        "  %c0 = arith.constant 0 : index",
-        "  %c1 = arith.constant 1 : index",
-        f"  %zero = arith.constant 0.0 : {elt}",
-        f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}x{elt}>",
-        f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}x{elt}>",
-        f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}x{elt}> into tensor<?x{k}x{elt}>",
-        f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}x{elt}>",
-        f"  %x3 = tensor.expand_shape %x2 [[0], [1, 2]] output_shape [%m, {g}, {bs}] : tensor<?x{k}x{elt}> into "
-        f"tensor<?x{g}x{bs}x{elt}>",
-        f"  %oe = tensor.empty(%m) : tensor<?x{n}x{elt}>",
-        f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : tensor<?x{n}x{elt}>) -> tensor<?x{n}x{elt}>",
-        "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3) -> (d0, d2, d3)>, "
-        "affine_map<(d0, d1, d2, d3) -> (d1, d2, d3)>, affine_map<(d0, d1, d2, d3) -> (d1, d2, 0)>, "
-        f"{zmap}, affine_map<(d0, d1, d2, d3) -> (d0, d1)>], "
-        "iterator_types = [\"parallel\", \"parallel\", \"reduction\", \"reduction\"]} "
-        f"ins(%x3, %w, %sc, %z : tensor<?x{g}x{bs}x{elt}>, {wt}, {st}, {zt}) outs(%of : tensor<?x{n}x{elt}>) {{",
-        f"  ^bb0(%ma: {elt}, %q: i4, %qs: {elt}, %qz: {elt}, %mo: {elt}):",
-        "    %qi = arith.extsi %q : i4 to i32",
-        f"    %qf = arith.sitofp %qi : i32 to {elt}",
-        *deq,
-        f"    %mp = arith.mulf %ma, %qr : {elt}",
-        f"    %ms = arith.addf %mo, %mp : {elt}",
-        f"    linalg.yield %ms : {elt}",
-        f"  }} -> tensor<?x{n}x{elt}>",
-        f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
-        f"tensor<?x?x{n}x{elt}>",
-        f"  return %y : tensor<?x?x{n}x{elt}>",
-        "}",
-    ])
+    return "\n".join(
+        [
+            f"func.func private @{name}(%x: tensor<?x?x{k}x{elt}>, %w: {wt}, %sc: {st}, %z: {zt}) -> tensor<?x?x{n}x{elt}> "
+            f"{attrs} {{",
+            "  %c0 = arith.constant 0 : index",
+            "  %c1 = arith.constant 1 : index",
+            f"  %zero = arith.constant 0.0 : {elt}",
+            f"  %b = tensor.dim %x, %c0 : tensor<?x?x{k}x{elt}>",
+            f"  %s = tensor.dim %x, %c1 : tensor<?x?x{k}x{elt}>",
+            f"  %x2 = tensor.collapse_shape %x [[0, 1], [2]] : tensor<?x?x{k}x{elt}> into tensor<?x{k}x{elt}>",
+            f"  %m = tensor.dim %x2, %c0 : tensor<?x{k}x{elt}>",
+            f"  %x3 = tensor.expand_shape %x2 [[0], [1, 2]] output_shape [%m, {g}, {bs}] : tensor<?x{k}x{elt}> into "
+            f"tensor<?x{g}x{bs}x{elt}>",
+            f"  %oe = tensor.empty(%m) : tensor<?x{n}x{elt}>",
+            f"  %of = linalg.fill ins(%zero : {elt}) outs(%oe : tensor<?x{n}x{elt}>) -> tensor<?x{n}x{elt}>",
+            "  %y2 = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3) -> (d0, d2, d3)>, "
+            "affine_map<(d0, d1, d2, d3) -> (d1, d2, d3)>, affine_map<(d0, d1, d2, d3) -> (d1, d2, 0)>, "
+            f"{zmap}, affine_map<(d0, d1, d2, d3) -> (d0, d1)>], "
+            'iterator_types = ["parallel", "parallel", "reduction", "reduction"]} '
+            f"ins(%x3, %w, %sc, %z : tensor<?x{g}x{bs}x{elt}>, {wt}, {st}, {zt}) outs(%of : tensor<?x{n}x{elt}>) {{",
+            f"  ^bb0(%ma: {elt}, %q: i4, %qs: {elt}, %qz: {elt}, %mo: {elt}):",
+            "    %qi = arith.extsi %q : i4 to i32",
+            f"    %qf = arith.sitofp %qi : i32 to {elt}",
+            *deq,
+            f"    %mp = arith.mulf %ma, %qr : {elt}",
+            f"    %ms = arith.addf %mo, %mp : {elt}",
+            f"    linalg.yield %ms : {elt}",
+            f"  }} -> tensor<?x{n}x{elt}>",
+            f"  %y = tensor.expand_shape %y2 [[0, 1], [2]] output_shape [%b, %s, {n}] : tensor<?x{n}x{elt}> into "
+            f"tensor<?x?x{n}x{elt}>",
+            f"  return %y : tensor<?x?x{n}x{elt}>",
+            "}",
+        ]
+    )

@@ -20,8 +20,10 @@ def parse(text: str | bytes, where: str) -> dict:
         detail = f" ({exc.msg} at line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
         raise RvdeployError(f"{where}: not valid JSON{detail}", hint="fix or replace the model's config.json") from None
     if not isinstance(config, dict):
-        raise RvdeployError(f"{where}: a JSON {type(config).__name__}, not an object of model settings",
-                            hint="fix or replace the model's config.json")
+        raise RvdeployError(
+            f"{where}: a JSON {type(config).__name__}, not an object of model settings",
+            hint="fix or replace the model's config.json",
+        )
     return config
 
 
@@ -41,8 +43,9 @@ def context_length(config: Path | None, override: int | None, model: str) -> int
         value = read(config).get(CONTEXT_KEY)
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_CONTEXT:
-                raise RvdeployError(f"{config}: {CONTEXT_KEY} is {value!r}, not a context length",
-                                    hint="fix the model's config.json")
+                raise RvdeployError(
+                    f"{config}: {CONTEXT_KEY} is {value!r}, not a context length", hint="fix the model's config.json"
+                )
             limit = value
     if override is not None:
         if limit is not None and override > limit:
@@ -50,9 +53,11 @@ def context_length(config: Path | None, override: int | None, model: str) -> int
         return override
     if limit is None:
         where = f"{config} has no {CONTEXT_KEY}" if config else f"no config.json beside {model}"
-        raise RvdeployError(f"{where}: the model's context length is unknown, and a bundle must know it to stop "
-                            "generation before it runs past it",
-                            hint="put the model's config.json beside it, or pass --max-context N")
+        raise RvdeployError(
+            f"{where}: the model's context length is unknown, and a bundle must know it to stop "
+            "generation before it runs past it",
+            hint="put the model's config.json beside it, or pass --max-context N",
+        )
     return limit
 
 

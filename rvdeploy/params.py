@@ -56,9 +56,10 @@ def is_transposed_copy(source: Path, w_key: str, e_key: str, k: int, n: int, elt
         e_off = entries[e_key][0]
         for r in range(0, n, rows):
             m = min(rows, n - r)
-            block = np.frombuffer(_read(fd, e_off + r * k * dtype.itemsize, m * k * dtype.itemsize),
-                                  dtype=dtype).reshape(m, k)
-            if not np.array_equal(block, w[:, r:r + m].T):
+            block = np.frombuffer(
+                _read(fd, e_off + r * k * dtype.itemsize, m * k * dtype.itemsize), dtype=dtype
+            ).reshape(m, k)
+            if not np.array_equal(block, w[:, r : r + m].T):
                 return False
         return True
     finally:

@@ -6,19 +6,25 @@ from .targets import Target
 
 PIPELINES = {
     "mmt4d": "weight contractions lowered to linalg.mmt4d with target tiles, weights pre-packed, "
-             "RVV mmt4d microkernels",
+    "RVV mmt4d microkernels",
     "baseline": "upstream IREE defaults for the same target: no data tiling, no microkernels",
 }
 
 
 def target_flags(target: Target) -> list[str]:
-    flags = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-             "--iree-input-type=onnx"]
+    flags = [
+        "--iree-hal-target-device=local",
+        "--iree-hal-local-target-device-backends=llvm-cpu",
+        "--iree-input-type=onnx",
+    ]
     if target.is_host:
         # an explicit triple "host" makes IREE 3.13 warn; the default triple is the host's
         return flags + ["--iree-llvmcpu-target-cpu=host"]
-    flags += [f"--iree-llvmcpu-target-triple={target.triple}", f"--iree-llvmcpu-target-abi={target.abi}",
-              f"--iree-llvmcpu-target-cpu={target.cpu}"]
+    flags += [
+        f"--iree-llvmcpu-target-triple={target.triple}",
+        f"--iree-llvmcpu-target-abi={target.abi}",
+        f"--iree-llvmcpu-target-cpu={target.cpu}",
+    ]
     if target.cpu_features:
         flags.append("--iree-llvmcpu-target-cpu-features=" + ",".join(target.cpu_features))
     return flags

@@ -27,8 +27,10 @@ PLUGIN_DIR = Path(__file__).resolve().parent / "qemu_plugin"
 PLUGIN_SOURCE = PLUGIN_DIR / "insncount.c"
 COUNTLOOP_SOURCE = PLUGIN_DIR / "countloop.c"
 SUITE = "trixie"
-BUILD_HINT_QEMU = ("build it once with `bash scripts/build_qemu_plugins.sh` (scripts/setup.sh does; needs flex, "
-                   "bison, libglib2.0-dev, pkg-config, ninja-build, dpkg-dev)")
+BUILD_HINT_QEMU = (
+    "build it once with `bash scripts/build_qemu_plugins.sh` (scripts/setup.sh does; needs flex, "
+    "bison, libglib2.0-dev, pkg-config, ninja-build, dpkg-dev)"
+)
 
 
 def qemu_dir() -> Path:
@@ -51,11 +53,19 @@ def plugin_library() -> Path:
         raise RvdeployError("no C compiler for the qemu plugin", hint="apt-get install gcc")
     glib = children.run(["pkg-config", "--cflags", "glib-2.0"], capture_output=True, text=True)
     if glib.returncode != 0:
-        raise RvdeployError("glib-2.0 headers not found (the qemu plugin header includes glib.h)",
-                            hint="apt-get install libglib2.0-dev pkg-config")
+        raise RvdeployError(
+            "glib-2.0 headers not found (the qemu plugin header includes glib.h)",
+            hint="apt-get install libglib2.0-dev pkg-config",
+        )
     cmd = [cc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", f"-I{include}", *glib.stdout.split()]
-    return compile_c("qemu-plugin", cmd, PLUGIN_SOURCE, "libinsncount.so", what=f"compiling {PLUGIN_SOURCE.name}",
-                     headers=[include / "qemu-plugin.h"])
+    return compile_c(
+        "qemu-plugin",
+        cmd,
+        PLUGIN_SOURCE,
+        "libinsncount.so",
+        what=f"compiling {PLUGIN_SOURCE.name}",
+        headers=[include / "qemu-plugin.h"],
+    )
 
 
 def build_countloop() -> Path:
@@ -72,9 +82,13 @@ def parse_counts(text: str) -> dict:
     if not lines:
         raise RvdeployError("the instruction-counting plugin wrote no counts")
     fields = dict(kv.split("=") for kv in lines[-1].split())  # the last process: the launcher execs the tool
-    return {"instructions": int(fields["insns"]), "vector_instructions": int(fields["vector"]),
-            # vector instructions weighted by LMUL (the plugin counts eighths: mf8 = 1/8 ... m8 = 8)
-            "vector_lmul_weighted": int(fields["lmul8"]) / 8, "vsetvl": int(fields["vsetvl"])}
+    return {
+        "instructions": int(fields["insns"]),
+        "vector_instructions": int(fields["vector"]),
+        # vector instructions weighted by LMUL (the plugin counts eighths: mf8 = 1/8 ... m8 = 8)
+        "vector_lmul_weighted": int(fields["lmul8"]) / 8,
+        "vsetvl": int(fields["vsetvl"]),
+    }
 
 
 def plugin_env(outfile: Path) -> dict:

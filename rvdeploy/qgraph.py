@@ -79,8 +79,11 @@ def _dequantized_tables(model, inits) -> int:
         if key not in tables:
             q = numpy_helper.to_array(inits[p.input[0]]).astype(np.float32)
             scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
-            zp = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32) if len(dq.input) > 2 and dq.input[2] \
+            zp = (
+                numpy_helper.to_array(inits[dq.input[2]]).astype(np.float32)
+                if len(dq.input) > 2 and dq.input[2]
                 else np.zeros_like(scale)
+            )
             if scale.size != 1:
                 continue  # per-axis tables: left as they are
             name = p.input[0] + ".dequantized"
@@ -130,8 +133,10 @@ def _matmulnbits(model, inits) -> int:
         s = numpy_helper.to_array(inits[s_name]).reshape(n, g, 1)
         base = f"{Q4_NODE_PREFIX}.{node.name or node.output[0]}".replace("/", "_")
         b_key, s_key = f"{b_name}.nib", f"{s_name}.q4s"
-        new_inits += [numpy_helper.from_array(np.ascontiguousarray(b), b_key),
-                      numpy_helper.from_array(np.ascontiguousarray(s), s_key)]
+        new_inits += [
+            numpy_helper.from_array(np.ascontiguousarray(b), b_key),
+            numpy_helper.from_array(np.ascontiguousarray(s), s_key),
+        ]
         if zp_name is None:
             zp = None
         else:
@@ -150,10 +155,12 @@ def _matmulnbits(model, inits) -> int:
         else:
             new_inits.append(numpy_helper.from_array(zp.reshape(n, g, 1), z_key))
         c = {name: f"{base}.{name}" for name in ("four", "shape3", "shape2", "axis")}
-        new_inits += [numpy_helper.from_array(np.array(4, np.uint8), c["four"]),
-                      numpy_helper.from_array(np.array([n, g, bs], np.int64), c["shape3"]),
-                      numpy_helper.from_array(np.array([n, k], np.int64), c["shape2"]),
-                      numpy_helper.from_array(np.array([-1], np.int64), c["axis"])]
+        new_inits += [
+            numpy_helper.from_array(np.array(4, np.uint8), c["four"]),
+            numpy_helper.from_array(np.array([n, g, bs], np.int64), c["shape3"]),
+            numpy_helper.from_array(np.array([n, k], np.int64), c["shape2"]),
+            numpy_helper.from_array(np.array([-1], np.int64), c["axis"]),
+        ]
         t = TensorProto.FLOAT16 if s.dtype == np.float16 else TensorProto.FLOAT
         v = lambda name: f"{base}.{name}"  # noqa: E731
         nodes += [
@@ -195,9 +202,11 @@ def normalize(onnx_path: Path, workdir: Path) -> tuple[Path, dict]:
         return onnx_path, {}
     onnx.load_external_data_for_model(model, str(Path(onnx_path).parent))
     inits = {i.name: i for i in model.graph.initializer}
-    done = {"matmulinteger_zero_points_dropped": _zero_point_dropping(model, inits),
-            "matmulnbits_rewritten": _matmulnbits(model, inits),
-            "quantized_tables_dequantized": _dequantized_tables(model, inits)}
+    done = {
+        "matmulinteger_zero_points_dropped": _zero_point_dropping(model, inits),
+        "matmulnbits_rewritten": _matmulnbits(model, inits),
+        "quantized_tables_dequantized": _dequantized_tables(model, inits),
+    }
     # onnxruntime's quantizer leaves value_info for DynamicQuantizeLinear outputs less static than their input
     # ([?, ?, K] for [1, ?, K]): IREE then rejects the dequantize op it builds. Shape inference redoes them.
     dql = {o for n in model.graph.node if n.op_type == "DynamicQuantizeLinear" for o in n.output}

@@ -146,8 +146,12 @@ def quantize_int8(model: onnx.ModelProto) -> int:
         if name not in table_q:
             q, scale = quantize_int8_weight(tables[name].T)  # per vocab row = per lm_head output channel
             table_q[name] = (f"{name}.int8", f"{name}.int8_scale")
-            model.graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(q.T), table_q[name][0]),
-                                            numpy_helper.from_array(scale, table_q[name][1])])
+            model.graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.ascontiguousarray(q.T), table_q[name][0]),
+                    numpy_helper.from_array(scale, table_q[name][1]),
+                ]
+            )
         return table_q[name]
 
     count = 0
@@ -169,7 +173,9 @@ def quantize_int8(model: onnx.ModelProto) -> int:
             model.graph.initializer.extend([numpy_helper.from_array(q, wq), numpy_helper.from_array(scale, ws)])
         if x not in dql:
             dql[x] = (f"{base}.xq", f"{base}.xs", f"{base}.xzp")
-            out.append(helper.make_node("DynamicQuantizeLinear", [x], list(dql[x]), name=f"{base}.DynamicQuantizeLinear"))
+            out.append(
+                helper.make_node("DynamicQuantizeLinear", [x], list(dql[x]), name=f"{base}.DynamicQuantizeLinear")
+            )
         xq, xs, xzp = dql[x]
         out += [
             helper.make_node("MatMulInteger", [xq, wq, xzp], [f"{base}.acc"], name=f"{base}.MatMulInteger"),
@@ -208,12 +214,23 @@ def quantize_q4(model: onnx.ModelProto, block: int = Q4_BLOCK) -> int:
             continue  # stays fp32
         packed, d = quantize_q4_weight(w, block)
         bq, bs = f"{w_name}.q4", f"{w_name}.q4_scales"
-        model.graph.initializer.extend([numpy_helper.from_array(packed, bq),
-                                        numpy_helper.from_array(d.reshape(-1), bs)])
+        model.graph.initializer.extend(
+            [numpy_helper.from_array(packed, bq), numpy_helper.from_array(d.reshape(-1), bs)]
+        )
         base = (node.name or node.output[0]).replace("/", "_").strip("_")
-        new_nodes[i] = [helper.make_node(
-            "MatMulNBits", [node.input[0], bq, bs], [node.output[0]], name=f"{base}.MatMulNBits",
-            domain="com.microsoft", K=k, N=n, bits=4, block_size=block)]
+        new_nodes[i] = [
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], bq, bs],
+                [node.output[0]],
+                name=f"{base}.MatMulNBits",
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=4,
+                block_size=block,
+            )
+        ]
         count += 1
     _replace_nodes(model, new_nodes)
     if count and not any(o.domain == "com.microsoft" for o in model.opset_import):
@@ -228,8 +245,10 @@ def quantize_file(src: Path, dst: Path, fmt: str) -> int:
     model = onnx.load(str(src))
     count = quantize_int8(model) if fmt == "int8" else quantize_q4(model)
     if count == 0:
-        raise RvdeployError(f"--quantize {fmt}: {src.name} has no fp32 MatMul on a weight to quantize",
-                            hint="quantize an fp32 export (fp16 and already-quantized graphs are not supported)")
+        raise RvdeployError(
+            f"--quantize {fmt}: {src.name} has no fp32 MatMul on a weight to quantize",
+            hint="quantize an fp32 export (fp16 and already-quantized graphs are not supported)",
+        )
     _drop_dead_nodes(model)
     _drop_unused_initializers(model)
     dst.parent.mkdir(parents=True, exist_ok=True)

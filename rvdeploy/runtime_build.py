@@ -113,12 +113,16 @@ def _iree_top(d: Path) -> Path | None:
 def _check_tree(d: Path, origin: str) -> Path:
     top = _iree_top(d)
     if top is None:
-        raise RvdeployError(f"{origin} is not IREE's source: no iree/{CONFIG['source']['marker']}",
-                            hint="pass IREE's source tree (or a .tar.gz of it laid out as iree/)")
+        raise RvdeployError(
+            f"{origin} is not IREE's source: no iree/{CONFIG['source']['marker']}",
+            hint="pass IREE's source tree (or a .tar.gz of it laid out as iree/)",
+        )
     for sub, marker in CONFIG["source"]["submodule_markers"].items():
         if not (top / marker).is_file():
-            raise RvdeployError(f"{origin}: IREE's submodule {sub} is missing (empty or absent)",
-                                hint=f"git submodule update --init {' '.join(CONFIG['source']['submodules'])}")
+            raise RvdeployError(
+                f"{origin}: IREE's submodule {sub} is missing (empty or absent)",
+                hint=f"git submodule update --init {' '.join(CONFIG['source']['submodules'])}",
+            )
     return top
 
 
@@ -183,8 +187,10 @@ def _from_directory(path: Path) -> IreeSource:
 
 def _from_git(ref: str, progress: Progress) -> IreeSource:
     if shutil.which("git") is None:
-        raise RvdeployError("git not found: needed to fetch IREE's source",
-                            hint=f"apt-get install git, or pass --source DIR|FILE.tar.gz (or set {ENV_SOURCE})")
+        raise RvdeployError(
+            "git not found: needed to fetch IREE's source",
+            hint=f"apt-get install git, or pass --source DIR|FILE.tar.gz (or set {ENV_SOURCE})",
+        )
     url = CONFIG["source"]["git_url"]
     dest = cache_root() / "src" / f"git-{re.sub(r'[^A-Za-z0-9._-]', '_', ref)}"
     if not (dest / ".complete").is_file():
@@ -194,11 +200,27 @@ def _from_git(ref: str, progress: Progress) -> IreeSource:
             progress(f"cloning IREE {ref} (shallow, runtime submodules only)", None, None)
             tree = tmp / "iree"
             log = tmp / "git.log"
-            children.run_logged(["git", "clone", "--depth", "1", "--branch", ref, url, str(tree)], log,
-                       what=f"cloning {url} at {ref}",
-                       hint=f"offline? pass --source DIR|FILE.tar.gz (or set {ENV_SOURCE}) with IREE's source")
-            children.run_logged(["git", "-C", str(tree), "submodule", "update", "--init", "--depth", "1",
-                        *CONFIG["source"]["submodules"]], log, what="fetching IREE's runtime submodules")
+            children.run_logged(
+                ["git", "clone", "--depth", "1", "--branch", ref, url, str(tree)],
+                log,
+                what=f"cloning {url} at {ref}",
+                hint=f"offline? pass --source DIR|FILE.tar.gz (or set {ENV_SOURCE}) with IREE's source",
+            )
+            children.run_logged(
+                [
+                    "git",
+                    "-C",
+                    str(tree),
+                    "submodule",
+                    "update",
+                    "--init",
+                    "--depth",
+                    "1",
+                    *CONFIG["source"]["submodules"],
+                ],
+                log,
+                what="fetching IREE's runtime submodules",
+            )
             _check_tree(tmp, url)
             log.unlink()
             (tmp / ".complete").touch()
@@ -213,15 +235,17 @@ def _from_git(ref: str, progress: Progress) -> IreeSource:
     return IreeSource("git", url, ref, commit, version, "git-" + (commit or ref), top)
 
 
-def resolve_source(source: Path | str | None = None, ref: str | None = None,
-                   progress: Progress = no_progress) -> IreeSource:
+def resolve_source(
+    source: Path | str | None = None, ref: str | None = None, progress: Progress = no_progress
+) -> IreeSource:
     """--source, else $RVDEPLOY_IREE_SOURCE, else the release tag (--ref or the compiler's) from git."""
     given = source if source is not None else os.environ.get(ENV_SOURCE) or None
     if given is None:
         return _from_git(ref or default_ref(), progress)
     if ref is not None:
-        raise RvdeployError("--ref selects a git tag to clone; it cannot apply to --source "
-                            f"{given}", hint="drop one of them")
+        raise RvdeployError(
+            f"--ref selects a git tag to clone; it cannot apply to --source {given}", hint="drop one of them"
+        )
     path = Path(given).expanduser().absolute()
     where = "--source" if source is not None else ENV_SOURCE
     if not path.exists():
@@ -254,8 +278,10 @@ def _cmake() -> tuple[str, str]:
         if _version_tuple(version) >= need:
             return exe, version.strip()
         found.append(version.strip() or exe)
-    raise RvdeployError(f"cmake >= {CONFIG['toolchain']['cmake_min']} not found"
-                        + (f" (found {', '.join(found)})" if found else ""), hint="pip install 'cmake>=3.26'")
+    raise RvdeployError(
+        f"cmake >= {CONFIG['toolchain']['cmake_min']} not found" + (f" (found {', '.join(found)})" if found else ""),
+        hint="pip install 'cmake>=3.26'",
+    )
 
 
 def _ninja() -> str:
@@ -278,14 +304,18 @@ def host_tools_dir() -> Path:
     try:
         import iree._runtime_libs as libs
     except ImportError:
-        raise RvdeployError("iree-base-runtime is not installed: its host tools (iree-flatcc-cli, "
-                            "iree-c-embed-data) are needed to build IREE's runtime",
-                            hint="pip install iree-base-runtime==3.13.0")
+        raise RvdeployError(
+            "iree-base-runtime is not installed: its host tools (iree-flatcc-cli, "
+            "iree-c-embed-data) are needed to build IREE's runtime",
+            hint="pip install iree-base-runtime==3.13.0",
+        )
     d = Path(libs.__path__[0])
     missing = [t for t in CONFIG["build"]["host_tools"] if not os.access(d / t, os.X_OK)]
     if missing:
-        raise RvdeployError(f"{d} lacks {', '.join(missing)} (an iree-base-runtime without its host tools)",
-                            hint="pip install --force-reinstall iree-base-runtime==3.13.0")
+        raise RvdeployError(
+            f"{d} lacks {', '.join(missing)} (an iree-base-runtime without its host tools)",
+            hint="pip install --force-reinstall iree-base-runtime==3.13.0",
+        )
     return d
 
 
@@ -300,35 +330,48 @@ def toolchain(arch: str = "riscv64") -> dict:
     cmake, cmake_version = _cmake()
     clang = children.run([tc["c_compiler"], "--version"], capture_output=True, text=True).stdout
     host = host_tools_dir()
-    return {"cmake": cmake, "cmake_version": cmake_version, "ninja": _ninja(),
-            "clang": (clang.splitlines() or ["unknown"])[0].strip(), "host_tools": str(host),
-            "host_tools_sha256": {t: sha256_file(host / t) for t in CONFIG["build"]["host_tools"]}}
+    return {
+        "cmake": cmake,
+        "cmake_version": cmake_version,
+        "ninja": _ninja(),
+        "clang": (clang.splitlines() or ["unknown"])[0].strip(),
+        "host_tools": str(host),
+        "host_tools_sha256": {t: sha256_file(host / t) for t in CONFIG["build"]["host_tools"]},
+    }
 
 
 def toolchain_file(arch: str = "riscv64") -> str:
     """CMake settings: clang-19 cross-compiling static rv64gc executables, or clang-19 for this machine."""
     tc = CONFIG["toolchain"]
     if not CONFIG["arch"][arch]["cross"]:
-        return "\n".join([f"set(CMAKE_C_COMPILER {tc['c_compiler']})", f"set(CMAKE_CXX_COMPILER {tc['cxx_compiler']})",
-                          f"set(CMAKE_AR {shutil.which(tc['ar']) or tc['ar']})",
-                          f"set(CMAKE_RANLIB {shutil.which(tc['ranlib']) or tc['ranlib']})",
-                          'set(CMAKE_EXE_LINKER_FLAGS_INIT "-fuse-ld=lld")', ""])
+        return "\n".join(
+            [
+                f"set(CMAKE_C_COMPILER {tc['c_compiler']})",
+                f"set(CMAKE_CXX_COMPILER {tc['cxx_compiler']})",
+                f"set(CMAKE_AR {shutil.which(tc['ar']) or tc['ar']})",
+                f"set(CMAKE_RANLIB {shutil.which(tc['ranlib']) or tc['ranlib']})",
+                'set(CMAKE_EXE_LINKER_FLAGS_INIT "-fuse-ld=lld")',
+                "",
+            ]
+        )
     flags = f"-march={tc['march']} -mabi={tc['mabi']}"
-    return "\n".join([
-        "set(CMAKE_SYSTEM_NAME Linux)",
-        "set(CMAKE_SYSTEM_PROCESSOR riscv64)",
-        f"set(CMAKE_C_COMPILER {tc['c_compiler']})",
-        f"set(CMAKE_CXX_COMPILER {tc['cxx_compiler']})",
-        *(f"set(CMAKE_{lang}_COMPILER_TARGET {tc['triple']})" for lang in ("C", "CXX", "ASM")),
-        f"set(CMAKE_AR {shutil.which(tc['ar']) or tc['ar']})",
-        f"set(CMAKE_RANLIB {shutil.which(tc['ranlib']) or tc['ranlib']})",
-        *(f'set(CMAKE_{lang}_FLAGS_INIT "{flags}")' for lang in ("C", "CXX", "ASM")),
-        'set(CMAKE_EXE_LINKER_FLAGS_INIT "-fuse-ld=lld -static")',
-        f"set(CMAKE_FIND_ROOT_PATH {tc['sysroot']})",
-        "set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)",
-        *(f"set(CMAKE_FIND_ROOT_PATH_MODE_{kind} ONLY)" for kind in ("LIBRARY", "INCLUDE", "PACKAGE")),
-        "",
-    ])
+    return "\n".join(
+        [
+            "set(CMAKE_SYSTEM_NAME Linux)",
+            "set(CMAKE_SYSTEM_PROCESSOR riscv64)",
+            f"set(CMAKE_C_COMPILER {tc['c_compiler']})",
+            f"set(CMAKE_CXX_COMPILER {tc['cxx_compiler']})",
+            *(f"set(CMAKE_{lang}_COMPILER_TARGET {tc['triple']})" for lang in ("C", "CXX", "ASM")),
+            f"set(CMAKE_AR {shutil.which(tc['ar']) or tc['ar']})",
+            f"set(CMAKE_RANLIB {shutil.which(tc['ranlib']) or tc['ranlib']})",
+            *(f'set(CMAKE_{lang}_FLAGS_INIT "{flags}")' for lang in ("C", "CXX", "ASM")),
+            'set(CMAKE_EXE_LINKER_FLAGS_INIT "-fuse-ld=lld -static")',
+            f"set(CMAKE_FIND_ROOT_PATH {tc['sysroot']})",
+            "set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)",
+            *(f"set(CMAKE_FIND_ROOT_PATH_MODE_{kind} ONLY)" for kind in ("LIBRARY", "INCLUDE", "PACKAGE")),
+            "",
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------ build
@@ -340,9 +383,17 @@ def runner_digest() -> str:
 
 
 def build_key(src: IreeSource, tc: dict, arch: str = "riscv64") -> str:
-    recipe = {"source": src.digest, "arch": arch, "cmake": CONFIG["build"]["cmake"], "tools": tools(arch),
-              "runner": runner_digest(), "toolchain_file": toolchain_file(arch),
-              "cmake_version": tc["cmake_version"], "clang": tc["clang"], "host_tools": tc["host_tools_sha256"]}
+    recipe = {
+        "source": src.digest,
+        "arch": arch,
+        "cmake": CONFIG["build"]["cmake"],
+        "tools": tools(arch),
+        "runner": runner_digest(),
+        "toolchain_file": toolchain_file(arch),
+        "cmake_version": tc["cmake_version"],
+        "clang": tc["clang"],
+        "host_tools": tc["host_tools_sha256"],
+    }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -365,8 +416,13 @@ def machine(arch: str) -> str:
     return platform.machine() if arch == "host" else arch
 
 
-def build(source: Path | str | None = None, ref: str | None = None, jobs: int | None = None,
-          progress: Progress = no_progress, arch: str = "riscv64") -> RuntimeBuild:
+def build(
+    source: Path | str | None = None,
+    ref: str | None = None,
+    jobs: int | None = None,
+    progress: Progress = no_progress,
+    arch: str = "riscv64",
+) -> RuntimeBuild:
     """The directory of an IREE runtime for ARCH built from SOURCE (see the module doc); built once."""
     if arch not in ARCHES:
         raise RvdeployError(f"unknown runtime architecture {arch!r}", hint="known: " + ", ".join(ARCHES))
@@ -389,24 +445,48 @@ def build(source: Path | str | None = None, ref: str | None = None, jobs: int | 
         try:
             (work / "toolchain.cmake").write_text(toolchain_file(arch))
             progress(f"configuring IREE's runtime for {where} (cmake)", None, None)
-            children.run_logged([tc["cmake"], "-G", "Ninja", "-S", str(RUNNER_DIR), "-B", str(work / "b"),
-                        f"-DIREE_ROOT={src.tree}", f"-DCMAKE_MAKE_PROGRAM={tc['ninja']}",
-                        f"-DCMAKE_TOOLCHAIN_FILE={work / 'toolchain.cmake'}",
-                        f"-DIREE_HOST_BIN_DIR={tc['host_tools']}", *CONFIG["build"]["cmake"]],
-                       log, what="configuring IREE's runtime (cmake)")
+            children.run_logged(
+                [
+                    tc["cmake"],
+                    "-G",
+                    "Ninja",
+                    "-S",
+                    str(RUNNER_DIR),
+                    "-B",
+                    str(work / "b"),
+                    f"-DIREE_ROOT={src.tree}",
+                    f"-DCMAKE_MAKE_PROGRAM={tc['ninja']}",
+                    f"-DCMAKE_TOOLCHAIN_FILE={work / 'toolchain.cmake'}",
+                    f"-DIREE_HOST_BIN_DIR={tc['host_tools']}",
+                    *CONFIG["build"]["cmake"],
+                ],
+                log,
+                what="configuring IREE's runtime (cmake)",
+            )
 
             def on_line(line: str) -> None:
                 m = _NINJA_STEP.match(line)
                 if m:
                     progress(f"building IREE's runtime for {where}", int(m.group(1)), int(m.group(2)))
 
-            children.run_logged([tc["ninja"], "-C", str(work / "b"), f"-j{jobs or os.cpu_count() or 2}", *tools(arch)],
-                       log, what="building IREE's runtime", on_line=on_line)
-            info = {"arch": machine(arch), "version": src.version, "source": src.to_dict(), "key": key,
-                    "tools": list(tools(arch)), "static": CONFIG["arch"][arch]["static"],
-                    "march": CONFIG["toolchain"]["march"] if CONFIG["arch"][arch]["cross"] else "native",
-                    "toolchain": {k: tc[k] for k in ("clang", "cmake_version")},
-                    "cmake_options": CONFIG["build"]["cmake"], "runner_sha256": runner_digest()}
+            children.run_logged(
+                [tc["ninja"], "-C", str(work / "b"), f"-j{jobs or os.cpu_count() or 2}", *tools(arch)],
+                log,
+                what="building IREE's runtime",
+                on_line=on_line,
+            )
+            info = {
+                "arch": machine(arch),
+                "version": src.version,
+                "source": src.to_dict(),
+                "key": key,
+                "tools": list(tools(arch)),
+                "static": CONFIG["arch"][arch]["static"],
+                "march": CONFIG["toolchain"]["march"] if CONFIG["arch"][arch]["cross"] else "native",
+                "toolchain": {k: tc[k] for k in ("clang", "cmake_version")},
+                "cmake_options": CONFIG["build"]["cmake"],
+                "runner_sha256": runner_digest(),
+            }
             tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".rt-{key}-"))
             try:
                 for tool, built in CONFIG["arch"][arch]["tools"].items():

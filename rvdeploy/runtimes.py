@@ -32,8 +32,10 @@ REGISTRY = "runtimes.json"
 EM_RISCV = 243
 _ELF_MACHINES = {EM_RISCV: "riscv64", 62: "x86_64", 183: "aarch64"}
 _VERSION_RE = re.compile(r"\d+\.\d+(?:\.\d+)?(?:[.\-+]?(?:rc|dev)?\d*)*")
-BUILD_HINT = ("run `rvdeploy runtime build` (IREE's sources: --source DIR|FILE.tar.gz or $RVDEPLOY_IREE_SOURCE "
-              "offline) and rebuild the bundle, or register a build of your own with `rvdeploy runtime add DIR`")
+BUILD_HINT = (
+    "run `rvdeploy runtime build` (IREE's sources: --source DIR|FILE.tar.gz or $RVDEPLOY_IREE_SOURCE "
+    "offline) and rebuild the bundle, or register a build of your own with `rvdeploy runtime add DIR`"
+)
 # Bytes every IREE runtime tool contains (its VM's symbol prefix in messages); any other riscv64 ELF (the
 # probe, a shell) lacks them.
 _IREE_MARKER = b"iree_vm_"
@@ -48,16 +50,23 @@ class Runtime:
     source: dict | None = None  # where the tools came from (rvdeploy runtime build's BUILD.json), if known
 
     def to_dict(self) -> dict:
-        return {"path": str(self.path), "arch": self.arch, "version": self.version, "tools": dict(self.tools),
-                "source": self.source}
+        return {
+            "path": str(self.path),
+            "arch": self.arch,
+            "version": self.version,
+            "tools": dict(self.tools),
+            "source": self.source,
+        }
 
     @classmethod
     def from_dict(cls, d, where: Path) -> "Runtime":
         try:
             return cls(Path(d["path"]), str(d["arch"]), str(d["version"]), dict(d["tools"]), d.get("source"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise RvdeployError(f"{where}: a runtime entry is malformed ({exc.__class__.__name__}: {exc})",
-                                hint="remove the file and register the runtimes again")
+            raise RvdeployError(
+                f"{where}: a runtime entry is malformed ({exc.__class__.__name__}: {exc})",
+                hint="remove the file and register the runtimes again",
+            )
 
 
 def elf_arch(path: Path) -> str | None:
@@ -112,7 +121,7 @@ def _is_iree_tool(exe: Path) -> bool:
         while chunk := f.read(1 << 20):
             if _IREE_MARKER in tail + chunk:
                 return True
-            tail = chunk[-len(_IREE_MARKER):]
+            tail = chunk[-len(_IREE_MARKER) :]
     return False
 
 
@@ -136,25 +145,31 @@ def inspect_runtime(directory: Path | str) -> Runtime:
             # a CMake build tree keeps them under tools/
             if (d / "tools" / name).is_file():
                 raise RvdeployError(f"{d} has no {name}, but {d / 'tools'} has: pass that directory")
-            raise RvdeployError(f"{d} is not an rvdeploy runtime: {name} is missing",
-                                hint="`rvdeploy runtime build --source IREE_SOURCE` builds IREE's tools with "
-                                     f"{RUNNER} from any IREE source tree")
+            raise RvdeployError(
+                f"{d} is not an rvdeploy runtime: {name} is missing",
+                hint="`rvdeploy runtime build --source IREE_SOURCE` builds IREE's tools with "
+                f"{RUNNER} from any IREE source tree",
+            )
         arch = elf_arch(exe)
         if arch is None:
             raise RvdeployError(f"{exe} is not a 64-bit little-endian ELF executable")
         if not os.access(exe, os.X_OK):
             raise RvdeployError(f"{exe} is not executable", hint=f"chmod +x {exe}")
         if not _is_iree_tool(exe):
-            raise RvdeployError(f"{exe} is a {arch} program but not IREE's {name}",
-                                hint="pass the directory of an IREE runtime build (`rvdeploy runtime build` makes one)")
+            raise RvdeployError(
+                f"{exe} is a {arch} program but not IREE's {name}",
+                hint="pass the directory of an IREE runtime build (`rvdeploy runtime build` makes one)",
+            )
         arches.add(arch)
         tools[name] = sha256_file(exe)
     if len(arches) != 1:
         raise RvdeployError(f"{d}: the tools are built for different architectures ({', '.join(sorted(arches))})")
     arch = arches.pop()
     if arch not in ("riscv64", platform.machine()):
-        raise RvdeployError(f"{d}: the tools are {arch} ELF files, neither riscv64 nor this machine's",
-                            hint="register riscv64 builds, or this machine's runner")
+        raise RvdeployError(
+            f"{d}: the tools are {arch} ELF files, neither riscv64 nor this machine's",
+            hint="register riscv64 builds, or this machine's runner",
+        )
     info = _build_info(d)
     if info and info.get("version"):
         return Runtime(d, arch, str(info["version"]), tools, info.get("source"))
@@ -175,8 +190,10 @@ def registered() -> list[Runtime]:
         raise RvdeployError(f"{f}: invalid JSON ({exc})", hint="remove the file and add the runtimes again")
     entries = doc.get("runtimes") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
-        raise RvdeployError(f"{f}: not a runtime registry (expected {{\"runtimes\": [...]}})",
-                            hint="remove the file and add the runtimes again")
+        raise RvdeployError(
+            f'{f}: not a runtime registry (expected {{"runtimes": [...]}})',
+            hint="remove the file and add the runtimes again",
+        )
     return [Runtime.from_dict(r, f) for r in entries]
 
 
@@ -206,11 +223,15 @@ def for_arch(arch: str, explicit: Path | str | None = None) -> Runtime | None:
     rt = matches[-1]
     current = inspect_runtime(rt.path) if rt.path.is_dir() else None
     if current is None:
-        raise RvdeployError(f"the registered {arch} runtime {rt.path} no longer exists",
-                            hint=f"register it again with `rvdeploy runtime add DIR` ({_registry_file()})")
+        raise RvdeployError(
+            f"the registered {arch} runtime {rt.path} no longer exists",
+            hint=f"register it again with `rvdeploy runtime add DIR` ({_registry_file()})",
+        )
     if current.tools != rt.tools:
-        raise RvdeployError(f"the registered {arch} runtime in {rt.path} changed since it was added",
-                            hint=f"run `rvdeploy runtime add {rt.path}` again to record the new build")
+        raise RvdeployError(
+            f"the registered {arch} runtime in {rt.path} changed since it was added",
+            hint=f"run `rvdeploy runtime add {rt.path}` again to record the new build",
+        )
     return rt
 
 
@@ -230,9 +251,13 @@ def release(version: str) -> str | None:
 def version_warning(runtime_version: str, compiler_version: str) -> str | None:
     rv, cv = release(runtime_version), release(compiler_version)
     if rv is None:
-        return (f"the runtime's version is unknown; it must match the compiler ({compiler_version}): "
-                "a VM bytecode or HAL ABI mismatch fails at module load")
+        return (
+            f"the runtime's version is unknown; it must match the compiler ({compiler_version}): "
+            "a VM bytecode or HAL ABI mismatch fails at module load"
+        )
     if rv != cv:
-        return (f"runtime version {runtime_version} differs from the compiler's {compiler_version}: "
-                "IREE does not promise that modules load across releases")
+        return (
+            f"runtime version {runtime_version} differs from the compiler's {compiler_version}: "
+            "IREE does not promise that modules load across releases"
+        )
     return None

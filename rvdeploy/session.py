@@ -26,8 +26,10 @@ def open_bundle(path) -> tuple[Bundle, TextCodec]:
     bundle = Bundle.open(path)
     bundle.verify()
     if not bundle.manifest.tokenizer:
-        raise RvdeployError(f"{bundle.path} has no tokenizer.json: the model came without one",
-                            hint="rebuild from a model directory that has tokenizer.json")
+        raise RvdeployError(
+            f"{bundle.path} has no tokenizer.json: the model came without one",
+            hint="rebuild from a model directory that has tokenizer.json",
+        )
     return bundle, TextCodec(bundle.file(bundle.manifest.tokenizer))
 
 
@@ -42,8 +44,10 @@ def check_room(bundle: Bundle, used: int, new: int, max_new_tokens: int) -> None
     limit = bundle.manifest.max_context
     if used + new + max_new_tokens > limit:
         already = f" after {used} in this session" if used else ""
-        raise RvdeployError(f"prompt ({new} tokens{already}) + --max-new-tokens {max_new_tokens} exceeds the "
-                            f"model's context of {limit} tokens")
+        raise RvdeployError(
+            f"prompt ({new} tokens{already}) + --max-new-tokens {max_new_tokens} exceeds the "
+            f"model's context of {limit} tokens"
+        )
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Session:
     """A conversation with one runner process on the board: each `say` is a turn whose ids follow what the
     runner's KV cache already holds. With a chat template the conversation is rendered by it and each turn
     sends only the new part; without one each turn's text is appended as it is."""
+
     bundle: Bundle
     codec: TextCodec
     board_spec: str
@@ -144,13 +149,30 @@ class RunResult:
     stats: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "prompt_ids": self.prompt_ids, "ids": self.ids, "text": self.text,
-                "seconds": round(self.seconds, 4), "board": self.board, "stop_reason": self.reason,
-                "runner": self.stats, **rates(self.stats)}
+        return {
+            "prompt": self.prompt,
+            "prompt_ids": self.prompt_ids,
+            "ids": self.ids,
+            "text": self.text,
+            "seconds": round(self.seconds, 4),
+            "board": self.board,
+            "stop_reason": self.reason,
+            "runner": self.stats,
+            **rates(self.stats),
+        }
 
 
-def run(bundle_path, *, board: str, prompt: str, max_new_tokens: int = 32, sampling: Sampling = Sampling(),
-        chat: bool = False, system: str | None = None, on_text: TextHook = _noop) -> RunResult:
+def run(
+    bundle_path,
+    *,
+    board: str,
+    prompt: str,
+    max_new_tokens: int = 32,
+    sampling: Sampling = Sampling(),
+    chat: bool = False,
+    system: str | None = None,
+    on_text: TextHook = _noop,
+) -> RunResult:
     """One prompt through the runner on BOARD: tokens streamed to ON_TEXT as they are chosen, stopping at
     the model's EOS, at MAX_NEW_TOKENS or at its context."""
     sampling.check()
@@ -163,5 +185,6 @@ def run(bundle_path, *, board: str, prompt: str, max_new_tokens: int = 32, sampl
         ids, turn = session.say(prompt, on_text)
         session.close()
         name = session.board
-    return RunResult(prompt, ids, turn.ids, codec.decode(turn.ids), time.perf_counter() - start, name,
-                     turn.reason, turn.stats)
+    return RunResult(
+        prompt, ids, turn.ids, codec.decode(turn.ids), time.perf_counter() - start, name, turn.reason, turn.stats
+    )

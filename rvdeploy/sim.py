@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import children, sshd
-from .boards.qemu import checked_qemu, qemu_version, MIN_VERSION, UPGRADE_HINT
+from .boards.qemu import MIN_VERSION, UPGRADE_HINT, checked_qemu, qemu_version
 from .boards.ssh import COUNT_KIT
 from .errors import RvdeployError
 from .paths import cache_dir, state_dir
@@ -54,10 +54,18 @@ class Sim:
     running: bool
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "board": self.board, "ssh_config": str(self.ssh_config), "qemu_cpu": self.qemu_cpu,
-                "vlen": self.vlen, "userland": str(self.userland), "pid": self.pid, "port": self.port,
-                "running": self.running,
-                "env": f"RVDEPLOY_SSH_CONFIG={shlex.quote(str(self.ssh_config))}"}
+        return {
+            "name": self.name,
+            "board": self.board,
+            "ssh_config": str(self.ssh_config),
+            "qemu_cpu": self.qemu_cpu,
+            "vlen": self.vlen,
+            "userland": str(self.userland),
+            "pid": self.pid,
+            "port": self.port,
+            "running": self.running,
+            "env": f"RVDEPLOY_SSH_CONFIG={shlex.quote(str(self.ssh_config))}",
+        }
 
 
 def default_userland() -> Path:
@@ -66,8 +74,11 @@ def default_userland() -> Path:
 
 def debian_mirror() -> str:
     """The Debian mirror this machine's apt already uses (never a host written into rvdeploy)."""
-    files = ["/etc/apt/sources.list", *sorted(glob.glob("/etc/apt/sources.list.d/*.list")),
-             *sorted(glob.glob("/etc/apt/sources.list.d/*.sources"))]
+    files = [
+        "/etc/apt/sources.list",
+        *sorted(glob.glob("/etc/apt/sources.list.d/*.list")),
+        *sorted(glob.glob("/etc/apt/sources.list.d/*.sources")),
+    ]
     for f in files:
         try:
             text = Path(f).read_text()
@@ -80,8 +91,10 @@ def debian_mirror() -> str:
             for url in re.findall(r"(?:https?)://\S+", line):
                 if re.search(r"/debian/?$", url):
                     return url.rstrip("/")
-    raise RvdeployError("no Debian mirror found in /etc/apt/sources.list*",
-                        hint="the emulated board debootstraps from the mirror apt uses; configure apt first")
+    raise RvdeployError(
+        "no Debian mirror found in /etc/apt/sources.list*",
+        hint="the emulated board debootstraps from the mirror apt uses; configure apt first",
+    )
 
 
 def cpu_for(vlen: int, cpu: str | None) -> tuple[str, int]:
@@ -100,16 +113,20 @@ def cpu_for(vlen: int, cpu: str | None) -> tuple[str, int]:
 
 def _require_root() -> None:
     if os.geteuid() != 0:
-        raise RvdeployError("the emulated board needs root (debootstrap, chroot, binfmt_misc)",
-                            hint="run `sudo rvdeploy sim up`")
+        raise RvdeployError(
+            "the emulated board needs root (debootstrap, chroot, binfmt_misc)", hint="run `sudo rvdeploy sim up`"
+        )
 
 
 def binfmt_entry(text: str) -> dict:
     """/proc/sys/fs/binfmt_misc/NAME's text -> {"enabled": bool, "interpreter": str | None, "flags": str}."""
     lines = text.splitlines()
     fields = dict(ln.split(None, 1) for ln in lines[1:] if len(ln.split(None, 1)) == 2)
-    return {"enabled": bool(lines) and lines[0] == "enabled", "interpreter": fields.get("interpreter"),
-            "flags": fields.get("flags:", "")}
+    return {
+        "enabled": bool(lines) and lines[0] == "enabled",
+        "interpreter": fields.get("interpreter"),
+        "flags": fields.get("flags:", ""),
+    }
 
 
 def with_fix_binary(rule: str) -> str:
@@ -126,8 +143,10 @@ def ensure_binfmt(root: Path = BINFMT) -> bool:
     if not (root / "register").exists():
         r = children.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(root)], capture_output=True, text=True)
         if r.returncode != 0:
-            raise RvdeployError(f"cannot mount binfmt_misc: {r.stderr.strip()[:200]}",
-                                hint="run as root on a host (or a privileged container)")
+            raise RvdeployError(
+                f"cannot mount binfmt_misc: {r.stderr.strip()[:200]}",
+                hint="run as root on a host (or a privileged container)",
+            )
     entry = root / "qemu-riscv64"
     registered_now = False
     if not entry.exists():
@@ -139,11 +158,13 @@ def ensure_binfmt(root: Path = BINFMT) -> bool:
     info = binfmt_entry(entry.read_text())
     interp = info["interpreter"]
     if "F" not in info["flags"]:
-        raise RvdeployError(f"binfmt_misc's riscv64 entry {entry} has flags {info['flags'] or '(none)'!r}, without "
-                            f"F (fix binary): inside the board's chroot the kernel would look for {interp} there "
-                            "and debootstrap fails with 'No such file or directory'",
-                            hint=f"remove the entry (echo -1 > {entry}) and run `rvdeploy sim up` again: it "
-                                 "registers qemu-user's definition with F")
+        raise RvdeployError(
+            f"binfmt_misc's riscv64 entry {entry} has flags {info['flags'] or '(none)'!r}, without "
+            f"F (fix binary): inside the board's chroot the kernel would look for {interp} there "
+            "and debootstrap fails with 'No such file or directory'",
+            hint=f"remove the entry (echo -1 > {entry}) and run `rvdeploy sim up` again: it "
+            "registers qemu-user's definition with F",
+        )
     if not info["enabled"]:
         entry.write_text("1\n")
     if interp and Path(interp).exists():
@@ -153,8 +174,11 @@ def ensure_binfmt(root: Path = BINFMT) -> bool:
         except RvdeployError:
             return registered_now  # a wrapper we cannot ask; the runtime's hwprobe error still explains
         if v[:2] < MIN_VERSION:
-            raise RvdeployError(f"binfmt_misc runs riscv64 programs with {interp}, qemu {'.'.join(map(str, v))}: "
-                                "IREE's riscv64 runtime needs 8.1 or newer", hint=UPGRADE_HINT)
+            raise RvdeployError(
+                f"binfmt_misc runs riscv64 programs with {interp}, qemu {'.'.join(map(str, v))}: "
+                "IREE's riscv64 runtime needs 8.1 or newer",
+                hint=UPGRADE_HINT,
+            )
     return registered_now
 
 
@@ -165,17 +189,35 @@ def ensure_userland(directory: Path, on_step: Step = _noop) -> Path:
     if shutil.which("debootstrap") is None:
         raise RvdeployError("debootstrap not found", hint="apt-get install debootstrap")
     if directory.exists() and any(directory.iterdir()):
-        raise RvdeployError(f"{directory} exists and is not a finished rvdeploy userland",
-                            hint="remove it or pass another --dir")
+        raise RvdeployError(
+            f"{directory} exists and is not a finished rvdeploy userland", hint="remove it or pass another --dir"
+        )
     partial = directory.with_name(directory.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.parent.mkdir(parents=True, exist_ok=True)
     log = directory.with_name(directory.name + ".log")
     mirror = debian_mirror()
-    steps = [("debootstrap (first stage)", ["debootstrap", "--foreign", "--variant=minbase", "--arch=riscv64",
-                                             "--include=" + ",".join(PACKAGES), SUITE, str(partial), mirror], {}),
-             ("debootstrap (second stage, emulated)", ["chroot", str(partial), "/debootstrap/debootstrap",
-                                                       "--second-stage"], {"QEMU_CPU": BOOTSTRAP_CPU})]
+    steps = [
+        (
+            "debootstrap (first stage)",
+            [
+                "debootstrap",
+                "--foreign",
+                "--variant=minbase",
+                "--arch=riscv64",
+                "--include=" + ",".join(PACKAGES),
+                SUITE,
+                str(partial),
+                mirror,
+            ],
+            {},
+        ),
+        (
+            "debootstrap (second stage, emulated)",
+            ["chroot", str(partial), "/debootstrap/debootstrap", "--second-stage"],
+            {"QEMU_CPU": BOOTSTRAP_CPU},
+        ),
+    ]
     with open(log, "wb") as out:
         for what, cmd, env in steps:
             on_step(what)
@@ -232,8 +274,9 @@ def install_count_kit(userland: Path) -> bool:
     shutil.copyfile(qemu, tmp / "qemu-riscv64.bin")
     shutil.copyfile(plugin, tmp / "libinsncount.so")
     (tmp / "qemu-riscv64").write_text(
-        f'#!/bin/sh\n# rvdeploy sim: the counting qemu-riscv64 (x86-64, run by its own loader)\n'
-        f'k={COUNT_KIT}\nexec "$k/ld.so" --library-path "$k/lib" "$k/qemu-riscv64.bin" "$@"\n')
+        f"#!/bin/sh\n# rvdeploy sim: the counting qemu-riscv64 (x86-64, run by its own loader)\n"
+        f'k={COUNT_KIT}\nexec "$k/ld.so" --library-path "$k/lib" "$k/qemu-riscv64.bin" "$@"\n'
+    )
     for f in (tmp / "ld.so", tmp / "qemu-riscv64.bin", tmp / "qemu-riscv64"):
         f.chmod(0o755)
     shutil.rmtree(kit, ignore_errors=True)
@@ -262,19 +305,30 @@ def _state(name: str) -> Path:
 
 
 def _sim(name: str, info: dict, server: sshd.Sshd | None) -> Sim:
-    return Sim(name=name, board=info["alias"], ssh_config=Path(info["ssh_config"]), qemu_cpu=info["qemu_cpu"],
-               vlen=info["vlen"], userland=Path(info["userland"]), pid=info["pid"], port=info["port"],
-               running=server is not None and sshd.alive(server))
+    return Sim(
+        name=name,
+        board=info["alias"],
+        ssh_config=Path(info["ssh_config"]),
+        qemu_cpu=info["qemu_cpu"],
+        vlen=info["vlen"],
+        userland=Path(info["userland"]),
+        pid=info["pid"],
+        port=info["port"],
+        running=server is not None and sshd.alive(server),
+    )
 
 
-def up(vlen: int = 256, cpu: str | None = None, directory: Path | None = None, name: str = "rvsim",
-       on_step: Step = _noop) -> Sim:
+def up(
+    vlen: int = 256, cpu: str | None = None, directory: Path | None = None, name: str = "rvsim", on_step: Step = _noop
+) -> Sim:
     _require_root()
     state = _state(name)
     current = sshd.load(state)
     if current is not None and sshd.alive(current):
-        raise RvdeployError(f"emulated board {name!r} is already up (sshd pid {current.pid})",
-                            hint=f"`rvdeploy sim down --name {name}` first, or pick another --name")
+        raise RvdeployError(
+            f"emulated board {name!r} is already up (sshd pid {current.pid})",
+            hint=f"`rvdeploy sim down --name {name}` first, or pick another --name",
+        )
     qemu_cpu, vlen = cpu_for(vlen, cpu)
     checked_qemu()
     on_step("binfmt_misc")
@@ -283,8 +337,14 @@ def up(vlen: int = 256, cpu: str | None = None, directory: Path | None = None, n
     counting = install_count_kit(userland)
     on_step("sshd")
     server = sshd.start(state, session_script(userland, qemu_cpu), alias=name)
-    info = {**server.to_dict(), "qemu_cpu": qemu_cpu, "vlen": vlen, "userland": str(userland),
-            "binfmt_registered": registered, "counting": counting}
+    info = {
+        **server.to_dict(),
+        "qemu_cpu": qemu_cpu,
+        "vlen": vlen,
+        "userland": str(userland),
+        "binfmt_registered": registered,
+        "counting": counting,
+    }
     (state / "sim.json").write_text(json.dumps(info, indent=2) + "\n")
     return _sim(name, info, server)
 

@@ -278,9 +278,7 @@ def _from_demo(variant: str, revision: str | None) -> ModelFiles:
 
 def _from_file(spec: str, path: Path, variant: str) -> ModelFiles:
     if path.suffix != ".onnx":
-        raise RvdeployError(
-            f"{spec} is not an .onnx file", "pass the graph file (.onnx), a directory or a hub repo id"
-        )
+        raise RvdeployError(f"{spec} is not an .onnx file", "pass the graph file (.onnx), a directory or a hub repo id")
     # The file name tells the variant when it is one of the table's names (model_fp16.onnx -> fp16).
     by_name = {v.filename: v.name for v in _table().variants.values()}
     variant = by_name.get(path.name, variant)
@@ -300,11 +298,7 @@ def _from_file(spec: str, path: Path, variant: str) -> ModelFiles:
 
 def _variants_in(root: Path) -> list[str]:
     """Table variants whose graph is in root, hub layout (onnx/...) or flat."""
-    return [
-        v.name
-        for v in _table().variants.values()
-        if (root / v.graph).is_file() or (root / v.filename).is_file()
-    ]
+    return [v.name for v in _table().variants.values() if (root / v.graph).is_file() or (root / v.filename).is_file()]
 
 
 def _from_dir(spec: str, root: Path, variant: str) -> ModelFiles:
@@ -396,8 +390,8 @@ def _hub_errors(repo_id: str, revision: str | None, cache: Path, offline: bool) 
         DisabledRepoError,
         EntryNotFoundError,
         GatedRepoError,
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -555,13 +549,22 @@ def _genai_files(spec: str, root: Path, folder: str, variant: str, revision: str
     d = root / folder
     graph = d / genai_variants.graph_name(d)
     if not graph.is_file():
-        raise RvdeployError(f"{spec}: variant folder {folder} has no {graph.name}",
-                            "the folder's genai_config.json names a graph that is not there")
+        raise RvdeployError(
+            f"{spec}: variant folder {folder} has no {graph.name}",
+            "the folder's genai_config.json names a graph that is not there",
+        )
     missing = _check_external_data(graph, spec)
     if missing:
         _raise_missing_data(graph, missing, "copy the variant folder together with its data files")
-    return ModelFiles(onnx=graph, tokenizer=_beside("tokenizer.json", d, root), config=_beside("config.json", d, root),
-                      model_id=spec, revision=revision, variant=variant, kind=kind)
+    return ModelFiles(
+        onnx=graph,
+        tokenizer=_beside("tokenizer.json", d, root),
+        config=_beside("config.json", d, root),
+        model_id=spec,
+        revision=revision,
+        variant=variant,
+        kind=kind,
+    )
 
 
 def _from_genai_dir(spec: str, root: Path, variant: str) -> ModelFiles:
@@ -580,8 +583,16 @@ def _hub_genai_folders(repo_id: str, revision: str | None) -> tuple[Path, dict[s
     cache, offline, endpoint = hub_cache_dir(), hub_offline(), hub_endpoint()
     rev = _expand_short_sha(cache, repo_id, revision) if (offline and revision) else revision
     with _hub_errors(repo_id, revision, cache, offline):
-        snapshot = Path(snapshot_download(repo_id, revision=rev, cache_dir=cache, local_files_only=offline,
-                                          endpoint=endpoint, allow_patterns=[f"**/{genai_variants.CONFIG}"]))
+        snapshot = Path(
+            snapshot_download(
+                repo_id,
+                revision=rev,
+                cache_dir=cache,
+                local_files_only=offline,
+                endpoint=endpoint,
+                allow_patterns=[f"**/{genai_variants.CONFIG}"],
+            )
+        )
         if offline:
             paths = genai_variants.local_paths(snapshot)
         else:
@@ -595,20 +606,29 @@ def _from_genai_hub(repo_id: str, variant: str, revision: str | None) -> ModelFi
     try:
         snapshot, found = _hub_genai_folders(repo_id, revision)
     except RvdeployError as e:  # no repo to look for variant folders in: the name is not a table variant either
-        raise RvdeployError(f"unknown variant {variant!r}", f"known variants: {', '.join(_table().variants)}; "
-                            f"onnxruntime-genai folders: none found ({e})") from None
+        raise RvdeployError(
+            f"unknown variant {variant!r}",
+            f"known variants: {', '.join(_table().variants)}; onnxruntime-genai folders: none found ({e})",
+        ) from None
     folder = genai_variants.match(variant, found)
     if folder is None:
         raise _unknown_variant(variant, found)
     cache, offline = hub_cache_dir(), hub_offline()
     if not offline:
         with _hub_errors(repo_id, revision, cache, offline):
-            snapshot_download(repo_id, revision=snapshot.name, cache_dir=cache, endpoint=hub_endpoint(),
-                              allow_patterns=[f"{folder}/*"] + list(_table().support_files))
+            snapshot_download(
+                repo_id,
+                revision=snapshot.name,
+                cache_dir=cache,
+                endpoint=hub_endpoint(),
+                allow_patterns=[f"{folder}/*"] + list(_table().support_files),
+            )
     graph_dir = snapshot / folder
     if not (graph_dir / genai_variants.graph_name(graph_dir)).is_file():
-        raise RvdeployError(f"variant {variant} ({folder}) of {repo_id}@{snapshot.name[:7]} is not in the local "
-                            f"cache at {cache}", "unset HF_HUB_OFFLINE with network access to download it")
+        raise RvdeployError(
+            f"variant {variant} ({folder}) of {repo_id}@{snapshot.name[:7]} is not in the local cache at {cache}",
+            "unset HF_HUB_OFFLINE with network access to download it",
+        )
     return _genai_files(repo_id, snapshot, folder, variant, snapshot.name, "hub")
 
 

@@ -35,7 +35,8 @@ class Sshd:
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()} | {
-            "ssh_config": str(self.ssh_config)}
+            "ssh_config": str(self.ssh_config)
+        }
 
 
 def free_port() -> int:
@@ -45,8 +46,9 @@ def free_port() -> int:
 
 
 def _keygen(path: Path, comment: str) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], check=True, capture_output=True
+    )
 
 
 def _listening(port: int) -> bool:
@@ -71,31 +73,41 @@ def start(state: Path, session_script: str, alias: str, user: str = "root") -> S
     session.write_text(session_script)
     os.chmod(session, 0o755)
     port = free_port()
-    (state / "sshd_config").write_text("\n".join([
-        f"ListenAddress 127.0.0.1:{port}",
-        f"HostKey {state / 'host_ed25519'}",
-        f"AuthorizedKeysFile {state / 'authorized_keys'}",
-        f"PidFile {state / 'sshd.pid'}",
-        f"AllowUsers {user}",
-        "PermitRootLogin prohibit-password",
-        "PubkeyAuthentication yes",
-        "PasswordAuthentication no",
-        "KbdInteractiveAuthentication no",
-        "UsePAM no",
-        # the key files live in a private 0700 directory that may sit under /tmp (mode 1777), which
-        # StrictModes would reject
-        "StrictModes no",
-        "X11Forwarding no",
-        "AllowTcpForwarding no",
-        "PermitTunnel no",
-        "Subsystem sftp /usr/lib/openssh/sftp-server",  # run through ForceCommand, inside the session's root
-        f"ForceCommand {session}",
-        "LogLevel ERROR",
-    ]) + "\n")
+    (state / "sshd_config").write_text(
+        "\n".join(
+            [
+                f"ListenAddress 127.0.0.1:{port}",
+                f"HostKey {state / 'host_ed25519'}",
+                f"AuthorizedKeysFile {state / 'authorized_keys'}",
+                f"PidFile {state / 'sshd.pid'}",
+                f"AllowUsers {user}",
+                "PermitRootLogin prohibit-password",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "UsePAM no",
+                # the key files live in a private 0700 directory that may sit under /tmp (mode 1777), which
+                # StrictModes would reject
+                "StrictModes no",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                "PermitTunnel no",
+                "Subsystem sftp /usr/lib/openssh/sftp-server",  # run through ForceCommand, inside the session's root
+                f"ForceCommand {session}",
+                "LogLevel ERROR",
+            ]
+        )
+        + "\n"
+    )
     Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # privilege separation directory
     log = open(state / "sshd.log", "ab")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(state / "sshd_config")], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=log, start_new_session=True)
+    proc = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(state / "sshd_config")],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
     log.close()
     deadline = time.time() + 15
     while not _listening(port):
@@ -106,16 +118,21 @@ def start(state: Path, session_script: str, alias: str, user: str = "root") -> S
         time.sleep(0.1)
     host_pub = (state / "host_ed25519.pub").read_text().split()
     (state / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
-    (state / "ssh_config").write_text("\n".join([
-        f"Host {alias}",
-        "  HostName 127.0.0.1",
-        f"  Port {port}",
-        f"  User {user}",
-        f"  IdentityFile {state / 'client_ed25519'}",
-        "  IdentitiesOnly yes",
-        f"  UserKnownHostsFile {state / 'known_hosts'}",
-        "  StrictHostKeyChecking yes",  # the key is pinned above: a different one is an error
-    ]) + "\n")
+    (state / "ssh_config").write_text(
+        "\n".join(
+            [
+                f"Host {alias}",
+                "  HostName 127.0.0.1",
+                f"  Port {port}",
+                f"  User {user}",
+                f"  IdentityFile {state / 'client_ed25519'}",
+                "  IdentitiesOnly yes",
+                f"  UserKnownHostsFile {state / 'known_hosts'}",
+                "  StrictHostKeyChecking yes",  # the key is pinned above: a different one is an error
+            ]
+        )
+        + "\n"
+    )
     sshd = Sshd(state, alias, port, proc.pid)
     (state / STATE).write_text(json.dumps(sshd.to_dict(), indent=2) + "\n")
     return sshd
@@ -168,4 +185,3 @@ def stop(sshd: Sshd) -> None:
     if alive(sshd):
         _kill(sshd.pid)
     (sshd.state / STATE).unlink(missing_ok=True)
-

@@ -248,8 +248,7 @@ def _validate_riscv(path: Path, data: dict[str, Any], features: list[str], vlen:
         raise _fail(path, "cpu_features", f"vlen is {vlen} but '+v' is missing")
     if not zvl or zvl[-1] != vlen:
         found = f"+zvl{zvl[-1]}b" if zvl else "no +zvl*b"
-        raise _fail(path, "cpu_features", f"vlen is {vlen} but the largest zvl is {found}",
-                    hint=f"add '+zvl{vlen}b'")
+        raise _fail(path, "cpu_features", f"vlen is {vlen} but the largest zvl is {found}", hint=f"add '+zvl{vlen}b'")
     if "v=true" not in qemu_props:
         raise _fail(path, "qemu_cpu", "has a vector target (vlen > 0) but no 'v=true'")
     if qemu_vlen != [vlen]:
@@ -281,5 +280,5 @@ def _validate_figures(path: Path, data: dict[str, Any]) -> tuple[dict[str, float
         sources[key] = value
     for key in figures:
         if key not in sources:
-            raise _fail(path, f"figures.{key}", "has no source", hint=f"add sources.{key} = \"...\"")
+            raise _fail(path, f"figures.{key}", "has no source", hint=f'add sources.{key} = "..."')
     return figures, sources

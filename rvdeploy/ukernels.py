@@ -73,14 +73,23 @@ def _find(names: tuple[str, ...], what: str) -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise RvdeployError(f"{what} not found (looked for {', '.join(names)}): needed to build the project's "
-                        "mmt4d microkernels", hint="install clang-19 and llvm-19 (scripts/setup.sh does), or "
-                        "pass --ukernels upstream")
+    raise RvdeployError(
+        f"{what} not found (looked for {', '.join(names)}): needed to build the project's mmt4d microkernels",
+        hint="install clang-19 and llvm-19 (scripts/setup.sh does), or pass --ukernels upstream",
+    )
 
 
 def clang_flags(target: Target) -> list[str]:
-    return ["--target=riscv64-unknown-elf", f"-march=rv64gcv_zvl{target.vlen}b", f"-mabi={target.abi}", "-O3",
-            "-ffreestanding", "-fno-builtin", "-fno-jump-tables", "-fvisibility=hidden"]
+    return [
+        "--target=riscv64-unknown-elf",
+        f"-march=rv64gcv_zvl{target.vlen}b",
+        f"-mabi={target.abi}",
+        "-O3",
+        "-ffreestanding",
+        "-fno-builtin",
+        "-fno-jump-tables",
+        "-fvisibility=hidden",
+    ]
 
 
 def build_bitcode(target: Target) -> tuple[Path, dict]:
@@ -95,14 +104,17 @@ def build_bitcode(target: Target) -> tuple[Path, dict]:
     # the recipe: clang to IR, the target attributes stripped, llvm-as to bitcode (the sources by content only,
     # so that checkouts in other places share the cache)
     key = ccache.key(sources=sources, command=[*compile_ll, "strip-target-attrs", llvm_as], tool_version=version)
-    info = {"clang": version, "clang_flags": flags, "source_sha256": ccache.sources_digest(sources),
-            "cache_key": key[:16]}
+    info = {
+        "clang": version,
+        "clang_flags": flags,
+        "source_sha256": ccache.sources_digest(sources),
+        "cache_key": key[:16],
+    }
 
     def build(bc: Path) -> None:
         ll = bc.with_name(bc.name + ".ll")
         try:
-            proc = children.run([*compile_ll, str(src / "rvd_mmt4d.c"), "-o", str(ll)], capture_output=True,
-                                text=True)
+            proc = children.run([*compile_ll, str(src / "rvd_mmt4d.c"), "-o", str(ll)], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RvdeployError(f"clang failed on ukernels/rvd_mmt4d.c: {proc.stderr.strip()[:300]}")
             ll.write_text(_STRIP_RE.sub("", ll.read_text()))

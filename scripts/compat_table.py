@@ -60,8 +60,10 @@ def _refusal_rows() -> list[str]:
     for key, op in fused_ops().items():
         domain, name = key.split("::")
         for attr, values in op.attributes.items():
-            rows.append(f"| any | {domain or 'ai.onnx'} {name} | {attr} other than {', '.join(map(str, values))} "
-                        f"| refused by `check`: {op.hint} | |")
+            rows.append(
+                f"| any | {domain or 'ai.onnx'} {name} | {attr} other than {', '.join(map(str, values))} "
+                f"| refused by `check`: {op.hint} | |"
+            )
         for i, inp in op.absent_inputs.items():
             rows.append(f"| any | {domain or 'ai.onnx'} {name} | input {inp} | refused by `check`: {op.hint} | |")
     for op in unsupported_ops().values():
@@ -92,7 +94,7 @@ def main() -> None:
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < 0:
         sys.exit(f"README.md has no {BEGIN} ... {END} block")
-    readme.write_text(text[:start] + block() + text[end + len(END):])
+    readme.write_text(text[:start] + block() + text[end + len(END) :])
 
 
 if __name__ == "__main__":

@@ -192,7 +192,8 @@ def train_demo(tok, text: str):
     batch, max_steps, check_every, min_margin = 16, 1500, 50, 3.0
     # Cosine decay to 1/10: a steady finish so the margins grow instead of oscillating.
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, max_steps) / max_steps)))
+        opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, max_steps) / max_steps))
+    )
 
     t0 = time.time()
     for step in range(1, max_steps + 1):
@@ -222,8 +223,10 @@ def train_demo(tok, text: str):
             model.train()
             ok = got_p == want_prompt and got_b == want_bos
             m = min(mar_p + mar_b)
-            print(f"  step {step:4d} loss {loss.item():.4f}  exact={ok}  min margin {min(mar_p):.2f} "
-                  f"(prompt) {min(mar_b):.2f} (<s>)  ({time.time() - t0:.0f} s)")
+            print(
+                f"  step {step:4d} loss {loss.item():.4f}  exact={ok}  min margin {min(mar_p):.2f} "
+                f"(prompt) {min(mar_b):.2f} (<s>)  ({time.time() - t0:.0f} s)"
+            )
             if ok and m >= min_margin:
                 break
     else:
@@ -273,8 +276,7 @@ def export(model, tok, out_dir: Path) -> None:
         model.save_pretrained(hf)
         # optimum copies the tokenizer along; give it one that transformers can load.
         PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS).save_pretrained(hf)
-        main_export(str(hf), output=str(onnx_dir), task="text-generation-with-past", device="cpu",
-                    do_validation=True)
+        main_export(str(hf), output=str(onnx_dir), task="text-generation-with-past", device="cpu", do_validation=True)
         print(f"  optimum wrote: {sorted(p.name for p in onnx_dir.iterdir())}")
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -359,12 +361,13 @@ def verify(root: Path, torch_models: dict | None = None) -> None:
         assert len(info["inputs"]) == 3 + 2 * cfg["num_hidden_layers"]
         n_params = param_count(cfg)
         assert info["float_initializer_elements"] == n_params, (
-            f"{d}: {info['float_initializer_elements']} weights stored for {n_params} parameters")
+            f"{d}: {info['float_initializer_elements']} weights stored for {n_params} parameters"
+        )
         tok = Tokenizer.from_file(str(d / "tokenizer.json"))
         prompt = tok.encode(DEMO_PROMPT).ids
         ids, logits = greedy_tokens(d / "model.onnx", prompt, N_SHOW)
         out = tok.decode(ids)
-        margins = [float(np.diff(np.sort(l)[-2:])[0]) for l in logits]
+        margins = [float(np.diff(np.sort(row)[-2:])[0]) for row in logits]
         print(f"\n== {rel}  ({info['total_bytes']} bytes: {info['sizes']})")
         print(f"   opset {info['opset']}, {info['float_initializer_elements']} fp32 initializer elements")
         print(f"   ops: {info['ops']}")
@@ -385,8 +388,12 @@ def verify(root: Path, torch_models: dict | None = None) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out-dir", type=Path, default=REPO,
-                    help=f"root to write into: DIR/{DEMO_REL} and DIR/{TINY_REL} (default: the repository)")
+    ap.add_argument(
+        "--out-dir",
+        type=Path,
+        default=REPO,
+        help=f"root to write into: DIR/{DEMO_REL} and DIR/{TINY_REL} (default: the repository)",
+    )
     ap.add_argument("--verify-only", action="store_true", help="only run the onnxruntime verification")
     args = ap.parse_args()
     root = args.out_dir.resolve()
@@ -411,8 +418,9 @@ def main() -> None:
     print(f"demo: {n_demo} parameters, trained {steps} steps in {secs:.1f} s")
     tiny, seed, margin = random_tiny(tok)
     n_tiny = sum(p.numel() for p in tiny.parameters())
-    print(f"tiny-random: {n_tiny} parameters (tied embeddings counted once), seed {seed}, "
-          f"min greedy margin {margin:.3f}")
+    print(
+        f"tiny-random: {n_tiny} parameters (tied embeddings counted once), seed {seed}, min greedy margin {margin:.3f}"
+    )
 
     t0 = time.time()
     export(demo, tok, root / DEMO_REL)

@@ -32,10 +32,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TINY_HF = ROOT / "tests" / "fixtures" / "tiny-hf"
 KEEP = ("model.onnx", "model.onnx.data", "genai_config.json", "tokenizer.json", "tokenizer_config.json")
-QWEN2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             intermediate_size=128, vocab_size=320, tie_word_embeddings=True, rope_theta=10000.0,
-             max_position_embeddings=256, bos_token_id=1, eos_token_id=2, rms_norm_eps=1e-5,
-             use_sliding_window=False)
+QWEN2 = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=320,
+    tie_word_embeddings=True,
+    rope_theta=10000.0,
+    max_position_embeddings=256,
+    bos_token_id=1,
+    eos_token_id=2,
+    rms_norm_eps=1e-5,
+    use_sliding_window=False,
+)
 SEED = 0
 
 
@@ -62,8 +73,21 @@ def make_qwen2(out: Path) -> None:
 
 def builder(genai_python: str, hf: Path, out: Path, precision: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [genai_python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", tmp, "-p", precision,
-               "-e", "cpu", "-c", str(Path(tmp) / "cache")]
+        cmd = [
+            genai_python,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(hf),
+            "-o",
+            tmp,
+            "-p",
+            precision,
+            "-e",
+            "cpu",
+            "-c",
+            str(Path(tmp) / "cache"),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.exit(f"builder failed on {hf} ({precision}):\n{proc.stderr[-3000:]}")

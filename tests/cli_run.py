@@ -8,8 +8,13 @@ import sys
 
 
 def rvdeploy(*args, env=None, input=None):
-    return subprocess.run([sys.executable, "-m", "rvdeploy", *args], capture_output=True, text=True, input=input,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "rvdeploy", *args],
+        capture_output=True,
+        text=True,
+        input=input,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def one_line_error(proc, *needles):

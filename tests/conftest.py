@@ -49,8 +49,9 @@ def riscv_runtime(private_config):
     from rvdeploy import api
 
     if iree_source() is None:
-        system_part_missing("no IREE source for the riscv64 runtime: ../shared/iree-src/*.tar.gz or "
-                            "RVDEPLOY_IREE_SOURCE")
+        system_part_missing(
+            "no IREE source for the riscv64 runtime: ../shared/iree-src/*.tar.gz or RVDEPLOY_IREE_SOURCE"
+        )
     rt, _ = api.build_runtime(source=iree_source())
     return rt
 
@@ -79,8 +80,14 @@ def built(tmp_path_factory):
     cache: dict = {}
     root = tmp_path_factory.mktemp("bundles")
 
-    def get(model: str, target: str = "host", pipeline: str = "mmt4d", runtime: Path | None = None,
-            no_runtime: bool = False, **options):
+    def get(
+        model: str,
+        target: str = "host",
+        pipeline: str = "mmt4d",
+        runtime: Path | None = None,
+        no_runtime: bool = False,
+        **options,
+    ):
         """riscv64 targets get the registered runtime (built from IREE's sources when none is), `runtime`
         (a directory) instead, or none with `no_runtime`; `options` go to api.build (ukernels, quantize)."""
         key = (model, target, pipeline, str(runtime), no_runtime, tuple(sorted(options.items())))
@@ -88,8 +95,9 @@ def built(tmp_path_factory):
             name = "-".join([Path(model).name, target, pipeline, *(f"{v}" for _, v in sorted(options.items()))])
             suffix = f"-rt{abs(hash(str(runtime))) % 10**6}" if runtime else "-nort" if no_runtime else ""
             out = root / f"{name}{suffix}"
-            cache[key] = api.build(model, out=out, target=target, pipeline=pipeline, runtime=runtime,
-                                   no_runtime=no_runtime, **options).bundle
+            cache[key] = api.build(
+                model, out=out, target=target, pipeline=pipeline, runtime=runtime, no_runtime=no_runtime, **options
+            ).bundle
         return cache[key]
 
     return get

@@ -75,9 +75,7 @@ def llm_model(
                 )
             else:
                 nodes.append(helper.make_node("Identity", [f"{p}/t"], [f"present.{i}.{kind}"], name=f"{p}/Id"))
-            outputs.append(
-                helper.make_tensor_value_info(f"present.{i}.{kind}", elem, ["batch", kvh, "total_seq", hd])
-            )
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", elem, ["batch", kvh, "total_seq", hd]))
     nodes += extra_nodes or []
     inits += extra_inits or []
     outputs += extra_outputs or []
@@ -89,9 +87,7 @@ def llm_model(
     return model
 
 
-def save_model(
-    model: onnx.ModelProto, path: Path, data_files: list[str] | None = None, min_bytes: int = 256
-) -> Path:
+def save_model(model: onnx.ModelProto, path: Path, data_files: list[str] | None = None, min_bytes: int = 256) -> Path:
     """Saves a model; with data_files, initializers of min_bytes or more go to those files (round robin)
     beside it, as real exports do (small tensors such as shapes stay inline)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +122,15 @@ def matmulnbits_node(name: str = "/model/layers.0/mlp/gate_proj/MatMulNBits") ->
         numpy_helper.from_array(np.ones((n * (k // block),), dtype=np.float32), "q4.scales"),
     ]
     node = helper.make_node(
-        "MatMulNBits", ["h", "q4.weight", "q4.scales"], ["q4.out"], domain="com.microsoft",
-        K=k, N=n, bits=4, block_size=block, name=name,
+        "MatMulNBits",
+        ["h", "q4.weight", "q4.scales"],
+        ["q4.out"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=4,
+        block_size=block,
+        name=name,
     )
     return node, inits
 
@@ -140,7 +143,14 @@ def matmulbnb4_node(name: str = "/model/layers.0/mlp/gate_proj/MatMulBnb4") -> t
         numpy_helper.from_array(np.ones((n * k // block,), dtype=np.float32), "bnb4.absmax"),
     ]
     node = helper.make_node(
-        "MatMulBnb4", ["h", "bnb4.weight", "bnb4.absmax"], ["bnb4.out"], domain="com.microsoft",
-        K=k, N=n, block_size=block, quant_type=1, name=name,
+        "MatMulBnb4",
+        ["h", "bnb4.weight", "bnb4.absmax"],
+        ["bnb4.out"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        block_size=block,
+        quant_type=1,
+        name=name,
     )
     return node, inits

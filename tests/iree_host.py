@@ -40,8 +40,11 @@ def greedy_logits(bundle, prompt: list[int], steps: int) -> tuple[list[int], lis
 
     def roles(ids: list[int], past: int) -> list[np.ndarray]:
         """The leading inputs the graph has (an onnxruntime-genai export has no position_ids), in its order."""
-        values = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, past + len(ids)), np.int64),
-                  "position_ids": np.arange(past, past + len(ids), dtype=np.int64)[None]}
+        values = {
+            "input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, past + len(ids)), np.int64),
+            "position_ids": np.arange(past, past + len(ids), dtype=np.int64)[None],
+        }
         return [values[name] for name in graph.inputs if name in values]
 
     out = m.call("prefill", *roles(prompt, 0), *kv)
@@ -68,8 +71,11 @@ def _growing_cache_logits(bundle, m: HostModule, ids: list[int]) -> np.ndarray:
     kv = [np.zeros((1, graph.num_kv_heads, 0, graph.head_dim), np.float32)] * (2 * graph.num_layers)
 
     def roles(part: list[int], past: int) -> list[np.ndarray]:
-        values = {"input_ids": np.array([part], np.int64), "attention_mask": np.ones((1, past + len(part)), np.int64),
-                  "position_ids": np.arange(past, past + len(part), dtype=np.int64)[None]}
+        values = {
+            "input_ids": np.array([part], np.int64),
+            "attention_mask": np.ones((1, past + len(part)), np.int64),
+            "position_ids": np.arange(past, past + len(part), dtype=np.int64)[None],
+        }
         return [values[name] for name in graph.inputs if name in values]
 
     if not prefill_returns_last_only(bundle.manifest):
@@ -77,7 +83,7 @@ def _growing_cache_logits(bundle, m: HostModule, ids: list[int]) -> np.ndarray:
     out = m.call("prefill", *roles(ids[:1], 0), *kv)
     rows = [out[0][0, -1]]
     for i in range(1, n - 1):
-        out = m.call("decode", *roles(ids[i:i + 1], i), *out[1:])
+        out = m.call("decode", *roles(ids[i : i + 1], i), *out[1:])
         rows.append(out[0][0, -1])
     return np.stack(rows).astype(np.float64)
 

@@ -7,9 +7,9 @@ import json
 from dataclasses import replace
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, system_part_missing
+
 from rvdeploy import api, qemu_cost
 from rvdeploy.bench import cost, measure
 from rvdeploy.bench.baseline import baseline_bundle
@@ -33,16 +33,34 @@ def test_measuring_args_follow_the_manifest(pair):
     assert "--head_dim=16" in args and "--prompt=1,2,3,4" in args and "--max_new_tokens=3" in args
     assert "--temperature=0.0" in args and not any(a.startswith("--eos") for a in args)
     assert args[-1] == "--device=local-sync" and sum(a.startswith("--device") for a in args) == 1
-    assert measure.measuring_args(m, 4, 3, threads=3)[-2:] == ["--device=local-task",
-                                                             "--task_topology_max_group_count=3"]
+    assert measure.measuring_args(m, 4, 3, threads=3)[-2:] == [
+        "--device=local-task",
+        "--task_topology_max_group_count=3",
+    ]
 
 
 def test_bench_local_both_pipelines_json(pair, tmp_path):
     mm, base = pair
     png = tmp_path / "bench.png"
-    proc = rvdeploy("bench", str(mm.path), "--board", "local", "--compare", "baseline", "--baseline-bundle",
-                    str(base.path), "-p", "16", "-n", "8", "-r", "3", "--json",
-                    "--plot", str(png))
+    proc = rvdeploy(
+        "bench",
+        str(mm.path),
+        "--board",
+        "local",
+        "--compare",
+        "baseline",
+        "--baseline-bundle",
+        str(base.path),
+        "-p",
+        "16",
+        "-n",
+        "8",
+        "-r",
+        "3",
+        "--json",
+        "--plot",
+        str(png),
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     got = {(r["pipeline"], r["test"]): r for r in doc["results"]}
@@ -51,8 +69,9 @@ def test_bench_local_both_pipelines_json(pair, tmp_path):
         assert r["t/s"] > 0 and r["stddev"] >= 0 and len(r["samples"]) == 3
         assert r["peak_rss_bytes"] > 1 << 20  # iree-benchmark-module's own, not this Python's
     assert set(doc["ratios"]) == {"pp16", "tg8"}
-    assert doc["ratios"]["tg8"] == {"baseline": pytest.approx(got[("mmt4d", "tg8")]["t/s"]
-                                                              / got[("baseline", "tg8")]["t/s"], rel=1e-2)}
+    assert doc["ratios"]["tg8"] == {
+        "baseline": pytest.approx(got[("mmt4d", "tg8")]["t/s"] / got[("baseline", "tg8")]["t/s"], rel=1e-2)
+    }
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 
 
@@ -139,7 +158,9 @@ def test_plugin_counts_a_known_loop_exactly():
 
 
 def test_by_difference():
-    c = lambda i, v: {"instructions": i, "vector_instructions": v, "vector_lmul_weighted": 2 * v}
+    def c(i, v):
+        return {"instructions": i, "vector_instructions": v, "vector_lmul_weighted": 2 * v}
+
     got = cost.by_difference(c(100, 10), c(730, 73), c(3930, 393), 64, 32)
     assert got["per_prompt_token"] == {"instructions": 10, "vector_instructions": 1, "vector_lmul_weighted": 2}
     assert got["per_generated_token"] == {"instructions": 100, "vector_instructions": 10, "vector_lmul_weighted": 20}

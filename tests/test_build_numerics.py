@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import DEMO, TINY
 from iree_host import greedy_logits
 from ort_reference import greedy_tokens
+
 from rvdeploy import api
 from rvdeploy.tokenizer import TextCodec
 
@@ -42,6 +42,5 @@ def test_logits_close_to_onnxruntime(built, model, pipeline):
 
 
 def test_demo_continues_the_zen(built):
-    result = api.run(built(str(DEMO), "host", "mmt4d").path, board="local", prompt="Beautiful is",
-                     max_new_tokens=16)
+    result = api.run(built(str(DEMO), "host", "mmt4d").path, board="local", prompt="Beautiful is", max_new_tokens=16)
     assert result.text.startswith(" better than ugly.")

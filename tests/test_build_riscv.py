@@ -5,8 +5,8 @@ decode packs nothing, and the code is RVV."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import DEMO, TINY
+
 from rvdeploy import api
 
 pytestmark = pytest.mark.slow
@@ -53,8 +53,10 @@ def test_riscv_code_is_rvv(built):
     fma = sum(v for k, v in rvv.items() if k.startswith(("vfmacc", "vfmadd")))
     assert fma > 0 and rvv.get("vle32.v", 0) > 0, rvv
     tiles = info["dispatches"]["ukernel_tiles"]
-    assert set(tiles) == {"rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8",
-                          "rvdeploy_uk_mmt4d_tile_f32f32f32_7xN0x1_rvv_m4"}, tiles
+    assert set(tiles) == {
+        "rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8",
+        "rvdeploy_uk_mmt4d_tile_f32f32f32_7xN0x1_rvv_m4",
+    }, tiles
     assert not any(t.startswith("iree_uk_") for t in tiles), tiles  # the builtin kernels are replaced
 
 

@@ -10,11 +10,10 @@ import subprocess
 import tarfile
 
 import pytest
-
 from conftest import DEMO, TINY
+
 from rvdeploy import api
-from rvdeploy.bundle import Bundle, pack_bundle, unpack_bundle
-from rvdeploy.bundle import manifest
+from rvdeploy.bundle import Bundle, manifest, pack_bundle, unpack_bundle
 from rvdeploy.bundle.names import PARAMETER_SCOPE, PARAMETERS
 from rvdeploy.errors import RvdeployError
 
@@ -37,13 +36,18 @@ def test_typed_manifest_writes_back_the_same_bytes(built):
     assert m.pipeline.mmt4d.packed_weights and all(pw.k * pw.n for pw in m.pipeline.mmt4d.packed_weights)
 
 
-@pytest.mark.parametrize("change, field", [
-    (lambda d: d["pipeline"]["mmt4d"]["tiles"].update(f32={"prefill": 7, "decode": "1x8x1"}),
-     "pipeline.mmt4d.tiles.f32.prefill"),
-    (lambda d: d["pipeline"]["mmt4d"]["tiles"].update(f32="7x8x1"), "pipeline.mmt4d.tiles.f32"),
-    (lambda d: d["pipeline"].update(compiler_flags="-O3"), "pipeline.compiler_flags"),
-    (lambda d: d["runtime"].update(tools=[1]), "runtime.tools"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (
+            lambda d: d["pipeline"]["mmt4d"]["tiles"].update(f32={"prefill": 7, "decode": "1x8x1"}),
+            "pipeline.mmt4d.tiles.f32.prefill",
+        ),
+        (lambda d: d["pipeline"]["mmt4d"]["tiles"].update(f32="7x8x1"), "pipeline.mmt4d.tiles.f32"),
+        (lambda d: d["pipeline"].update(compiler_flags="-O3"), "pipeline.compiler_flags"),
+        (lambda d: d["runtime"].update(tools=[1]), "runtime.tools"),
+    ],
+)
 def test_typed_fields_are_checked_first(built, change, field):
     """Every field the typed manifest reads is in the schema: a wrong type is one error naming it."""
     doc = json.loads(built(str(DEMO)).raw)
@@ -91,14 +95,17 @@ def _link(tar, name, target, kind=tarfile.SYMTYPE):
     tar.addfile(info)
 
 
-@pytest.mark.parametrize("case,needle", [
-    (lambda t: _file(t, "/etc/evil"), "absolute path"),
-    (lambda t: _file(t, "../evil"), "'..'"),
-    (lambda t: _file(t, "runtime/../../evil"), "'..'"),
-    (lambda t: _link(t, "model.vmfb", "/etc/passwd"), "link"),
-    (lambda t: _link(t, "model.vmfb", "../../outside"), "link"),
-    (lambda t: _link(t, "model.vmfb", "/etc/passwd", tarfile.LNKTYPE), "link"),
-])
+@pytest.mark.parametrize(
+    "case,needle",
+    [
+        (lambda t: _file(t, "/etc/evil"), "absolute path"),
+        (lambda t: _file(t, "../evil"), "'..'"),
+        (lambda t: _file(t, "runtime/../../evil"), "'..'"),
+        (lambda t: _link(t, "model.vmfb", "/etc/passwd"), "link"),
+        (lambda t: _link(t, "model.vmfb", "../../outside"), "link"),
+        (lambda t: _link(t, "model.vmfb", "/etc/passwd", tarfile.LNKTYPE), "link"),
+    ],
+)
 def test_unsafe_archives_are_refused(tmp_path, case, needle):
     tar = _evil_tar(tmp_path / "evil.tar.gz", lambda t: (_file(t, "manifest.json", b"{}"), case(t)))
     with pytest.raises(RvdeployError, match=needle):
@@ -115,8 +122,9 @@ def test_launcher_checks_hashes_and_architecture(built, tmp_path):
     data = bytearray((copy / "model.vmfb").read_bytes())
     data[len(data) // 2] ^= 1  # one altered byte
     (copy / "model.vmfb").write_bytes(bytes(data))
-    bad = subprocess.run(["sh", "launcher.sh", "run", "iree-run-module", "--help"], cwd=copy, capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        ["sh", "launcher.sh", "run", "iree-run-module", "--help"], cwd=copy, capture_output=True, text=True
+    )
     assert bad.returncode == 3 and "model.vmfb" in bad.stderr and "sha256" in bad.stderr
     with pytest.raises(RvdeployError, match="model.vmfb"):
         Bundle.open(copy).verify()

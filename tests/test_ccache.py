@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import system_part_missing
+
 from rvdeploy import ccache
 from rvdeploy.errors import RvdeployError
 from rvdeploy.filelock import exclusive

@@ -10,10 +10,9 @@ import time
 
 import onnx
 import pytest
-from onnx import TensorProto, helper
-
 from cli_run import rvdeploy
 from conftest import TINY
+from onnx import TensorProto, helper
 
 
 def assert_one_line_error(proc, *needles):
@@ -34,15 +33,23 @@ def test_missing_file(tmp_path):
 
 
 def test_repo_not_in_cache_offline(tmp_path):
-    proc = rvdeploy("build", "--model", "some-org/not-a-model", "-o", str(tmp_path / "out"),
-                    env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
+    proc = rvdeploy(
+        "build",
+        "--model",
+        "some-org/not-a-model",
+        "-o",
+        str(tmp_path / "out"),
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
+    )
     assert_one_line_error(proc, "some-org/not-a-model")
 
 
 def test_not_a_causal_lm(tmp_path):
     x = helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, 4])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4, 8])
-    graph = helper.make_graph([helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "g", [x], [y])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "g", [x], [y]
+    )
     path = tmp_path / "plain.onnx"
     onnx.save(helper.make_model(graph), str(path))
     proc = rvdeploy("build", "--model", str(path), "-o", str(tmp_path / "out"))
@@ -51,8 +58,9 @@ def test_not_a_causal_lm(tmp_path):
 
 def test_unsupported_op_named(tmp_path):
     model = onnx.load(str(TINY / "model.onnx"))
-    node = helper.make_node("MatMulBnb4", ["logits", "logits"], ["unused"], domain="com.microsoft",
-                            name="bnb4_matmul_7")
+    node = helper.make_node(
+        "MatMulBnb4", ["logits", "logits"], ["unused"], domain="com.microsoft", name="bnb4_matmul_7"
+    )
     model.graph.node.append(node)
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     path = tmp_path / "model_bnb4.onnx"
@@ -98,8 +106,13 @@ def test_interrupted_build_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "rvdeploy", "build", "--model", str(TINY), "-o", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rvdeploy", "build", "--model", str(TINY), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     seen = []
     deadline = time.time() + 120
     for line in proc.stderr:  # stage names, one per line when stderr is not a terminal

@@ -12,8 +12,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
-
 from conftest import DEMO, ROOT, system_part_missing
+
 from rvdeploy import dispatch_cost, qemu_cost
 from rvdeploy.bench.cost import measure_cost
 from rvdeploy.boards.qemu import QemuBoard
@@ -36,8 +36,7 @@ def test_block_records_sum_to_the_whole_counts(plugin_qemu):
     exe = qemu_cost.build_countloop()
     with tempfile.TemporaryDirectory() as tmp:
         out, tb = Path(tmp) / "counts.txt", Path(tmp) / "blocks.txt"
-        env = {**os.environ, "QEMU_CPU": CPU,
-               "QEMU_PLUGIN": f"{qemu_cost.plugin_library()},outfile={out},tbfile={tb}"}
+        env = {**os.environ, "QEMU_CPU": CPU, "QEMU_PLUGIN": f"{qemu_cost.plugin_library()},outfile={out},tbfile={tb}"}
         subprocess.run([str(plugin_qemu), str(exe), "1234", "m4"], env=env, check=True)
         whole = qemu_cost.parse_counts(out.read_text())
         insns, blocks = dispatch_cost.parse_blocks(tb.read_text())
@@ -50,13 +49,17 @@ def test_block_records_sum_to_the_whole_counts(plugin_qemu):
 
 def _exe() -> Executable:
     text = bytes((i * 37 + (i >> 8)) & 0xFF for i in range(8192))
-    return Executable(0x1A2C, text, ((0x1A2C, 0x2A2C, "f$async_dispatch_0_mmt4d_1x2_f32"),
-                                     (0x2A2C, 0x3A2C, "f$async_dispatch_1_softmax_4xD_f32")), ())
+    return Executable(
+        0x1A2C,
+        text,
+        ((0x1A2C, 0x2A2C, "f$async_dispatch_0_mmt4d_1x2_f32"), (0x2A2C, 0x3A2C, "f$async_dispatch_1_softmax_4xD_f32")),
+        (),
+    )
 
 
 def _block(exe: Executable, base: int, addr: int, execs: int = 1, code: bytes | None = None) -> Block:
     off = addr - exe.text_addr
-    return Block(base + addr, 4, 1, execs, 8 * execs, exe.text[off:off + 16] if code is None else code)
+    return Block(base + addr, 4, 1, execs, 8 * execs, exe.text[off : off + 16] if code is None else code)
 
 
 def test_blocks_are_located_by_their_code():
@@ -82,8 +85,10 @@ def test_kinds_from_names_and_dispatches_json():
     assert kind("decode$async_dispatch_5_batch_matmul_1x8x1x1_f32", {}) == "batch_matmul"
     assert kind("prefill$async_dispatch_14_pack_f32", {}) == "pack"
     assert kind("prefill$async_dispatch_46_unpack_elementwise_Dx192_f32_pack", {}) == "unpack_elementwise"
-    assert kind("x$async_dispatch_9_matmul_like_Dx64_f32", {"x$async_dispatch_9_matmul_like_Dx64_f32":
-                                                            {"mmt4d": True}}) == "mmt4d"
+    assert (
+        kind("x$async_dispatch_9_matmul_like_Dx64_f32", {"x$async_dispatch_9_matmul_like_Dx64_f32": {"mmt4d": True}})
+        == "mmt4d"
+    )
     assert kind(RUNTIME, {}) == RUNTIME
 
 
@@ -95,8 +100,23 @@ def test_host_bundle_is_refused(built):
 @pytest.mark.slow
 def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu):
     bundle = built(str(DEMO), "rv64gcv-vlen256")
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dispatch_cost.py"), str(bundle.path),
-                           "-p", "8", "-n", "4", "--depth", "8", "40", "--json"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "dispatch_cost.py"),
+            str(bundle.path),
+            "-p",
+            "8",
+            "-n",
+            "4",
+            "--depth",
+            "8",
+            "40",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     phases = got["phases"]
@@ -111,13 +131,17 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
         assert sum(r["instructions"] for r in phase["runtime_functions"]) == pytest.approx(runtime["instructions"])
         assert 0 < runtime["share"] < 1
         # only this phase's entry point runs: (P, 1 new) and (1, 1 new) differ in prefill, N decode steps after
-        assert all(r["dispatch"].startswith(entry + "$") for r in phase["rows"]
-                   if r["kind"] not in (RUNTIME, "builtin")), [r["dispatch"] for r in phase["rows"]]
+        assert all(
+            r["dispatch"].startswith(entry + "$") for r in phase["rows"] if r["kind"] not in (RUNTIME, "builtin")
+        ), [r["dispatch"] for r in phase["rows"]]
         # every mmt4d dispatch of this entry point (dispatches.json) is found, runs RVV code mostly at LMUL > 1;
         # but prefill's lm_head (N = vocab) runs for the last position only: the same work at P tokens as at 1
         rows = {r["dispatch"]: r for r in phase["rows"]}
-        mmt4d = {c["dispatch"]: _weight_n(c["shapes"]) for c in contractions if c["mmt4d"] and c["entry"] == entry
-                 and c["dispatch"] not in got["folded"]}  # a folded one is counted under its identical twin
+        mmt4d = {
+            c["dispatch"]: _weight_n(c["shapes"])
+            for c in contractions
+            if c["mmt4d"] and c["entry"] == entry and c["dispatch"] not in got["folded"]
+        }  # a folded one is counted under its identical twin
         lm_head = [d for d, n in mmt4d.items() if n == vocab]
         assert len(lm_head) == 1, mmt4d
         if entry == "prefill":
@@ -130,17 +154,23 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
     for d, r in d8.items():
         if r["kind"] == "mmt4d":
             assert d40[d]["instructions"] == pytest.approx(r["instructions"], rel=1e-6)
-    attention = {depth: sum(r["instructions"] for r in rows.values() if r["kind"] == "attention")
-                 for depth, rows in ((8, d8), (40, d40))}
-    assert attention[40] - attention[8] > 0.5 * (phases["decode@40"]["total"]["instructions"]
-                                      - phases["decode@8"]["total"]["instructions"]) > 0
+    attention = {
+        depth: sum(r["instructions"] for r in rows.values() if r["kind"] == "attention")
+        for depth, rows in ((8, d8), (40, d40))
+    }
+    assert (
+        attention[40] - attention[8]
+        > 0.5 * (phases["decode@40"]["total"]["instructions"] - phases["decode@8"]["total"]["instructions"])
+        > 0
+    )
     # the totals are bench --cost's figures (other runs: the few threads of local-sync vary by ~0.001 %)
     cost = measure_cost(bundle, QemuBoard(), 8, 4)
-    for ours, theirs in ((phases["prefill"]["total"], cost["per_prompt_token"]),
-                         (phases["decode@8"]["total"], cost["per_generated_token"])):
+    for ours, theirs in (
+        (phases["prefill"]["total"], cost["per_prompt_token"]),
+        (phases["decode@8"]["total"], cost["per_generated_token"]),
+    ):
         assert ours["instructions"] == pytest.approx(theirs["instructions"], rel=1e-3)
         assert ours["vector_instructions"] == theirs["vector_instructions"]
-
 
 
 def _weight_n(shapes: str) -> int:

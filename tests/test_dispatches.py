@@ -21,12 +21,17 @@ from rvdeploy.dispatches import (
 )
 
 RV256 = [
-    "--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-    "--iree-llvmcpu-target-triple=riscv64-unknown-linux-gnu", "--iree-llvmcpu-target-abi=lp64d",
+    "--iree-hal-target-device=local",
+    "--iree-hal-local-target-device-backends=llvm-cpu",
+    "--iree-llvmcpu-target-triple=riscv64-unknown-linux-gnu",
+    "--iree-llvmcpu-target-abi=lp64d",
     "--iree-llvmcpu-target-cpu-features=+m,+a,+f,+d,+c,+v,+zvl256b",
 ]
-HOST = ["--iree-hal-target-device=local", "--iree-hal-local-target-device-backends=llvm-cpu",
-        "--iree-llvmcpu-target-cpu=host"]
+HOST = [
+    "--iree-hal-target-device=local",
+    "--iree-hal-local-target-device-backends=llvm-cpu",
+    "--iree-llvmcpu-target-cpu=host",
+]
 UK = ["--iree-llvmcpu-enable-ukernels=mmt4d"]
 
 # decode: a matmul on a weight global, an mmt4d on a pre-packed weight (3x64x32x1 = N1xK1xN0xK0 for
@@ -131,8 +136,18 @@ def _compile(tmp, name: str, text: str, flags: list[str]):
     src = tmp / f"{name}.mlir"
     src.write_text(text)
     dump = tmp / f"dump_{name}"
-    proc = subprocess.run([find_tool("iree-compile"), str(src), *flags, f"--iree-hal-dump-executable-files-to={dump}",
-                           "-o", str(tmp / f"{name}.vmfb")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            find_tool("iree-compile"),
+            str(src),
+            *flags,
+            f"--iree-hal-dump-executable-files-to={dump}",
+            "-o",
+            str(tmp / f"{name}.vmfb"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return dump
 
@@ -167,12 +182,23 @@ def test_riscv_ukernel_rows(dumps):
 
     [mm] = _by_op(rep, "decode", "linalg.matmul")
     assert (mm.shapes, mm.types, mm.mmt4d, mm.ukernel, mm.tile, mm.macs) == (
-        "1x64 * 64x96 -> 1x96", "f32*f32->f32", False, False, None, 64 * 96)
+        "1x64 * 64x96 -> 1x96",
+        "f32*f32->f32",
+        False,
+        False,
+        None,
+        64 * 96,
+    )
     assert mm.dispatch.startswith("decode_dispatch_") and "matmul" in mm.dispatch
 
     [m4] = _by_op(rep, "decode", "linalg.mmt4d")
     assert (m4.shapes, m4.mmt4d, m4.ukernel, m4.tile, m4.macs) == (
-        "1x64x1x1 * 3x64x32x1 -> 1x3x1x32", True, True, "1x32x1", 3 * 64 * 32)
+        "1x64x1x1 * 3x64x32x1 -> 1x3x1x32",
+        True,
+        True,
+        "1x32x1",
+        3 * 64 * 32,
+    )
     assert (m4.operands, m4.result) == (((1, 64, 1, 1), (3, 64, 32, 1)), (1, 3, 1, 32))  # the data behind the text
 
     [bm] = _by_op(rep, "decode", "linalg.batch_matmul")
@@ -185,8 +211,10 @@ def test_riscv_ukernel_rows(dumps):
     assert (pm.shapes, pm.ukernel, pm.tile, pm.macs) == ("?x64x7x1 * 3x64x32x1 -> ?x3x7x32", True, "7x32x1", None)
 
     packs = {(p.op, p.source_shape, p.dest_shape, p.bytes, p.operand, p.entry) for p in rep.packs}
-    assert packs == {("linalg.pack", "?x64", "?x64x7x1", None, "activation", "prefill"),
-                     ("linalg.unpack", "?x3x7x32", "?x96", None, "activation", "prefill")}
+    assert packs == {
+        ("linalg.pack", "?x64", "?x64x7x1", None, "activation", "prefill"),
+        ("linalg.unpack", "?x3x7x32", "?x96", None, "activation", "prefill"),
+    }
 
     assert any(k.startswith("vfmacc") for k in rep.rvv) and rep.rvv.get("vsetvli", 0) > 0
     tiles = rep.ukernel_tiles
@@ -231,7 +259,8 @@ def test_upstream_data_tiling_packs(dumps):
     rep = analyze_dump(dump, kv_shapes=KV)
     init = [p for p in rep.packs if p.entry == "initializer"]
     assert [(p.op, p.source_shape, p.dest_shape, p.bytes, p.operand) for p in init] == [
-        ("linalg.pack", "64x96", "3x64x32x1", 64 * 96 * 4, "weight")]
+        ("linalg.pack", "64x96", "3x64x32x1", 64 * 96 * 4, "weight")
+    ]
     assert init[0].dispatch.startswith("_initializer_")
     kv = [p for p in rep.packs if p.entry == "decode" and p.operand == "kv-cache"]
     assert [(p.op, p.source_shape, p.bytes) for p in kv] == [("linalg.pack", "4x?x16", None)]

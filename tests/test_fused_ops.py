@@ -30,8 +30,9 @@ def _compare(model: onnx.ModelProto, feeds: dict, head_dim: int, atol=2e-5) -> d
     rewritten.CopyFrom(model)
     counts = rewrite_model(rewritten, head_dim)
     assert counts, "nothing was rewritten"
-    assert not any(n.domain == "com.microsoft" or n.op_type == "SimplifiedLayerNormalization"
-                   for n in rewritten.graph.node)
+    assert not any(
+        n.domain == "com.microsoft" or n.op_type == "SimplifiedLayerNormalization" for n in rewritten.graph.node
+    )
     got = _run(rewritten, feeds)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
@@ -47,24 +48,45 @@ def _rope_cache(max_pos: int, half: int, base=10000.0):
 
 
 def _gqa_model(n, nkv, h, packed, half, **attrs):
-    names = ["query", "" if packed else "key", "" if packed else "value", "past_key", "past_value",
-             "seqlens_k", "total_sequence_length", "cos_cache" if half else "", "sin_cache" if half else ""]
-    node = helper.make_node("GroupQueryAttention", names, ["out", "present_key", "present_value"],
-                            domain="com.microsoft", name="gqa", num_heads=n, kv_num_heads=nkv, **attrs)
+    names = [
+        "query",
+        "" if packed else "key",
+        "" if packed else "value",
+        "past_key",
+        "past_value",
+        "seqlens_k",
+        "total_sequence_length",
+        "cos_cache" if half else "",
+        "sin_cache" if half else "",
+    ]
+    node = helper.make_node(
+        "GroupQueryAttention",
+        names,
+        ["out", "present_key", "present_value"],
+        domain="com.microsoft",
+        name="gqa",
+        num_heads=n,
+        kv_num_heads=nkv,
+        **attrs,
+    )
     q_width = (n + 2 * nkv) * h if packed else n * h
     inputs = [helper.make_tensor_value_info("query", F, [1, "S", q_width])]
     if not packed:
         inputs += [helper.make_tensor_value_info(x, F, [1, "S", nkv * h]) for x in ("key", "value")]
     inputs += [helper.make_tensor_value_info(x, F, [1, nkv, "P", h]) for x in ("past_key", "past_value")]
-    inputs += [helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
-               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+    inputs += [
+        helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, [1]),
+        helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+    ]
     inits = []
     if half:
         cos, sin = _rope_cache(64, half)
         inits = [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")]
-    outputs = [helper.make_tensor_value_info("out", F, [1, "S", n * h]),
-               helper.make_tensor_value_info("present_key", F, [1, nkv, "T", h]),
-               helper.make_tensor_value_info("present_value", F, [1, nkv, "T", h])]
+    outputs = [
+        helper.make_tensor_value_info("out", F, [1, "S", n * h]),
+        helper.make_tensor_value_info("present_key", F, [1, nkv, "T", h]),
+        helper.make_tensor_value_info("present_value", F, [1, nkv, "T", h]),
+    ]
     graph = helper.make_graph([node], "gqa", inputs, outputs, inits)
     return helper.make_model(graph, opset_imports=OPSETS, ir_version=10)
 
@@ -126,8 +148,9 @@ def _ln_model(skip: bool, bias: bool, sum_out: bool, hidden=24, eps=1e-5, axis=N
     if skip:
         ins = ["x", "skip", "gamma"] + (["bias"] if bias else [])
         outs = ["y", "", "", "sum"] if sum_out else ["y"]
-        node = helper.make_node("SkipSimplifiedLayerNormalization", ins, outs, domain="com.microsoft",
-                                name="sln", epsilon=eps)
+        node = helper.make_node(
+            "SkipSimplifiedLayerNormalization", ins, outs, domain="com.microsoft", name="sln", epsilon=eps
+        )
     else:
         attrs = {"epsilon": eps} | ({"axis": axis} if axis is not None else {})
         node = helper.make_node("SimplifiedLayerNormalization", ["x", "gamma"], ["y"], name="ln", **attrs)
@@ -141,13 +164,21 @@ def _ln_model(skip: bool, bias: bool, sum_out: bool, hidden=24, eps=1e-5, axis=N
     outputs = [helper.make_tensor_value_info("y", F, [1, "S", hidden])]
     if sum_out:
         outputs.append(helper.make_tensor_value_info("sum", F, [1, "S", hidden]))
-    return helper.make_model(helper.make_graph([node], "ln", inputs, outputs, inits), opset_imports=OPSETS,
-                             ir_version=10)
+    return helper.make_model(
+        helper.make_graph([node], "ln", inputs, outputs, inits), opset_imports=OPSETS, ir_version=10
+    )
 
 
-@pytest.mark.parametrize("skip,bias,sum_out,eps", [(False, False, False, 1e-5), (False, False, False, 1e-1),
-                                                   (True, False, True, 1e-6), (True, True, True, 1e-5),
-                                                   (True, False, False, 1e-5)])
+@pytest.mark.parametrize(
+    "skip,bias,sum_out,eps",
+    [
+        (False, False, False, 1e-5),
+        (False, False, False, 1e-1),
+        (True, False, True, 1e-6),
+        (True, True, True, 1e-5),
+        (True, False, False, 1e-5),
+    ],
+)
 def test_simplified_layer_norms_match_onnxruntime(skip, bias, sum_out, eps):
     rng = np.random.default_rng(4)
     model = _ln_model(skip, bias, sum_out, eps=eps)
@@ -160,27 +191,51 @@ def test_simplified_layer_norms_match_onnxruntime(skip, bias, sum_out, eps):
 
 def test_simplified_layer_norm_other_axis_refused():
     model = _ln_model(False, False, False, axis=1)
-    with pytest.raises(RvdeployError, match=r"SimplifiedLayerNormalization node 'ln': attribute axis=1 .*supported: -1"):
+    with pytest.raises(
+        RvdeployError, match=r"SimplifiedLayerNormalization node 'ln': attribute axis=1 .*supported: -1"
+    ):
         rewrite_model(model, 16)
 
 
 def _rotary_model(rank, n, h, half, interleaved, pos_kind):
     x_shape = [1, "S", n * h] if rank == 3 else [1, n, "S", h]
     pos_shape = [1, "S"] if pos_kind == "ids" else [1]
-    node = helper.make_node("RotaryEmbedding", ["x", "pos", "cos_cache", "sin_cache"], ["y"], domain="com.microsoft",
-                            name="rope", interleaved=interleaved, num_heads=n,
-                            rotary_embedding_dim=2 * half if 2 * half != h else 0)
+    node = helper.make_node(
+        "RotaryEmbedding",
+        ["x", "pos", "cos_cache", "sin_cache"],
+        ["y"],
+        domain="com.microsoft",
+        name="rope",
+        interleaved=interleaved,
+        num_heads=n,
+        rotary_embedding_dim=2 * half if 2 * half != h else 0,
+    )
     cos, sin = _rope_cache(64, half)
-    graph = helper.make_graph([node], "rope", [helper.make_tensor_value_info("x", F, x_shape),
-                                               helper.make_tensor_value_info("pos", TensorProto.INT64, pos_shape)],
-                              [helper.make_tensor_value_info("y", F, x_shape)],
-                              [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")])
+    graph = helper.make_graph(
+        [node],
+        "rope",
+        [
+            helper.make_tensor_value_info("x", F, x_shape),
+            helper.make_tensor_value_info("pos", TensorProto.INT64, pos_shape),
+        ],
+        [helper.make_tensor_value_info("y", F, x_shape)],
+        [numpy_helper.from_array(cos, "cos_cache"), numpy_helper.from_array(sin, "sin_cache")],
+    )
     return helper.make_model(graph, opset_imports=OPSETS, ir_version=10)
 
 
-@pytest.mark.parametrize("rank,interleaved,half,pos_kind", [(3, 0, 8, "ids"), (3, 1, 8, "ids"), (4, 0, 8, "ids"),
-                                                            (4, 1, 8, "offset"), (3, 0, 8, "offset"),
-                                                            (3, 0, 4, "ids"), (4, 1, 4, "ids")])
+@pytest.mark.parametrize(
+    "rank,interleaved,half,pos_kind",
+    [
+        (3, 0, 8, "ids"),
+        (3, 1, 8, "ids"),
+        (4, 0, 8, "ids"),
+        (4, 1, 8, "offset"),
+        (3, 0, 8, "offset"),
+        (3, 0, 4, "ids"),
+        (4, 1, 4, "ids"),
+    ],
+)
 def test_rotary_embedding_matches_onnxruntime(rank, interleaved, half, pos_kind):
     n, h, s = 4, 16, 5
     rng = np.random.default_rng(5)
@@ -202,15 +257,30 @@ def _gbq_model(rows, cols, block, bits, zero_points: bool, seed=6):
         zp = rng.integers(0, 256, (rows, -(-g // per_byte)), dtype=np.uint8)
         inits.append(numpy_helper.from_array(zp, "zp"))
         ins.append("zp")
-    node = helper.make_node("GatherBlockQuantized", ins, ["y"], domain="com.microsoft", name="emb",
-                            block_size=block, bits=bits, gather_axis=0, quantize_axis=1)
-    graph = helper.make_graph([node], "gbq", [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])],
-                              [helper.make_tensor_value_info("y", F, [1, "S", cols])], inits)
+    node = helper.make_node(
+        "GatherBlockQuantized",
+        ins,
+        ["y"],
+        domain="com.microsoft",
+        name="emb",
+        block_size=block,
+        bits=bits,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+    graph = helper.make_graph(
+        [node],
+        "gbq",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, "S"])],
+        [helper.make_tensor_value_info("y", F, [1, "S", cols])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=OPSETS, ir_version=10)
 
 
-@pytest.mark.parametrize("bits,block,zero_points", [(4, 32, False), (4, 32, True), (4, 16, True), (8, 32, False),
-                                                    (8, 64, True)])
+@pytest.mark.parametrize(
+    "bits,block,zero_points", [(4, 32, False), (4, 32, True), (4, 16, True), (8, 32, False), (8, 64, True)]
+)
 def test_gather_block_quantized_matches_onnxruntime(bits, block, zero_points):
     model = _gbq_model(40, 128, block, bits, zero_points)
     _compare(model, {"ids": np.array([[0, 39, 7, 7, 12]], np.int64)}, 16, atol=1e-6)

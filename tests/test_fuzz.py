@@ -18,24 +18,50 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from conftest import DEMO
+from hypothesis import HealthCheck, given, settings, strategies as st
+
 from rvdeploy.boards.spec import parse_ssh
 from rvdeploy.bundle import Bundle, pack_bundle
 from rvdeploy.cli import main
 from rvdeploy.errors import RvdeployError
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-HOSTILE_TEXT = ["", ".", "..", "/", "./", "../x", "/etc/hostname", "../../../../etc/hostname", "a/../b",
-                "model.vmfb/x", "model.vmfb", "manifest.json", "SHA256SUMS", "runtime/", "runtime//x", "x\ny",
-                "tokenizer.json", "-rf", "$(touch pwned)", "`id`", "a b", "é", "\udcff"]
+HOSTILE_TEXT = [
+    "",
+    ".",
+    "..",
+    "/",
+    "./",
+    "../x",
+    "/etc/hostname",
+    "../../../../etc/hostname",
+    "a/../b",
+    "model.vmfb/x",
+    "model.vmfb",
+    "manifest.json",
+    "SHA256SUMS",
+    "runtime/",
+    "runtime//x",
+    "x\ny",
+    "tokenizer.json",
+    "-rf",
+    "$(touch pwned)",
+    "`id`",
+    "a b",
+    "é",
+    "\udcff",
+]
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12)
     | st.sampled_from(HOSTILE_TEXT),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=8)
+    max_leaves=8,
+)
 
 
 def cli(*args) -> tuple[int, str]:
@@ -86,6 +112,7 @@ def demo(built) -> Path:
 
 # ---- the manifest ------------------------------------------------------------------------------------------
 
+
 def _paths(value, prefix=()) -> list[tuple]:
     """Every key path into a JSON document (list indices included)."""
     found = [prefix] if prefix else []
@@ -132,10 +159,13 @@ def test_fuzz_manifest(demo):
             shutil.copytree(demo, b)
             (b / "manifest.json").write_text(json.dumps(manifest))
             before = _tree(w)
-            for args in (("inspect", b), ("run", b, "--board", "local", "-n", "1"),
-                         ("bench", b, "--estimate", "--target", "spacemit-k1"),
-                         ("bench", b, "--board", "local", "-p", "2", "-n", "1", "-r", "1"),
-                         ("pack", b, "-o", w / "out.tar.gz")):
+            for args in (
+                ("inspect", b),
+                ("run", b, "--board", "local", "-n", "1"),
+                ("bench", b, "--estimate", "--target", "spacemit-k1"),
+                ("bench", b, "--board", "local", "-p", "2", "-n", "1", "-r", "1"),
+                ("pack", b, "-o", w / "out.tar.gz"),
+            ):
                 assert_clean(*cli(*args))
             after = _tree(w)
             after.pop("out.tar.gz", None)
@@ -151,6 +181,7 @@ def test_fuzz_manifest(demo):
 
 
 # ---- the dispatch report that inspect reads --------------------------------------------------------------------
+
 
 @st.composite
 def reports(draw, original: dict):
@@ -220,8 +251,12 @@ def _write_tar(path: Path, members) -> None:
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
                 continue
-            info.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE,
-                         "fifo": tarfile.FIFOTYPE}[kind]
+            info.type = {
+                "dir": tarfile.DIRTYPE,
+                "symlink": tarfile.SYMTYPE,
+                "hardlink": tarfile.LNKTYPE,
+                "fifo": tarfile.FIFOTYPE,
+            }[kind]
             info.linkname = "../../outside" if kind in ("symlink", "hardlink") else ""
             tar.addfile(info)
 
@@ -247,8 +282,9 @@ def test_fuzz_archive_members(demo):
             before = _tree(w)
             code, err = cli("unpack", archive, "-o", out, *(["--force"] if existing else []))
             assert_clean(code, err)
-            assert sorted(p.name for p in w.iterdir()) == sorted({"B.tar.gz", *(["out"] if code == 0 or existing
-                                                                                 else [])})
+            assert sorted(p.name for p in w.iterdir()) == sorted(
+                {"B.tar.gz", *(["out"] if code == 0 or existing else [])}
+            )
             if code != 0:
                 assert _tree(w) == before
                 return
@@ -263,9 +299,34 @@ def test_fuzz_archive_members(demo):
 
 # ---- option values -------------------------------------------------------------------------------------------
 
-VALUES = (st.integers() | st.floats() | st.text(max_size=10) |
-          st.sampled_from(["", "-1", "0", "1", "64", "65", "1e400", "nan", "inf", "-inf", "0x10", "²", " 5", "3.5",
-                           "1000000000000000000000"])).map(str).filter(lambda v: "\x00" not in v)
+VALUES = (
+    (
+        st.integers()
+        | st.floats()
+        | st.text(max_size=10)
+        | st.sampled_from(
+            [
+                "",
+                "-1",
+                "0",
+                "1",
+                "64",
+                "65",
+                "1e400",
+                "nan",
+                "inf",
+                "-inf",
+                "0x10",
+                "²",
+                " 5",
+                "3.5",
+                "1000000000000000000000",
+            ]
+        )
+    )
+    .map(str)
+    .filter(lambda v: "\x00" not in v)
+)
 
 
 def _option_commands(b: Path, w: Path) -> list:
@@ -275,7 +336,9 @@ def _option_commands(b: Path, w: Path) -> list:
     estimate = ["bench", b, "--estimate", "--target", "spacemit-k1"]
     return [
         (["run", b, "--board", "local", "-n"], []),
-        ([*estimate, "-p"], []), ([*estimate, "-n"], []), ([*estimate, "-r"], []),
+        ([*estimate, "-p"], []),
+        ([*estimate, "-n"], []),
+        ([*estimate, "-r"], []),
         ([*estimate, "--threads"], []),
         (["run", b, "--board", "local", "-n", "1", "--temperature"], []),
         (["run", b, "--board", "local", "-n", "1", "--temperature", "1", "--top-k"], []),
@@ -289,8 +352,10 @@ def _option_commands(b: Path, w: Path) -> list:
 
 def test_fuzz_option_values(demo):
     @settings(FUZZ, max_examples=150)
-    @given(st.integers(0, 8), VALUES | st.binary(min_size=1, max_size=12).map(os.fsdecode).filter(
-        lambda v: "\x00" not in v))
+    @given(
+        st.integers(0, 8),
+        VALUES | st.binary(min_size=1, max_size=12).map(os.fsdecode).filter(lambda v: "\x00" not in v),
+    )
     def check(which, value):
         with workspace() as w:
             before, after = _option_commands(demo, w)[which]
@@ -301,8 +366,12 @@ def test_fuzz_option_values(demo):
 
 
 @settings(FUZZ, max_examples=300)
-@given(st.text(max_size=24) | st.sampled_from(["@host", "u@", "h:²", "[::1]:22", "a@b@c", "-oProxyCommand=x",
-                                               "host\n", "h:65536", "h:0", "h:022"]))
+@given(
+    st.text(max_size=24)
+    | st.sampled_from(
+        ["@host", "u@", "h:²", "[::1]:22", "a@b@c", "-oProxyCommand=x", "host\n", "h:65536", "h:0", "h:022"]
+    )
+)
 def test_fuzz_board_spec(spec):
     """--board values that reach ssh are exactly [user@]host[:port] in the characters ssh takes as a host:
     anything else is refused before a name is looked up."""

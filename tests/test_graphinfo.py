@@ -7,9 +7,9 @@ import json
 import numpy as np
 import onnx
 import pytest
+from hubcache_graphs import HEAD_DIM, HIDDEN, KV_HEADS, VOCAB, llm_model, matmulbnb4_node, save_model
 from onnx import TensorProto, helper
 
-from hubcache_graphs import HEAD_DIM, HIDDEN, KV_HEADS, VOCAB, llm_model, matmulbnb4_node, save_model
 from rvdeploy.errors import RvdeployError
 from rvdeploy.graphinfo import LlmGraph, inspect_graph, unsupported_ops
 
@@ -30,8 +30,13 @@ def test_facts_of_a_kv_graph(tmp_path):
     assert (g.path, g.opset, g.num_layers) == (path, 17, 2)
     assert (g.num_kv_heads, g.head_dim, g.vocab_size, g.dtype) == (KV_HEADS, HEAD_DIM, VOCAB, "f32")
     assert g.inputs == (
-        "input_ids", "attention_mask", "position_ids",
-        "past_key_values.0.key", "past_key_values.0.value", "past_key_values.1.key", "past_key_values.1.value",
+        "input_ids",
+        "attention_mask",
+        "position_ids",
+        "past_key_values.0.key",
+        "past_key_values.0.value",
+        "past_key_values.1.key",
+        "past_key_values.1.value",
     )
     assert g.outputs == ("logits", "present.0.key", "present.0.value", "present.1.key", "present.1.value")
     assert g.has_position_ids and not g.external_data
@@ -45,10 +50,16 @@ def test_toy_graph_runs_in_onnxruntime(tmp_path):
     path = save_model(llm_model(layers=1), tmp_path / "model.onnx")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     past = np.zeros((1, KV_HEADS, 3, HEAD_DIM), np.float32)
-    logits, pk, pv = sess.run(None, {
-        "input_ids": np.array([[1, 2]], np.int64), "attention_mask": np.ones((1, 5), np.int64),
-        "position_ids": np.array([[3, 4]], np.int64), "past_key_values.0.key": past, "past_key_values.0.value": past,
-    })
+    logits, pk, pv = sess.run(
+        None,
+        {
+            "input_ids": np.array([[1, 2]], np.int64),
+            "attention_mask": np.ones((1, 5), np.int64),
+            "position_ids": np.array([[3, 4]], np.int64),
+            "past_key_values.0.key": past,
+            "past_key_values.0.value": past,
+        },
+    )
     assert logits.shape == (1, 2, VOCAB) and pk.shape == pv.shape == (1, KV_HEADS, 5, HEAD_DIM)
 
 
@@ -112,9 +123,7 @@ def test_unsupported_op_inside_if_subgraph_is_found(tmp_path):
     out = helper.make_tensor_value_info("branch.out", TensorProto.FLOAT, None)
     node.output[0] = "branch.out"
     then_g = helper.make_graph([node], "then", [], [out])
-    else_g = helper.make_graph(
-        [helper.make_node("Identity", ["h"], ["branch.out"], name="else_id")], "else", [], [out]
-    )
+    else_g = helper.make_graph([helper.make_node("Identity", ["h"], ["branch.out"], name="else_id")], "else", [], [out])
     cond = onnx.numpy_helper.from_array(np.array(True), "use_q4")
     if_node = helper.make_node("If", ["use_q4"], ["if.out"], then_branch=then_g, else_branch=else_g, name="maybe_q4")
     m = llm_model(extra_nodes=[if_node], extra_inits=inits + [cond], extra_opsets={"com.microsoft": 1})
@@ -127,8 +136,10 @@ def test_unsupported_op_inside_loop_body_and_counts(tmp_path):
     body = helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="body_id")],
         "body",
-        [helper.make_tensor_value_info("iter", TensorProto.INT64, []),
-         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, [])],
+        [
+            helper.make_tensor_value_info("iter", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+        ],
         [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, [])],
     )
     loop = helper.make_node("Loop", ["", "loop_cond"], [], body=body, name="loop")

@@ -17,9 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, TINY
+
 from rvdeploy.bundle import pack_bundle
 from rvdeploy.errors import RvdeployError
 
@@ -51,6 +51,7 @@ def _write_manifest(bundle: Path, manifest) -> None:
 
 
 # ---- 1. --force replaces only what rvdeploy wrote ----------------------------------------------------------
+
 
 def _lookalike(d: Path) -> dict:
     (d / "src").mkdir(parents=True)
@@ -92,6 +93,7 @@ def test_force_replaces_a_bundle_and_an_empty_directory(tmp_path, bundle, archiv
 
 # ---- 2. pack refuses an existing file ------------------------------------------------------------------------
 
+
 def test_pack_does_not_overwrite_a_file(tmp_path, bundle):
     notes = tmp_path / "notes.txt"
     notes.write_text("notes")
@@ -105,6 +107,7 @@ def test_pack_does_not_overwrite_a_file(tmp_path, bundle):
 
 
 # ---- 3. no process outlives rvdeploy -----------------------------------------------------------------------
+
 
 def _processes_naming(path: Path | str, exclude: set[int]) -> dict[int, str]:
     """Live processes whose command line or working directory names PATH."""
@@ -125,9 +128,14 @@ def _processes_naming(path: Path | str, exclude: set[int]) -> dict[int, str]:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_rvdeploy_alone_ends_its_children(bundle, sig):
     # a chat session whose runner waits on the board for the next turn: a child that runs until told otherwise
-    proc = subprocess.Popen([sys.executable, "-m", "rvdeploy", "chat", str(bundle), "--board", "local", "-n", "2"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # signalled alone, by pid
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rvdeploy", "chat", str(bundle), "--board", "local", "-n", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )  # signalled alone, by pid
     proc.stdin.write("Beautiful is\n")
     proc.stdin.flush()
     mine = {os.getpid(), proc.pid}
@@ -146,6 +154,7 @@ def test_signal_to_rvdeploy_alone_ends_its_children(bundle, sig):
 
 
 # ---- 4. nothing hangs --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("value", ["inf", "nan", "-1", "1e9"])
 def test_temperature_has_a_range(bundle, value):
@@ -171,6 +180,7 @@ def test_qemu_that_never_answers_is_stopped(tmp_path, built, command):
 
 # ---- 5. a bundle always knows its context ------------------------------------------------------------------
 
+
 def _model_dir(tmp_path: Path, config: str | None) -> Path:
     d = tmp_path / "model"
     d.mkdir()
@@ -181,9 +191,15 @@ def _model_dir(tmp_path: Path, config: str | None) -> Path:
     return d
 
 
-@pytest.mark.parametrize("config,needle", [(None, "--max-context"), ("{not json", "config.json"),
-                                           ("[1, 2]", "config.json"),
-                                           ('{"max_position_embeddings": "abc"}', "max_position_embeddings")])
+@pytest.mark.parametrize(
+    "config,needle",
+    [
+        (None, "--max-context"),
+        ("{not json", "config.json"),
+        ("[1, 2]", "config.json"),
+        ('{"max_position_embeddings": "abc"}', "max_position_embeddings"),
+    ],
+)
 def test_unknown_context_is_refused(tmp_path, config, needle):
     proc = rvdeploy("build", "--model", str(_model_dir(tmp_path, config)), "-o", str(tmp_path / "out"))
     one_line_error(proc, needle)
@@ -204,6 +220,7 @@ def test_run_past_the_context_is_refused(bundle, n):
 
 
 # ---- 6. one line, never a traceback ------------------------------------------------------------------------
+
 
 def test_output_that_is_a_file(tmp_path):
     f = tmp_path / "FILE"
@@ -230,12 +247,20 @@ def test_unpack_into_the_working_directory(tmp_path, archive):
     here = tmp_path / "here"
     here.mkdir()
     (here / "keep").write_text("keep")
-    proc = subprocess.run([sys.executable, "-m", "rvdeploy", "unpack", str(archive), "-o", ".", "--force"],
-                          cwd=here, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rvdeploy", "unpack", str(archive), "-o", ".", "--force"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+    )
     one_line_error(proc, "not an rvdeploy bundle")
     (here / "keep").unlink()
-    proc = subprocess.run([sys.executable, "-m", "rvdeploy", "unpack", str(archive), "-o", ".", "--force"],
-                          cwd=here, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rvdeploy", "unpack", str(archive), "-o", ".", "--force"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert (here / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["B.tar.gz", "here"]  # no '..old-*' or staging left
@@ -304,16 +329,21 @@ def _context_text(m):
     m["max_context"] = "abc"
 
 
-@pytest.mark.parametrize("change", [lambda m: [], lambda m: "x", _no_files, _no_target, _entry_without_path,
-                                    _context_text], ids=["list", "string", "no-files", "no-target",
-                                                         "entry-without-path", "max-context-text"])
+@pytest.mark.parametrize(
+    "change",
+    [lambda m: [], lambda m: "x", _no_files, _no_target, _entry_without_path, _context_text],
+    ids=["list", "string", "no-files", "no-target", "entry-without-path", "max-context-text"],
+)
 @pytest.mark.parametrize("command", ["run", "inspect", "pack"])
 def test_malformed_manifest(tmp_path, bundle, change, command):
     m = _manifest(bundle)
     changed = change(m)
     _write_manifest(bundle, m if changed is None else changed)
-    args = {"run": ["run", str(bundle), "-n", "4"], "inspect": ["inspect", str(bundle)],
-            "pack": ["pack", str(bundle), "-o", str(tmp_path / "x.tar.gz")]}[command]
+    args = {
+        "run": ["run", str(bundle), "-n", "4"],
+        "inspect": ["inspect", str(bundle)],
+        "pack": ["pack", str(bundle), "-o", str(tmp_path / "x.tar.gz")],
+    }[command]
     one_line_error(rvdeploy(*args), "manifest")
     assert not (tmp_path / "x.tar.gz").exists()
 
@@ -330,6 +360,7 @@ def test_bad_board_spec(bundle, spec):
 
 # ---- 7. pack reads only the bundle -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("outside", ["/etc/hostname", "../../../../etc/hostname"])
 def test_pack_refuses_a_manifest_naming_a_file_outside(tmp_path, bundle, outside):
     from rvdeploy.bundle import sha256_file
@@ -340,8 +371,11 @@ def test_pack_refuses_a_manifest_naming_a_file_outside(tmp_path, bundle, outside
     m = _manifest(bundle)
     m["files"].append({"path": outside, "size": target.stat().st_size, "sha256": sha256_file(target)})
     _write_manifest(bundle, m)
-    one_line_error(rvdeploy("pack", str(bundle), "-o", str(tmp_path / "x.tar.gz")), "manifest", "outside"
-                   if ".." in outside else "absolute")
+    one_line_error(
+        rvdeploy("pack", str(bundle), "-o", str(tmp_path / "x.tar.gz")),
+        "manifest",
+        "outside" if ".." in outside else "absolute",
+    )
     assert not (tmp_path / "x.tar.gz").exists()
 
 
@@ -353,6 +387,7 @@ def test_pack_refuses_a_link_out_of_the_bundle(tmp_path, bundle):
 
 
 # ---- 8. the smaller ones ---------------------------------------------------------------------------------------
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -388,8 +423,7 @@ def test_plot_says_the_file_it_wrote(tmp_path, bundle):
 
 
 def test_baseline_bundle_error_names_the_bundle(bundle):
-    proc = rvdeploy("bench", str(bundle), "--board", "local", "--compare", "baseline", "--baseline-bundle",
-                    str(bundle))
+    proc = rvdeploy("bench", str(bundle), "--board", "local", "--compare", "baseline", "--baseline-bundle", str(bundle))
     line = one_line_error(proc, "not a baseline build", f"as {bundle}")
     assert "{" not in line
 
@@ -405,8 +439,7 @@ def test_unpack_errors_name_the_archive(tmp_path, archive):
     with tarfile.open(archive) as tar:
         original = tar.extractfile("tokenizer.json").read()
     damaged = _retar(archive, tmp_path / "damaged.tar.gz", replace={"tokenizer.json": original[:-1] + b" "})
-    line = one_line_error(rvdeploy("unpack", str(damaged), "-o", str(tmp_path / "out")), str(damaged),
-                          "tokenizer.json")
+    line = one_line_error(rvdeploy("unpack", str(damaged), "-o", str(tmp_path / "out")), str(damaged), "tokenizer.json")
     assert ".partial" not in line
 
 
@@ -423,13 +456,16 @@ def test_threads_have_a_range(bundle, threads):
 
 # ---- 9. sim up and binfmt_misc's F flag --------------------------------------------------------------------
 
+
 def test_binfmt_entry_without_fix_binary_is_refused(tmp_path):
     """A binfmt_misc tree as the kernel shows it (a private copy: this machine's registration is untouched)."""
     from rvdeploy import sim
 
     (tmp_path / "register").write_text("")
-    (tmp_path / "qemu-riscv64").write_text("enabled\ninterpreter /usr/libexec/qemu-binfmt/riscv64-binfmt-P\n"
-                                           "flags: PO\noffset 0\nmagic 7f454c46\nmask ffffffff\n")
+    (tmp_path / "qemu-riscv64").write_text(
+        "enabled\ninterpreter /usr/libexec/qemu-binfmt/riscv64-binfmt-P\n"
+        "flags: PO\noffset 0\nmagic 7f454c46\nmask ffffffff\n"
+    )
     with pytest.raises(RvdeployError, match=r"flags 'PO', without F .*No such file or directory"):
         sim.ensure_binfmt(tmp_path)
     assert (tmp_path / "register").read_text() == ""  # nothing registered

@@ -128,11 +128,13 @@ def test_no_import_cycle():
     found = cycles(g)
     assert not found, "import cycles: " + "; ".join(
         f"{' -> '.join(c)} (tangled with it: {', '.join(sorted(_tangle(g, c[0]) - set(c))) or 'nothing else'})"
-        for c in found)
+        for c in found
+    )
 
 
 def _tangle(g: dict[str, set[str]], start: str) -> set[str]:
     """Every module that START reaches and that reaches START back."""
+
     def reach(v: str, edges) -> set[str]:
         seen, todo = {v}, [v]
         while todo:
@@ -142,7 +144,9 @@ def _tangle(g: dict[str, set[str]], start: str) -> set[str]:
                     todo.append(w)
         return seen
 
-    back = lambda v: [u for u, ws in g.items() if v in ws]
+    def back(v):
+        return [u for u, ws in g.items() if v in ws]
+
     return reach(start, lambda v: g[v]) & reach(start, back)
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
-
 from conftest import DEMO, ROOT
 from iree_host import HostModule, greedy_logits
+from onnx import helper, numpy_helper
 from ort_reference import greedy_tokens
+
 from rvdeploy import api
 from rvdeploy.kvcache import APPEND, DOMAIN, PAST_LENGTH, rewrite_decode
 from rvdeploy.onnx_shapes import split_phases
@@ -48,7 +48,8 @@ def _standard_ops(model: onnx.ModelProto) -> onnx.ModelProto:
         nodes += [
             helper.make_node("Reshape", [past, f"{n.name}/one"], [f"{n.name}/p"]),
             helper.make_node("Slice", [cache, f"{n.name}/zero", f"{n.name}/p", f"{n.name}/axis"], [f"{n.name}/s"]),
-            helper.make_node("Transpose", [new], [f"{n.name}/n"], perm=[0, 1, 3, 2]) if transpose
+            helper.make_node("Transpose", [new], [f"{n.name}/n"], perm=[0, 1, 3, 2])
+            if transpose
             else helper.make_node("Identity", [new], [f"{n.name}/n"]),
             helper.make_node("Concat", [f"{n.name}/s", f"{n.name}/n"], [view], axis=axis),
             helper.make_node("Identity", [cache], [upd]),
@@ -89,17 +90,25 @@ def test_rewrite_keeps_the_decode_step_equal_to_onnxruntime(tmp_path):
     exported = ort.InferenceSession(str(DEMO / "model.onnx"))
     prompt = [5, 17, 99, 3, 42]
     n = len(prompt)
-    feeds = {"input_ids": np.array([prompt], np.int64), "attention_mask": np.ones((1, n), np.int64),
-             "position_ids": np.arange(n)[None]}
+    feeds = {
+        "input_ids": np.array([prompt], np.int64),
+        "attention_mask": np.ones((1, n), np.int64),
+        "position_ids": np.arange(n)[None],
+    }
     for i in exported.get_inputs():
         if i.name.startswith("past_key_values."):
             feeds[i.name] = np.zeros((1, 2, 0, 16), np.float32)
     past = dict(zip([o.name for o in exported.get_outputs()], exported.run(None, feeds)))
     token = int(np.argmax(past["logits"][0, -1]))
-    step = {"input_ids": np.array([[token]], np.int64), "attention_mask": np.ones((1, n + 1), np.int64),
-            "position_ids": np.array([[n]])}
-    reference = exported.run(None, {**step, **{f"past_key_values.{k}": past[f"present.{k}"]
-                                               for k in ("0.key", "0.value", "1.key", "1.value")}})[0]
+    step = {
+        "input_ids": np.array([[token]], np.int64),
+        "attention_mask": np.ones((1, n + 1), np.int64),
+        "position_ids": np.array([[n]]),
+    }
+    reference = exported.run(
+        None,
+        {**step, **{f"past_key_values.{k}": past[f"present.{k}"] for k in ("0.key", "0.value", "1.key", "1.value")}},
+    )[0]
     caches = {}
     for layer in range(2):
         k = np.full((1, 2, 16, 32), np.nan, np.float32)  # what lies past the cached tokens must not matter

@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import DEMO, TINY
 from onnx import TensorProto, helper
 
-from conftest import DEMO, TINY
 from rvdeploy.last_logits import prefill_last_logits, slice_last_position
 
 
@@ -67,8 +67,9 @@ def test_int8_slices_after_the_activation_quantization(tmp_path):
 def test_other_graphs_are_left_alone(tmp_path):
     x = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 8])
-    graph = helper.make_graph([helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "g",
-                              [x], [y])
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)], "g", [x], [y]
+    )
     path = tmp_path / "m.onnx"
     onnx.save(helper.make_model(graph), str(path))
     before = path.read_bytes()

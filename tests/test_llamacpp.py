@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, system_part_missing
+
 from rvdeploy.errors import RvdeployError
 from rvdeploy.peers import gguf, llamacpp_build
 from rvdeploy.targets import get_target
@@ -27,8 +27,10 @@ TINY_HF = Path(__file__).resolve().parent / "fixtures" / "tiny-hf"
 def test_inline_asm_gets_the_vector_policy(tmp_path):
     src = tmp_path / "ggml" / "src" / "ggml-cpu" / "arch" / "riscv"
     src.mkdir(parents=True)
-    (src / "q.c").write_text('asm("vsetivli zero, 16, e8, m1\\n\\t"\n    "vsetvli zero, %[vl128], e8, m8\\n\\t"\n'
-                             '    "vsetvli t0, a0, e32, mf2, ta, ma\\n\\t"\n    "vle8.v v0, (a0)\\n\\t");\n')
+    (src / "q.c").write_text(
+        'asm("vsetivli zero, 16, e8, m1\\n\\t"\n    "vsetvli zero, %[vl128], e8, m8\\n\\t"\n'
+        '    "vsetvli t0, a0, e32, mf2, ta, ma\\n\\t"\n    "vle8.v v0, (a0)\\n\\t");\n'
+    )
     assert llamacpp_build.patch_inline_asm(tmp_path) == 2
     text = (src / "q.c").read_text()
     assert "vsetivli zero, 16, e8, m1, tu, mu\\n" in text
@@ -44,8 +46,11 @@ def test_build_options_follow_the_target_isa():
     assert {"-DGGML_RVV=ON", "-DGGML_RV_ZFH=OFF", "-DGGML_RV_ZVFH=OFF"} <= set(v128)
     assert "-DGGML_RVV=OFF" in llamacpp_build.cmake_options(get_target("rv64gc"))
     # VLEN does not split builds (ggml reads it at run time); the ISA does
-    assert llamacpp_build.build_key(get_target("rv64gcv-vlen128")) == llamacpp_build.build_key(
-        get_target("rv64gcv-vlen512")) == "riscv64-rvv"
+    assert (
+        llamacpp_build.build_key(get_target("rv64gcv-vlen128"))
+        == llamacpp_build.build_key(get_target("rv64gcv-vlen512"))
+        == "riscv64-rvv"
+    )
     assert llamacpp_build.build_key(get_target("spacemit-k1")) == "riscv64-rvv-zfh-zvfh"
     assert "-DGGML_NATIVE=OFF" in k1  # the target's ISA, not the build machine's
     host = llamacpp_build.cmake_options(get_target("host"))  # --board local: this machine's CPU, like IREE's
@@ -59,8 +64,13 @@ def test_matching_gguf_type_follows_the_bundle_precision():
     from rvdeploy.bundle.manifest import Graph, Model, Quantization
 
     def bundle(variant, quantized=None):
-        model = Model("m", variant, "dir", Graph(("input_ids",), ("logits",), 1, 1, 1),
-                      quantized=Quantization(quantized) if quantized else None)
+        model = Model(
+            "m",
+            variant,
+            "dir",
+            Graph(("input_ids",), ("logits",), 1, 1, 1),
+            quantized=Quantization(quantized) if quantized else None,
+        )
         return SimpleNamespace(manifest=SimpleNamespace(model=model))
 
     assert gguf.matching_type(bundle(variant="fp32")) == "f32"
@@ -92,6 +102,7 @@ def test_hf_checkpoint_from_the_same_hub_repo(tmp_path, monkeypatch):
     """A bundle built from a hub repo finds the checkpoint in the same repo through huggingface_hub (a local
     cache in the hub's layout, offline); an onnx-community style repo (ONNX only) is refused saying so."""
     from hubcache_repo import add_snapshot, files_from_dir
+
     from rvdeploy import api
 
     cache = tmp_path / "hub"
@@ -117,16 +128,37 @@ def test_model_dir_given_relative_and_looked_up_elsewhere(tmp_path):
 
     root = TINY_HF.parents[2]
     out = tmp_path / "rel"
-    build = subprocess.run([sys.executable, "-m", "rvdeploy", "build", "--model", "tests/fixtures/tiny-hf", "--target",
-                            "rv64gcv-vlen256", "--pipeline", "baseline", "-o", str(out)], cwd=root,
-                           capture_output=True, text=True)
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rvdeploy",
+            "build",
+            "--model",
+            "tests/fixtures/tiny-hf",
+            "--target",
+            "rv64gcv-vlen256",
+            "--pipeline",
+            "baseline",
+            "-o",
+            str(out),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr
-    elsewhere = subprocess.run([sys.executable, "-m", "rvdeploy", "bench", str(out), "--board", "qemu", "--compare",
-                                "llama.cpp"], cwd=tmp_path, capture_output=True, text=True)
+    elsewhere = subprocess.run(
+        [sys.executable, "-m", "rvdeploy", "bench", str(out), "--board", "qemu", "--compare", "llama.cpp"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     one_line_error(elsewhere, "tests/fixtures/tiny-hf, the model", "is not here", "--hf-model DIR")
 
 
 # ---- the real thing: build, convert, run under qemu ------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def tiny_k1(built):
@@ -148,9 +180,12 @@ def test_tools_are_static_riscv64_executables(tools):
     for name in llamacpp_build.TOOLS:
         elf = (tools / name).read_bytes()[:65536]
         assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 243  # EM_RISCV
-        phoff, phentsize, phnum = (int.from_bytes(elf[32:40], "little"), int.from_bytes(elf[54:56], "little"),
-                                   int.from_bytes(elf[56:58], "little"))
-        types = [int.from_bytes(elf[phoff + i * phentsize:phoff + i * phentsize + 4], "little") for i in range(phnum)]
+        phoff, phentsize, phnum = (
+            int.from_bytes(elf[32:40], "little"),
+            int.from_bytes(elf[54:56], "little"),
+            int.from_bytes(elf[56:58], "little"),
+        )
+        types = [int.from_bytes(elf[phoff + i * phentsize : phoff + i * phentsize + 4], "little") for i in range(phnum)]
         assert 3 not in types  # no PT_INTERP: static, runs on any riscv64 Linux without its libraries
         assert os.access(tools / name, os.X_OK)
 
@@ -186,8 +221,27 @@ def test_gguf_holds_the_same_weights(tools):
 @pytest.mark.slow
 def test_bench_llama_cpp_on_qemu_without_an_iree_runtime(tiny_k1_bare, tiny_k1, tools, tmp_path):
     png = tmp_path / "llama.png"
-    proc = rvdeploy("bench", str(tiny_k1_bare.path), "--board", "qemu", "--compare", "llama.cpp", "--gguf-type", "f32",
-                    "--gguf-type", "q8_0", "-p", "8", "-n", "4", "-r", "2", "--json", "--plot", str(png))
+    proc = rvdeploy(
+        "bench",
+        str(tiny_k1_bare.path),
+        "--board",
+        "qemu",
+        "--compare",
+        "llama.cpp",
+        "--gguf-type",
+        "f32",
+        "--gguf-type",
+        "q8_0",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "--json",
+        "--plot",
+        str(png),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "IREE rows skipped" in proc.stderr and "no riscv64 IREE runtime" in proc.stderr
     doc = json.loads(proc.stdout)
@@ -205,8 +259,9 @@ def test_bench_llama_cpp_on_qemu_without_an_iree_runtime(tiny_k1_bare, tiny_k1, 
     assert labels["llama.cpp Q8_0"]["size_bytes"] < labels["llama.cpp F32"]["size_bytes"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     # with the bundle's runtime: the table names both backends (IREE's rows from the same board) and t/s +- stddev
-    proc = rvdeploy("bench", str(tiny_k1.path), "--board", "qemu", "--compare", "llama.cpp", "-p", "8", "-n", "4",
-                    "-r", "1")
+    proc = rvdeploy(
+        "bench", str(tiny_k1.path), "--board", "qemu", "--compare", "llama.cpp", "-p", "8", "-n", "4", "-r", "1"
+    )
     assert proc.returncode == 0, proc.stderr
     for word in ("llama.cpp F32", "IREE mmt4d", "pp8", "tg4", "±"):
         assert word in proc.stdout
@@ -220,8 +275,20 @@ def test_cost_of_llama_cpp_per_token(tiny_k1, tools):
         qemu_cost.plugin_qemu()
     except RvdeployError as exc:
         system_part_missing(str(exc))
-    args = ("bench", str(tiny_k1.path), "--board", "qemu", "--compare", "llama.cpp", "--cost", "-p", "17", "-n",
-            "16", "--json")
+    args = (
+        "bench",
+        str(tiny_k1.path),
+        "--board",
+        "qemu",
+        "--compare",
+        "llama.cpp",
+        "--cost",
+        "-p",
+        "17",
+        "-n",
+        "16",
+        "--json",
+    )
     first = rvdeploy(*args)
     assert first.returncode == 0, first.stderr
     mine = json.loads(first.stdout)["cost"]["mmt4d"]  # the bundle's module, counted in the same run
@@ -237,7 +304,11 @@ def test_cost_of_llama_cpp_per_token(tiny_k1, tools):
         assert c[phase]["vector_instructions"] > macs / lanes / 8
         assert c[phase]["instructions"] > c[phase]["vector_instructions"] > 0
         # ggml's f32 dot products run at LMUL > 1 (lmul-weighted counts are in m1 units: 1/8 <= LMUL <= 8)
-        assert c[phase]["vector_instructions"] / 8 <= c[phase]["vector_lmul_weighted"] <= 8 * c[phase]["vector_instructions"]
+        assert (
+            c[phase]["vector_instructions"] / 8
+            <= c[phase]["vector_lmul_weighted"]
+            <= 8 * c[phase]["vector_instructions"]
+        )
     assert c["peak_rss_bytes"] > 1 << 20
     again = json.loads(rvdeploy(*args).stdout)["cost"]["llama.cpp F32"]
     for phase in ("per_prompt_token", "per_generated_token"):
@@ -270,7 +341,6 @@ def test_llama_cpp_greedy_matches_onnxruntime(host_tools):
     import subprocess
 
     import sentencepiece as spm
-
     from ort_reference import greedy_tokens
 
     f32 = gguf.convert(TINY_HF, "f32", get_target("host"))
@@ -278,8 +348,26 @@ def test_llama_cpp_greedy_matches_onnxruntime(host_tools):
     prompt = "Beautiful is better than"
     want, _ = greedy_tokens(TINY_HF / "model.onnx", [sp.bos_id(), *sp.encode(prompt)], 16)
     expected = b"".join(_piece_bytes(sp, t) for t in want) + b"\n\n"  # llama-completion ends with two newlines
-    cmd = [str(host_tools / "llama-completion"), "-m", str(f32), "-p", prompt, "-n", "16", "--temp", "0", "-ctk", "f32",
-           "-ctv", "f32", "-no-cnv", "--no-display-prompt", "--no-warmup", "-t", "1"]
+    cmd = [
+        str(host_tools / "llama-completion"),
+        "-m",
+        str(f32),
+        "-p",
+        prompt,
+        "-n",
+        "16",
+        "--temp",
+        "0",
+        "-ctk",
+        "f32",
+        "-ctv",
+        "f32",
+        "-no-cnv",
+        "--no-display-prompt",
+        "--no-warmup",
+        "-t",
+        "1",
+    ]
     # llama-completion prints the text through llama.cpp's asynchronous log thread, which loses the tail of it in
     # about one run in four at exit (seen here 9 times in 30); every run must agree as far as it got, and one
     # run must be complete
@@ -297,8 +385,21 @@ def test_llama_cpp_greedy_matches_onnxruntime(host_tools):
 @pytest.mark.slow
 def test_bench_local_iree_next_to_llama_cpp(built, host_tools):
     bundle = built(str(TINY_HF))
-    proc = rvdeploy("bench", str(bundle.path), "--board", "local", "--compare", "llama.cpp", "-p", "8", "-n", "4",
-                    "-r", "3", "--json")
+    proc = rvdeploy(
+        "bench",
+        str(bundle.path),
+        "--board",
+        "local",
+        "--compare",
+        "llama.cpp",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "3",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     got = {(r["pipeline"], r["test"]): r for r in doc["results"]}
@@ -306,6 +407,10 @@ def test_bench_local_iree_next_to_llama_cpp(built, host_tools):
     for r in got.values():
         assert r["t/s"] > 0 and len(r["samples"]) == 3 and r["peak_rss_bytes"] > 1 << 20
     assert doc["ratios"]["tg4"]["llama.cpp F32"] == pytest.approx(
-        got[("mmt4d", "tg4")]["t/s"] / got[("llama.cpp F32", "tg4")]["t/s"], rel=1e-2)
-    one_line_error(rvdeploy("bench", str(bundle.path), "--board", "local", "--compare", "llama.cpp", "--cost"),
-                   "--cost", "--board qemu")
+        got[("mmt4d", "tg4")]["t/s"] / got[("llama.cpp F32", "tg4")]["t/s"], rel=1e-2
+    )
+    one_line_error(
+        rvdeploy("bench", str(bundle.path), "--board", "local", "--compare", "llama.cpp", "--cost"),
+        "--cost",
+        "--board qemu",
+    )

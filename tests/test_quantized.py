@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from conftest import DEMO, TINY
 from iree_host import greedy_logits
 from ort_reference import greedy_tokens
+
 from rvdeploy import api
-from rvdeploy.quantize import dequantize_q4, quantize_file, quantize_int8_weight, quantize_q4_weight
 from rvdeploy.qgraph import normalize
+from rvdeploy.quantize import dequantize_q4, quantize_file, quantize_int8_weight, quantize_q4_weight
 from rvdeploy.tokenizer import TextCodec
 
 NEW_TOKENS = 32
@@ -50,8 +50,9 @@ def cases(tmp_path_factory):
 
     hub = root / "tiny-ort-int8"
     _copy_support(TINY, hub)
-    quantize_dynamic(str(TINY / "model.onnx"), str(hub / "model_int8.onnx"), weight_type=QuantType.QInt8,
-                     per_channel=True)
+    quantize_dynamic(
+        str(TINY / "model.onnx"), str(hub / "model_int8.onnx"), weight_type=QuantType.QInt8, per_channel=True
+    )
     out["tiny-ort-int8"] = ({"model": str(hub), "variant": "int8"}, hub / "model_int8.onnx", "int8")
     # a hub-style q4 export: MatMulNBits with per-block uint8 zero points (onnxruntime's MatMulNBitsQuantizer
     # default, is_symmetric=False), through --variant q4
@@ -86,12 +87,26 @@ def _asymmetric_q4(src: Path, dst: Path, block: int = 32) -> None:
         zpad = np.zeros((n, g + g % 2), np.uint8)
         zpad[:, :g] = zp
         names = [node.input[1] + s for s in (".q", ".s", ".zp")]
-        model.graph.initializer.extend([
-            numpy_helper.from_array(q[..., 0::2] | (q[..., 1::2] << 4), names[0]),
-            numpy_helper.from_array(scale.reshape(-1), names[1]),
-            numpy_helper.from_array(zpad[:, 0::2] | (zpad[:, 1::2] << 4), names[2])])
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output), name=node.name,
-                                      domain="com.microsoft", K=k, N=n, bits=4, block_size=block))
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(q[..., 0::2] | (q[..., 1::2] << 4), names[0]),
+                numpy_helper.from_array(scale.reshape(-1), names[1]),
+                numpy_helper.from_array(zpad[:, 0::2] | (zpad[:, 1::2] << 4), names[2]),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "MatMulNBits",
+                [node.input[0], *names],
+                list(node.output),
+                name=node.name,
+                domain="com.microsoft",
+                K=k,
+                N=n,
+                bits=4,
+                block_size=block,
+            )
+        )
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
@@ -134,8 +149,11 @@ def test_q4_blocks_like_q4_0():
     # the block's largest-magnitude value is exact (q = 0, Q4_0's d = max / -8)
     blocks = w.T.reshape(40, 3, 32)
     idx = np.abs(blocks).argmax(axis=2)
-    assert np.allclose(np.take_along_axis(blocks, idx[..., None], 2), np.take_along_axis(
-        back.T.reshape(40, 3, 32), idx[..., None], 2), atol=1e-6)
+    assert np.allclose(
+        np.take_along_axis(blocks, idx[..., None], 2),
+        np.take_along_axis(back.T.reshape(40, 3, 32), idx[..., None], 2),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", ["tiny-q4", "tiny-ort-int8", "tiny-q4-asym"])
@@ -231,7 +249,9 @@ def test_riscv_int8_on_rvv_s8_microkernels(build):
     kernels = {r["kernel"] for r in rows}
     assert kernels and not any("generic" in k for k in kernels), kernels
     assert any("s8s8s32_1xN0x1_rvv_m8" in k for k in kernels) and any("s8s8s32_7xN0x1_rvv_m4" in k for k in kernels)
-    assert not any(r["types"].startswith("f32") and r["op"] == "linalg.mmt4d" for r in report["dispatches"]["contractions"])
+    assert not any(
+        r["types"].startswith("f32") and r["op"] == "linalg.mmt4d" for r in report["dispatches"]["contractions"]
+    )
 
 
 @pytest.mark.slow

@@ -8,10 +8,10 @@ import json
 import shutil
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, TINY, system_part_missing
 from ort_reference import greedy_tokens
+
 from rvdeploy.boards.qemu import MIN_VERSION, qemu_version
 from rvdeploy.quantize import quantize_file
 from rvdeploy.tokenizer import TextCodec
@@ -100,8 +100,22 @@ def test_bench_cost_gives_iree_rows(built):
         system_part_missing(str(exc))
     bundle = built(str(DEMO), "rv64gcv-vlen256")
     baseline = built(str(DEMO), "rv64gcv-vlen256", "baseline")
-    proc = rvdeploy("bench", str(bundle.path), "--board", "qemu", "--cost", "-p", "9", "-n", "4",
-                    "--compare", "baseline", "--baseline-bundle", str(baseline.path), "--json")
+    proc = rvdeploy(
+        "bench",
+        str(bundle.path),
+        "--board",
+        "qemu",
+        "--cost",
+        "-p",
+        "9",
+        "-n",
+        "4",
+        "--compare",
+        "baseline",
+        "--baseline-bundle",
+        str(baseline.path),
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr
     cost = json.loads(proc.stdout)["cost"]
     assert set(cost) == {"mmt4d", "baseline"}
@@ -110,5 +124,7 @@ def test_bench_cost_gives_iree_rows(built):
             assert c[phase]["instructions"] > 0, (name, phase, c)
     # the mmt4d decode step runs the project's RVV kernels: vector instructions in every generated token
     assert cost["mmt4d"]["per_generated_token"]["vector_instructions"] > 0
-    assert cost["mmt4d"]["per_generated_token"]["vector_lmul_weighted"] > \
-        cost["mmt4d"]["per_generated_token"]["vector_instructions"]  # LMUL 4/8 tiles
+    assert (
+        cost["mmt4d"]["per_generated_token"]["vector_lmul_weighted"]
+        > cost["mmt4d"]["per_generated_token"]["vector_instructions"]
+    )  # LMUL 4/8 tiles

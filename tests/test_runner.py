@@ -9,22 +9,24 @@ import shutil
 import time
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, TINY
 from ort_reference import greedy_tokens
+from sampling_reference import Pcg32, sample
+
 from rvdeploy import session
+from rvdeploy.boards import get_board
 from rvdeploy.bundle import Bundle
 from rvdeploy.generation import Sampling, runner_args
-from rvdeploy.boards import get_board
 from rvdeploy.tokenizer import TextCodec
-from sampling_reference import Pcg32, sample
 
 PROMPT = "Beautiful is"
 NEWLINE = 200  # the demo tokenizer's "\n"
 # A chat template in the style of Llama 3's, over the demo's vocabulary (its special tokens are <s> and </s>)
-TEMPLATE = ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] | trim }}\n{% endfor %}"
-            "{% if add_generation_prompt %}assistant:{% endif %}")
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] | trim }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
 
 
 def _run(bundle, board="local", *args) -> dict:
@@ -49,8 +51,7 @@ def demo_host(built):
 def test_pcg32_matches_the_reference_sequence():
     # pcg32-global demo's first outputs for pcg32_srandom_r(42, 54)
     rng = Pcg32(42, 54)
-    assert [rng.next() for _ in range(6)] == [0xa15c02b7, 0x7b47f409, 0xba1d3330, 0x83d2f293, 0xbfa4784b,
-                                              0xcbed606e]
+    assert [rng.next() for _ in range(6)] == [0xA15C02B7, 0x7B47F409, 0xBA1D3330, 0x83D2F293, 0xBFA4784B, 0xCBED606E]
 
 
 @pytest.mark.parametrize("model", [DEMO, TINY], ids=["demo", "tiny-random"])
@@ -70,8 +71,9 @@ def test_seeded_sample_equals_the_recomputation(built, board, target):
     options = ["--temperature", "1.5", "--top-k", "50", "--top-p", "0.98", "--seed", "7"]
     doc = _run(bundle, board, "--prompt", PROMPT, "-n", "24", *options)
     rng = Pcg32(7)
-    expected, _ = greedy_tokens(DEMO / "model.onnx", doc["prompt_ids"], 24,
-                                choose=lambda logits: sample(logits, rng, 1.5, 50, 0.98))
+    expected, _ = greedy_tokens(
+        DEMO / "model.onnx", doc["prompt_ids"], 24, choose=lambda logits: sample(logits, rng, 1.5, 50, 0.98)
+    )
     assert doc["ids"] == expected
     assert doc["ids"] != greedy_tokens(DEMO / "model.onnx", doc["prompt_ids"], 24)[0]  # it did sample
     assert _run(bundle, board, "--prompt", PROMPT, "-n", "24", *options)["ids"] == doc["ids"]  # same seed
@@ -109,8 +111,12 @@ def test_tokens_stream_as_they_are_chosen(built):
 def test_chat_template_ids_equal_transformers(built, tmp_path):
     from transformers import AutoTokenizer
 
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "chat_template": TEMPLATE}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "chat_template": TEMPLATE,
+    }
     model = _model_copy(tmp_path, "demo-chat", **{"tokenizer_config.json": config})
     bundle = built(model)
     doc = _run(bundle, "local", "--chat", "--system", "Be brief.", "--prompt", "Beautiful is", "-n", "8")
@@ -120,12 +126,16 @@ def test_chat_template_ids_equal_transformers(built, tmp_path):
     assert doc["prompt_ids"][0] == 0 and doc["prompt_ids"].count(0) == 1  # one <s>, from the template
     assert len(doc["ids"]) == 8
 
-    broken = _model_copy(tmp_path, "demo-chat-broken", **{"tokenizer_config.json": {
-        **config, "chat_template": "{{ raise_exception('roles must alternate') }}"}})
+    broken = _model_copy(
+        tmp_path,
+        "demo-chat-broken",
+        **{"tokenizer_config.json": {**config, "chat_template": "{{ raise_exception('roles must alternate') }}"}},
+    )
     proc = rvdeploy("run", str(built(broken).path), "--board", "local", "--chat", "-n", "2")
     one_line_error(proc, "chat template failed to render", "roles must alternate")
-    one_line_error(rvdeploy("run", str(built(str(DEMO)).path), "--board", "local", "--chat", "-n", "2"),
-                   "no chat template")
+    one_line_error(
+        rvdeploy("run", str(built(str(DEMO)).path), "--board", "local", "--chat", "-n", "2"), "no chat template"
+    )
 
 
 def test_multi_turn_session_keeps_the_cache(demo_host):
@@ -154,15 +164,28 @@ def test_chat_command_three_turns_on_the_emulated_board(built):
 
 
 def test_context_is_enforced(demo_host):
-    one_line_error(rvdeploy("run", str(demo_host.path), "--board", "local", "-n", "300"),
-                   "exceeds the model's context of 256 tokens")
+    one_line_error(
+        rvdeploy("run", str(demo_host.path), "--board", "local", "-n", "300"),
+        "exceeds the model's context of 256 tokens",
+    )
     long_prompt = " ".join(["Beautiful is better than ugly."] * 60)
-    one_line_error(rvdeploy("run", str(demo_host.path), "--board", "local", "--prompt", long_prompt, "-n", "1"),
-                   "exceeds the model's context")
+    one_line_error(
+        rvdeploy("run", str(demo_host.path), "--board", "local", "--prompt", long_prompt, "-n", "1"),
+        "exceeds the model's context",
+    )
 
 
-@pytest.mark.parametrize("option,value", [("--temperature", "-1"), ("--temperature", "nan"), ("--top-p", "0"),
-                                          ("--top-p", "1.5"), ("--top-k", "-1"), ("--seed", "-3")])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("--temperature", "-1"),
+        ("--temperature", "nan"),
+        ("--top-p", "0"),
+        ("--top-p", "1.5"),
+        ("--top-k", "-1"),
+        ("--seed", "-3"),
+    ],
+)
 def test_sampling_values_out_of_range(demo_host, option, value):
     proc = rvdeploy("run", str(demo_host.path), "--board", "local", option, value)
     one_line_error(proc, option)
@@ -175,9 +198,14 @@ def test_ctrl_c_ends_the_reply_not_the_chat(built):
     import sys
 
     bundle = built(str(DEMO), "rv64gcv-vlen256")
-    proc = subprocess.Popen([sys.executable, "-m", "rvdeploy", "chat", str(bundle.path), "--board", "qemu", "-n",
-                             "200"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rvdeploy", "chat", str(bundle.path), "--board", "qemu", "-n", "200"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     proc.stdin.write("Beautiful is\n")
     proc.stdin.flush()
     assert proc.stdout.read(5)  # the reply is streaming

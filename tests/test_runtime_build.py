@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import iree_source, system_part_missing
+
 from rvdeploy import runtime_build, runtimes
 from rvdeploy.filelock import exclusive
 
@@ -64,8 +64,14 @@ def _tar(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def test_archive_without_flatcc(tmp_path):
-    src = _tar(tmp_path / "iree.tar.gz", {"iree/CMakeLists.txt": b"", "iree/runtime/src/iree/base/api.h": b"",
-                                         "iree/third_party/benchmark/CMakeLists.txt": b""})
+    src = _tar(
+        tmp_path / "iree.tar.gz",
+        {
+            "iree/CMakeLists.txt": b"",
+            "iree/runtime/src/iree/base/api.h": b"",
+            "iree/third_party/benchmark/CMakeLists.txt": b"",
+        },
+    )
     proc = rvdeploy("runtime", "build", "--source", str(src), env=_env(tmp_path))
     one_line_error(proc, "submodule third_party/flatcc is missing", "git submodule update --init")
     _assert_cache_clean(tmp_path)
@@ -73,16 +79,18 @@ def test_archive_without_flatcc(tmp_path):
 
 def test_archive_that_is_not_iree(tmp_path):
     src = _tar(tmp_path / "other.tar.gz", {"project/README.md": b"hello"})
-    one_line_error(rvdeploy("runtime", "build", "--source", str(src), env=_env(tmp_path)),
-                   str(src), "is not IREE's source")
+    one_line_error(
+        rvdeploy("runtime", "build", "--source", str(src), env=_env(tmp_path)), str(src), "is not IREE's source"
+    )
     text = tmp_path / "notes.tar.gz"
     text.write_text("not an archive")
-    one_line_error(rvdeploy("runtime", "build", "--source", str(text), env=_env(tmp_path)),
-                   str(text), "not a readable .tar.gz")
-    one_line_error(rvdeploy("runtime", "build", "--source", str(tmp_path / "absent"), env=_env(tmp_path)),
-                   "does not exist")
-    one_line_error(rvdeploy("runtime", "build", "--source", str(src), "--ref", "v3.13.0", env=_env(tmp_path)),
-                   "--ref")
+    one_line_error(
+        rvdeploy("runtime", "build", "--source", str(text), env=_env(tmp_path)), str(text), "not a readable .tar.gz"
+    )
+    one_line_error(
+        rvdeploy("runtime", "build", "--source", str(tmp_path / "absent"), env=_env(tmp_path)), "does not exist"
+    )
+    one_line_error(rvdeploy("runtime", "build", "--source", str(src), "--ref", "v3.13.0", env=_env(tmp_path)), "--ref")
     _assert_cache_clean(tmp_path)
 
 
@@ -131,9 +139,13 @@ def test_waits_for_another_build_then_interrupted_leaves_nothing(source_tree, tm
     env = {**os.environ, **_env(tmp_path)}
     lock = tmp_path / "cache" / "iree-runtime" / ".lock"
     with exclusive(lock):  # another build of the same cache is running
-        proc = subprocess.Popen([sys.executable, "-m", "rvdeploy", "runtime", "build", "--source",
-                                 str(source_tree)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rvdeploy", "runtime", "build", "--source", str(source_tree)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             _read_until(proc, "waiting for another rvdeploy build", 60)
             time.sleep(1)
@@ -162,8 +174,13 @@ def test_llama_cpp_builds_wait_for_each_other(tmp_path):
     env = {**os.environ, "RVDEPLOY_CACHE_DIR": str(tmp_path / "cache")}
     lock = tmp_path / "cache" / "llama.cpp" / llamacpp_build.version() / ".lock"
     with exclusive(lock):
-        proc = subprocess.Popen([sys.executable, "-m", "rvdeploy.peers.llamacpp_build", "--target", "spacemit-k1"],
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "rvdeploy.peers.llamacpp_build", "--target", "spacemit-k1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             _read_until(proc, "waiting for another rvdeploy build", 60)
             time.sleep(1)

@@ -9,9 +9,9 @@ import shutil
 import sys
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import TINY
+
 from rvdeploy import api, runtimes
 from rvdeploy.errors import RvdeployError
 from rvdeploy.probe import probe_binary
@@ -43,7 +43,7 @@ def _program_header_types(exe) -> list[int]:
     data = exe.read_bytes()
     phoff = int.from_bytes(data[0x20:0x28], "little")
     size, count = int.from_bytes(data[0x36:0x38], "little"), int.from_bytes(data[0x38:0x3A], "little")
-    return [int.from_bytes(data[phoff + i * size:phoff + i * size + 4], "little") for i in range(count)]
+    return [int.from_bytes(data[phoff + i * size : phoff + i * size + 4], "little") for i in range(count)]
 
 
 def test_built_tools_are_static_riscv64_iree_tools(riscv_runtime):
@@ -146,8 +146,11 @@ def test_build_bundles_the_runtime(built, riscv_runtime):
         assert entries[f"runtime/{tool}"].sha256 == riscv_runtime.tools[tool]
         assert os.access(bundle.path / "runtime" / tool, os.X_OK)
     assert entries["probe/rvdeploy-probe"].executable
-    assert m.requirements.to_dict() == {"arch": "riscv64", "vlen": 256,
-                                        "extensions": ["i", "m", "a", "f", "d", "c", "v", "zba", "zbb", "zbs"]}
+    assert m.requirements.to_dict() == {
+        "arch": "riscv64",
+        "vlen": 256,
+        "extensions": ["i", "m", "a", "f", "d", "c", "v", "zba", "zbb", "zbs"],
+    }
 
 
 @pytest.mark.slow

@@ -13,11 +13,11 @@ import shutil
 import subprocess
 
 import pytest
-
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, TINY, system_part_missing
 from ort_reference import greedy_tokens
 from test_llamacpp import TINY_HF
+
 from rvdeploy import sim, sshd
 from rvdeploy.boards.qemu import MIN_VERSION, qemu_version
 from rvdeploy.targets import get_target
@@ -56,8 +56,10 @@ def boards(tmp_path_factory):
             name = f"sim{vlen}"
             started[vlen] = sim.up(vlen=vlen, name=name)
         started["k1"] = sim.up(cpu=get_target("spacemit-k1").qemu_cpu, name="simk1")
-        yield {vlen: {"name": s.board, "env": {"RVDEPLOY_SSH_CONFIG": str(s.ssh_config)}, "pid": s.pid}
-               for vlen, s in started.items()}
+        yield {
+            vlen: {"name": s.board, "env": {"RVDEPLOY_SSH_CONFIG": str(s.ssh_config)}, "pid": s.pid}
+            for vlen, s in started.items()
+        }
     finally:
         for s in started.values():
             sim.down(s.name)
@@ -71,8 +73,12 @@ def boards(tmp_path_factory):
 
 def test_sessions_run_in_the_riscv64_userland(boards):
     b = boards[256]
-    out = subprocess.run(["ssh", "-F", b["env"]["RVDEPLOY_SSH_CONFIG"], b["name"], "uname -m; command -v sha256sum"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["ssh", "-F", b["env"]["RVDEPLOY_SSH_CONFIG"], b["name"], "uname -m; command -v sha256sum"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["riscv64", "/usr/bin/sha256sum"]
 
@@ -98,8 +104,9 @@ def test_matching_board_runs_the_module_with_ids_only(boards, built, riscv_runti
     bundle = built(str(TINY), "rv64gcv-vlen256", "baseline")
     b = boards[256]
     prompt = "Beautiful is $(reboot)"
-    proc = rvdeploy("run", str(bundle.path), "--board", b["name"], "--prompt", prompt, "-n", "8", "--json",
-                    env=b["env"])
+    proc = rvdeploy(
+        "run", str(bundle.path), "--board", b["name"], "--prompt", prompt, "-n", "8", "--json", env=b["env"]
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     ids = TextCodec(bundle.path / "tokenizer.json").encode(prompt)  # the board saw these ids, not the text
@@ -111,8 +118,16 @@ def test_chat_three_turns_on_the_emulated_ssh_board(boards, built, riscv_runtime
     """One runner session over ssh for the whole conversation: the cache grows turn by turn."""
     bundle = built(str(DEMO), "rv64gcv-vlen256")
     b = boards[256]
-    proc = rvdeploy("chat", str(bundle.path), "--board", b["name"], "-n", "8", env=b["env"],
-                    input="Beautiful is\nSimple is\nFlat is\n")
+    proc = rvdeploy(
+        "chat",
+        str(bundle.path),
+        "--board",
+        b["name"],
+        "-n",
+        "8",
+        env=b["env"],
+        input="Beautiful is\nSimple is\nFlat is\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0] == " better than ugly."
     used = [int(x.split("/")[0]) for x in proc.stderr.split("context ")[1:]]
@@ -131,12 +146,32 @@ def test_llama_cpp_on_the_emulated_ssh_board(boards, built):
     (under the board's own emulation), beside the bundle's own iree-benchmark-module."""
     bundle = built(str(TINY_HF), "spacemit-k1")
     b = boards["k1"]
-    proc = rvdeploy("bench", str(bundle.path), "--board", b["name"], "--compare", "llama.cpp", "--gguf-type", "q8_0",
-                    "-p", "8", "-n", "4", "-r", "2", "--json", env=b["env"])
+    proc = rvdeploy(
+        "bench",
+        str(bundle.path),
+        "--board",
+        b["name"],
+        "--compare",
+        "llama.cpp",
+        "--gguf-type",
+        "q8_0",
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "--json",
+        env=b["env"],
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert [(r["pipeline"], r["test"]) for r in doc["results"]] == [
-        ("mmt4d", "pp8"), ("mmt4d", "tg4"), ("llama.cpp Q8_0", "pp8"), ("llama.cpp Q8_0", "tg4")]
+        ("mmt4d", "pp8"),
+        ("mmt4d", "tg4"),
+        ("llama.cpp Q8_0", "pp8"),
+        ("llama.cpp Q8_0", "tg4"),
+    ]
     for r in doc["results"]:
         assert r["t/s"] > 0 and len(r["samples"]) == 2
         if r["pipeline"] == "mmt4d":  # the runner reports its own peak (getrusage on the board)
@@ -172,8 +207,11 @@ def test_cost_on_the_emulated_ssh_board_matches_the_qemu_board(boards, built):
 
 def test_qemu_board(built, riscv_runtime):
     bundle = built(str(TINY), "rv64gcv-vlen256", "baseline")
-    one_line_error(rvdeploy("run", str(bundle.path), "--board", "qemu:rv64gcv-vlen128", "-n", "2"),
-                   "refused", "VLEN: bundle needs 256, board has 128")
+    one_line_error(
+        rvdeploy("run", str(bundle.path), "--board", "qemu:rv64gcv-vlen128", "-n", "2"),
+        "refused",
+        "VLEN: bundle needs 256, board has 128",
+    )
     info = json.loads(rvdeploy("probe", "--board", "qemu:rv64gcv-vlen512", "--json").stdout)
     assert info["vlen"] == 512
 
@@ -184,7 +222,8 @@ def test_probe_without_vector_unit_does_not_crash():
 
 
 def test_sim_status_and_down_cleanup(boards):
-    proc = rvdeploy("sim", "status", "--name", "sim128", "--json",
-                    env={"RVDEPLOY_STATE_DIR": os.environ["RVDEPLOY_STATE_DIR"]})
+    proc = rvdeploy(
+        "sim", "status", "--name", "sim128", "--json", env={"RVDEPLOY_STATE_DIR": os.environ["RVDEPLOY_STATE_DIR"]}
+    )
     info = json.loads(proc.stdout)
     assert info["running"] is True and info["vlen"] == 128 and info["board"] == "sim128"

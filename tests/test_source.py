@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, numpy_helper
-
 from hubcache_graphs import llm_model, save_model
 from hubcache_repo import add_snapshot, fake_commit, files_from_dir, repo_dir
 from hubcache_server import FakeHub, FakeRepo, HubServer
+from onnx import TensorProto, numpy_helper
+
 from rvdeploy import source
 from rvdeploy.errors import RvdeployError
 from rvdeploy.graphinfo import inspect_graph
@@ -96,8 +96,13 @@ def test_hub_fp32_from_cache_with_split_external_data(hub_env, tmp_path):
     mf = resolve_model(REPO)
     snap = repo_dir(hub_env, REPO) / "snapshots" / commit
     assert mf == ModelFiles(
-        onnx=snap / "onnx" / "model.onnx", tokenizer=snap / "tokenizer.json", config=snap / "config.json",
-        model_id=REPO, revision=commit, variant="fp32", kind="hub",
+        onnx=snap / "onnx" / "model.onnx",
+        tokenizer=snap / "tokenizer.json",
+        config=snap / "config.json",
+        model_id=REPO,
+        revision=commit,
+        variant="fp32",
+        kind="hub",
     )
     assert mf.onnx.is_symlink()  # the snapshot path, not the blob: data files resolve beside it
     g = inspect_graph(mf.onnx)
@@ -201,7 +206,11 @@ def test_hub_download_fetches_only_the_variant(online, tmp_path, monkeypatch):
         mf = resolve_model(REPO, variant="fp16")
     assert mf.kind == "hub" and mf.revision == sha and mf.onnx.is_file()
     assert sorted(hub.downloaded()) == [
-        "config.json", "onnx/model_fp16.onnx", "onnx/model_fp16.onnx_data", "tokenizer.json", "tokenizer_config.json",
+        "config.json",
+        "onnx/model_fp16.onnx",
+        "onnx/model_fp16.onnx_data",
+        "tokenizer.json",
+        "tokenizer_config.json",
     ]
     assert inspect_graph(mf.onnx).dtype == "f16"
     # now in the cache: offline resolution gives the same files
@@ -271,8 +280,15 @@ def test_variant_table_matches_onnx_community_layout():
     assert list(v) == ["fp32", "fp16", "int8", "uint8", "quantized", "q4", "q4f16", "bnb4"]
     assert v["fp32"].graph == "onnx/model.onnx" and v["q4f16"].graph == "onnx/model_q4f16.onnx"
     pats = source.hub_patterns("fp32")
-    assert {"onnx/model.onnx", "onnx/model.onnx_data", "onnx/model.onnx_data_*", "tokenizer.json",
-            "config.json", "generation_config.json", "special_tokens_map.json"} <= set(pats)
+    assert {
+        "onnx/model.onnx",
+        "onnx/model.onnx_data",
+        "onnx/model.onnx_data_*",
+        "tokenizer.json",
+        "config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+    } <= set(pats)
     assert not any("fp16" in p for p in pats)
 
 

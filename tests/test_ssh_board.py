@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
-
 from boards import start_host_board
 from cli_run import one_line_error, rvdeploy
 from conftest import DEMO, system_part_missing
+
 from rvdeploy import sshd
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _setup_done():
@@ -108,7 +109,9 @@ def test_shell_metacharacters_are_harmless(board, host_bundle, tmp_path):
     canary = board["home"] / "canary"
     canary.write_text("still here")
     witness = Path("/tmp") / f"pw{uuid.uuid4().hex[:6]}"
-    prompt = f"'; rm -rf ~; $(reboot) `touch {witness}` \"; touch {witness} && rm -rf ~ | tee {witness} & ${{IFS}}*?\\\n#"
+    prompt = (
+        f"'; rm -rf ~; $(reboot) `touch {witness}` \"; touch {witness} && rm -rf ~ | tee {witness} & ${{IFS}}*?\\\n#"
+    )
     remote = run_json(host_bundle, board["name"], board["env"], prompt=prompt, n=4)
     local = run_json(host_bundle, "local", {}, prompt=prompt, n=4)
     assert remote["ids"] == local["ids"] and remote["prompt"] == prompt
@@ -153,8 +156,10 @@ def test_unknown_host_key_is_refused(board, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("")  # an empty known_hosts: the board's key is unknown, and ssh must not accept it
     other = tmp_path / "ssh_config"
-    other.write_text("\n".join(ln if "UserKnownHostsFile" not in ln else f"  UserKnownHostsFile {known}"
-                               for ln in text.splitlines()) + "\n")
+    other.write_text(
+        "\n".join(ln if "UserKnownHostsFile" not in ln else f"  UserKnownHostsFile {known}" for ln in text.splitlines())
+        + "\n"
+    )
     proc = rvdeploy("probe", "--board", board["name"], env={"RVDEPLOY_SSH_CONFIG": str(other)})
     one_line_error(proc, "Host key verification failed")
     assert known.read_text() == ""
@@ -169,8 +174,15 @@ def test_full_disk_board(tmp_path, host_bundle):
     try:
         server = start_host_board(tmp_path / "state", home, alias="fullboard")
         try:
-            proc = rvdeploy("run", str(host_bundle.path), "--board", "fullboard", "-n", "2",
-                            env={"RVDEPLOY_SSH_CONFIG": str(server.ssh_config)})
+            proc = rvdeploy(
+                "run",
+                str(host_bundle.path),
+                "--board",
+                "fullboard",
+                "-n",
+                "2",
+                env={"RVDEPLOY_SSH_CONFIG": str(server.ssh_config)},
+            )
             one_line_error(proc, "no space left on device")
             blobs = home / ".cache" / "rvdeploy" / "blobs"
             assert not [p for p in blobs.iterdir() if p.name.startswith(".")]  # the partial upload was removed
@@ -205,7 +217,20 @@ def test_probe_over_ssh_on_a_host_board(board):
 
 def test_bench_over_ssh_uses_the_launcher(board, host_bundle):
     """bench on an ssh board: the bundle's launcher runs the board's iree-benchmark-module."""
-    proc = rvdeploy("bench", str(host_bundle.path), "--board", board["name"], "-p", "8", "-n", "4", "-r", "2", "--json", env=board["env"])
+    proc = rvdeploy(
+        "bench",
+        str(host_bundle.path),
+        "--board",
+        board["name"],
+        "-p",
+        "8",
+        "-n",
+        "4",
+        "-r",
+        "2",
+        "--json",
+        env=board["env"],
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert [r["test"] for r in doc["results"]] == ["pp8", "tg4"]

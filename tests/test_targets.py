@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import system_part_missing
+
 from rvdeploy.datafiles import data_dir
 from rvdeploy.errors import RvdeployError
 from rvdeploy.targets import FIGURE_KEYS, Target, get_target, list_targets
@@ -232,9 +232,19 @@ def test_riscv_flags_compile_a_matmul(tmp_path, name):
     dump = tmp_path / "dump"
     start = time.monotonic()
     proc = subprocess.run(
-        [_iree_compile(), str(src), *_flags(t), "--iree-opt-data-tiling", "--iree-llvmcpu-enable-ukernels=mmt4d",
-         f"--iree-hal-dump-executable-files-to={dump}", "-o", str(tmp_path / "mm.vmfb")],
-        capture_output=True, text=True, timeout=120,
+        [
+            _iree_compile(),
+            str(src),
+            *_flags(t),
+            "--iree-opt-data-tiling",
+            "--iree-llvmcpu-enable-ukernels=mmt4d",
+            f"--iree-hal-dump-executable-files-to={dump}",
+            "-o",
+            str(tmp_path / "mm.vmfb"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not a recognized" not in proc.stderr, proc.stderr[-3000:]

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import system_part_missing
+
 from rvdeploy import ukernels
 from rvdeploy.targets import get_target
 
@@ -20,8 +20,9 @@ QEMU = shutil.which("qemu-riscv64")
 
 
 def _need_toolchain():
-    missing = [n for n, p in (("clang-19", CLANG), ("qemu-riscv64", QEMU), ("ld.lld-19", shutil.which("ld.lld-19")))
-               if not p]
+    missing = [
+        n for n, p in (("clang-19", CLANG), ("qemu-riscv64", QEMU), ("ld.lld-19", shutil.which("ld.lld-19"))) if not p
+    ]
     if missing or not Path("/usr/riscv64-linux-gnu/lib").is_dir():
         system_part_missing(f"needs {', '.join(missing) or 'libc6-dev-riscv64-cross'} (installed by scripts/setup.sh)")
 
@@ -35,11 +36,32 @@ def test_harness_under_qemu(tmp_path, vlen):
     accumulate on and off: exact for integers and integer-valued floats, the summation bound otherwise."""
     _need_toolchain()
     exe = tmp_path / f"harness{vlen}"
-    subprocess.run([CLANG, "--target=riscv64-linux-gnu", f"-march=rv64gcv_zvl{vlen}b", "-mabi=lp64d", "-O2",
-                    "-fuse-ld=lld", "-static", "-DRVD_HARNESS", "-Wall", "-Werror", str(UKERNELS / "harness.c"),
-                    str(UKERNELS / "rvd_mmt4d.c"), "-lm", "-o", str(exe)], check=True)
-    proc = subprocess.run([QEMU, "-cpu", f"rv64,v=true,vlen={vlen},elen=64,vext_spec=v1.0", str(exe)],
-                          capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [
+            CLANG,
+            "--target=riscv64-linux-gnu",
+            f"-march=rv64gcv_zvl{vlen}b",
+            "-mabi=lp64d",
+            "-O2",
+            "-fuse-ld=lld",
+            "-static",
+            "-DRVD_HARNESS",
+            "-Wall",
+            "-Werror",
+            str(UKERNELS / "harness.c"),
+            str(UKERNELS / "rvd_mmt4d.c"),
+            "-lm",
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
+    proc = subprocess.run(
+        [QEMU, "-cpu", f"rv64,v=true,vlen={vlen},elen=64,vext_spec=v1.0", str(exe)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr
     fails = [ln for ln in proc.stdout.splitlines() if ln.startswith("FAIL") or ln.startswith("     ")]
     assert proc.returncode == 0, "\n".join(fails[:20]) or proc.stderr
@@ -52,10 +74,13 @@ def test_harness_under_qemu(tmp_path, vlen):
     assert "K=8192" in out and "rvdeploy_uk_mmt4d_tile_s16s8s32_7xN0x1_rvv" in out
     # int8 builds' tiles: s8 x s8 -> s32 on the RVV kernels at Llama depth, including all -128 operands
     s8 = [ln for ln in out.splitlines() if " s8s8s32 " in ln]
-    assert any(f"K=8192  tile=1x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_1xN0x1_rvv_m8")
-               for ln in s8)
-    assert any(f"tile=7x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_7xN0x1_rvv_m4")
-               for ln in s8)
+    assert any(
+        f"K=8192  tile=1x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_1xN0x1_rvv_m8")
+        for ln in s8
+    )
+    assert any(
+        f"tile=7x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_7xN0x1_rvv_m4") for ln in s8
+    )
     assert not any("tile_generic" in ln for ln in s8 if "x1 acc" in ln and " tile=8x" not in ln)
 
 

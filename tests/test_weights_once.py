@@ -7,9 +7,9 @@ import iree.runtime as rt
 import numpy as np
 import onnx
 import pytest
+from conftest import DEMO, TINY
 from onnx import numpy_helper
 
-from conftest import DEMO, TINY
 from rvdeploy.importer import EXTERNALIZE_MIN_ELEMENTS
 
 pytestmark = pytest.mark.slow
@@ -17,8 +17,11 @@ pytestmark = pytest.mark.slow
 
 def _weight_bytes(model_dir) -> int:
     model = onnx.load(str(model_dir / "model.onnx"))
-    return sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer
-               if int(np.prod(t.dims)) >= EXTERNALIZE_MIN_ELEMENTS)
+    return sum(
+        numpy_helper.to_array(t).nbytes
+        for t in model.graph.initializer
+        if int(np.prod(t.dims)) >= EXTERNALIZE_MIN_ELEMENTS
+    )
 
 
 def _archive(bundle) -> dict[str, int]:
@@ -44,6 +47,7 @@ def test_tied_embedding_read_from_packed_lm_head(built):
 def test_stored_transposed_copy_of_tied_table_dropped(tmp_path):
     """Exporters without `accelerate` store a tied lm_head a second time, transposed: the build keeps one."""
     from ort_reference import greedy_tokens
+
     from rvdeploy import api
 
     model = onnx.load(str(TINY / "model.onnx"))

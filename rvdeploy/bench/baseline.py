@@ -15,7 +15,9 @@ Builder = Callable[..., object]
 
 
 def _same_model(a: Manifest, b: Manifest) -> bool:
-    keys = lambda m: (m.model.id, m.model.variant, m.model.revision, m.target.name, m.compiler.version)
+    def keys(m):
+        return (m.model.id, m.model.variant, m.model.revision, m.target.name, m.compiler.version)
+
     return keys(a) == keys(b)
 
 
@@ -29,13 +31,16 @@ def baseline_bundle(bundle: Bundle, path: Path | None = None, on_stage=None, *, 
     otherwise. Returns (bundle, built_now)."""
     m = bundle.manifest
     if m.pipeline.name == "baseline":
-        raise RvdeployError(f"{bundle.path} is itself a baseline bundle: --compare baseline compares an mmt4d bundle "
-                            "with it")
+        raise RvdeployError(
+            f"{bundle.path} is itself a baseline bundle: --compare baseline compares an mmt4d bundle with it"
+        )
     if path is not None:
         other = Bundle.open(path)
         if other.manifest.pipeline.name != "baseline" or not _same_model(m, other.manifest):
-            raise RvdeployError(f"--baseline-bundle {path}: not a baseline build of the same model, target and "
-                                f"compiler as {bundle.path}")
+            raise RvdeployError(
+                f"--baseline-bundle {path}: not a baseline build of the same model, target and "
+                f"compiler as {bundle.path}"
+            )
         return other, False
     path = default_baseline_path(bundle)
     if (path / MANIFEST).is_file():
@@ -49,10 +54,19 @@ def baseline_bundle(bundle: Bundle, path: Path | None = None, on_stage=None, *, 
     source = m.model.source
     model = "demo" if source == "demo" else m.model.id
     if source in ("dir", "file") and not Path(model).exists():
-        raise RvdeployError(f"cannot rebuild {bundle.path}'s model with the baseline pipeline: {model} is not here",
-                            hint="build it with --pipeline baseline and pass --baseline-bundle DIR")
+        raise RvdeployError(
+            f"cannot rebuild {bundle.path}'s model with the baseline pipeline: {model} is not here",
+            hint="build it with --pipeline baseline and pass --baseline-bundle DIR",
+        )
     kwargs = {"on_stage": on_stage} if on_stage else {}
-    result = build(model, out=path, variant=m.model.variant or "fp32",
-                   revision=m.model.revision, target=m.target.name, pipeline="baseline",
-                   force=True, **kwargs)
+    result = build(
+        model,
+        out=path,
+        variant=m.model.variant or "fp32",
+        revision=m.model.revision,
+        target=m.target.name,
+        pipeline="baseline",
+        force=True,
+        **kwargs,
+    )
     return result.bundle, True

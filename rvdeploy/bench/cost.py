@@ -33,8 +33,11 @@ def by_difference(c11: dict, cp1: dict, cpn: dict, prompt_tokens: int, gen_token
     return {
         "per_prompt_token": {k: (cp1[k] - c11[k]) / (prompt_tokens - 1) for k in keys},
         "per_generated_token": {k: (cpn[k] - cp1[k]) / gen_tokens for k in keys},
-        "runs": {"prompt1_new1": c11, f"prompt{prompt_tokens}_new1": cp1,
-                 f"prompt{prompt_tokens}_new{gen_tokens + 1}": cpn},
+        "runs": {
+            "prompt1_new1": c11,
+            f"prompt{prompt_tokens}_new1": cp1,
+            f"prompt{prompt_tokens}_new{gen_tokens + 1}": cpn,
+        },
     }
 
 
@@ -43,11 +46,14 @@ def measure_cost(bundle: Bundle, board, prompt_tokens: int, gen_tokens: int) -> 
     board, one thread: (1-token prompt, 1 new), (P, 1 new) and (P, N+1 new) by difference."""
     m = bundle.manifest
     if m.target.arch != "riscv64":
-        raise RvdeployError(f"{bundle.path} is a {m.target.name} bundle: --cost counts riscv64 instructions",
-                            hint="build for a riscv64 target, e.g. --target rv64gcv-vlen256")
+        raise RvdeployError(
+            f"{bundle.path} is a {m.target.name} bundle: --cost counts riscv64 instructions",
+            hint="build for a riscv64 target, e.g. --target rv64gcv-vlen256",
+        )
     if m.runtime.kind != "bundled":
-        raise RvdeployError(f"{bundle.path} needs a riscv64 IREE runtime to be measured under qemu and has none",
-                            hint=BUILD_HINT)
+        raise RvdeployError(
+            f"{bundle.path} needs a riscv64 IREE runtime to be measured under qemu and has none", hint=BUILD_HINT
+        )
     if prompt_tokens < 2:
         raise RvdeployError("--cost needs -p 2 or more (per prompt token = difference of P and 1 token prompts)")
     require_counting(board)

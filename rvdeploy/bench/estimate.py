@@ -62,22 +62,32 @@ def model_facts(bundle: Bundle) -> ModelFacts:
         per_layer = 2 * hidden * heads * hd + 2 * hidden * kvh * hd + 3 * hidden * inter
         weight_macs = layers * per_layer + hidden * vocab
     else:
-        raise RvdeployError(f"{bundle.path}: no packed weights and no config.json intermediate_size: cannot count "
-                            "the model's weight contractions")
+        raise RvdeployError(
+            f"{bundle.path}: no packed weights and no config.json intermediate_size: cannot count "
+            "the model's weight contractions"
+        )
     tied = bool(config.get("tie_word_embeddings", False))
-    return ModelFacts(layers=layers, heads=heads, kv_heads=kvh, head_dim=hd, hidden=hidden, vocab=vocab,
-                      dtype=graph.dtype or "f32", weight_macs=weight_macs,
-                      embedding_params=0 if tied else vocab * hidden,
-                      parameter_bytes=m.parameter_bytes)
+    return ModelFacts(
+        layers=layers,
+        heads=heads,
+        kv_heads=kvh,
+        head_dim=hd,
+        hidden=hidden,
+        vocab=vocab,
+        dtype=graph.dtype or "f32",
+        weight_macs=weight_macs,
+        embedding_params=0 if tied else vocab * hidden,
+        parameter_bytes=m.parameter_bytes,
+    )
 
 
 def estimate(bundle: Bundle, target: str, prompt_tokens: int = 64) -> dict:
     """Bytes read and FLOPs per token, and roofline upper bounds for `target` from its public figures:
-      FLOPs/token = 2 x (multiply-adds of the weight contractions + attention at context P, i.e. QK^T and AV:
-                    2 x layers x heads x head_dim x P)
-      bytes/token = weight-contraction parameters x dtype bytes + one embedding row + the KV cache read at
-                    context P (2 x layers x kv_heads x head_dim x P x dtype bytes)
-      pp <= cores x peak GFLOP/s (of the model's dtype) / FLOPs per token;  tg <= DRAM GB/s / bytes per token."""
+    FLOPs/token = 2 x (multiply-adds of the weight contractions + attention at context P, i.e. QK^T and AV:
+                  2 x layers x heads x head_dim x P)
+    bytes/token = weight-contraction parameters x dtype bytes + one embedding row + the KV cache read at
+                  context P (2 x layers x kv_heads x head_dim x P x dtype bytes)
+    pp <= cores x peak GFLOP/s (of the model's dtype) / FLOPs per token;  tg <= DRAM GB/s / bytes per token."""
     tgt = get_target(target)
     f = model_facts(bundle)
     p = prompt_tokens
@@ -89,14 +99,27 @@ def estimate(bundle: Bundle, target: str, prompt_tokens: int = 64) -> dict:
     figures = tgt.figures
     missing = [k for k in (peak_key, "dram_gbps") if k not in figures]
     if missing or not tgt.cores:
-        raise RvdeployError(f"target {tgt.name} has no {', '.join(missing) or 'core count'} figure to estimate with",
-                            hint="pass --target with a board profile, e.g. --target spacemit-k1")
+        raise RvdeployError(
+            f"target {tgt.name} has no {', '.join(missing) or 'core count'} figure to estimate with",
+            hint="pass --target with a board profile, e.g. --target spacemit-k1",
+        )
     pp_bound = tgt.cores * figures[peak_key] * 1e9 / flops
     tg_bound = figures["dram_gbps"] * 1e9 / bytes_per_token
-    return {"target": tgt.name, "prompt_tokens": p, "dtype": f.dtype, "params": f.params,
-            "parameter_bytes": f.parameter_bytes, "weight_macs_per_token": f.weight_macs,
-            "attention_macs_per_token": attention_macs, "flops_per_token": flops,
-            "kv_bytes_per_token": kv_bytes, "bytes_per_token": bytes_per_token,
-            "cores": tgt.cores, peak_key: figures[peak_key], "dram_gbps": figures["dram_gbps"],
-            "pp_max_tokens_per_s": pp_bound, "tg_max_tokens_per_s": tg_bound,
-            "sources": {k: tgt.sources.get(k) for k in (peak_key, "dram_gbps")}}
+    return {
+        "target": tgt.name,
+        "prompt_tokens": p,
+        "dtype": f.dtype,
+        "params": f.params,
+        "parameter_bytes": f.parameter_bytes,
+        "weight_macs_per_token": f.weight_macs,
+        "attention_macs_per_token": attention_macs,
+        "flops_per_token": flops,
+        "kv_bytes_per_token": kv_bytes,
+        "bytes_per_token": bytes_per_token,
+        "cores": tgt.cores,
+        peak_key: figures[peak_key],
+        "dram_gbps": figures["dram_gbps"],
+        "pp_max_tokens_per_s": pp_bound,
+        "tg_max_tokens_per_s": tg_bound,
+        "sources": {k: tgt.sources.get(k) for k in (peak_key, "dram_gbps")},
+    }

@@ -29,8 +29,7 @@ def synthetic_prompt(manifest: Manifest, prompt_tokens: int) -> list[int]:
 
 def measuring_args(manifest: Manifest, prompt_tokens: int, new_tokens: int, threads: int = 1) -> list[str]:
     """The runner's arguments for a measurement: greedy, no EOS stop, THREADS workers."""
-    args = runner_args(manifest, synthetic_prompt(manifest, prompt_tokens), new_tokens, Sampling(),
-                       stop_at_eos=False)
+    args = runner_args(manifest, synthetic_prompt(manifest, prompt_tokens), new_tokens, Sampling(), stop_at_eos=False)
     return [a for a in args if not a.startswith("--device=")] + device_flags(threads)
 
 
@@ -45,9 +44,15 @@ class Measurement:
     peak_rss_bytes: int | None = None  # where this machine sees the process (qemu board): emulator included
 
     def to_dict(self) -> dict:
-        return {"pipeline": self.pipeline, "test": self.test, "t/s": round(self.tokens_per_s, 3),
-                "stddev": round(self.stddev, 3), "samples": [round(s, 3) for s in self.samples],
-                "seconds_per_call": self.seconds_per_call, "peak_rss_bytes": self.peak_rss_bytes}
+        return {
+            "pipeline": self.pipeline,
+            "test": self.test,
+            "t/s": round(self.tokens_per_s, 3),
+            "stddev": round(self.stddev, 3),
+            "samples": [round(s, 3) for s in self.samples],
+            "seconds_per_call": self.seconds_per_call,
+            "peak_rss_bytes": self.peak_rss_bytes,
+        }
 
 
 def _stats(samples: list[float]) -> tuple[float, float]:
@@ -62,8 +67,9 @@ def check_lengths(bundle: Bundle, prompt_tokens: int, gen_tokens: int) -> None:
         raise RvdeployError(f"-p {prompt_tokens} + -n {gen_tokens} exceeds the model's context of {limit} tokens")
 
 
-def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32, reps: int = 5,
-            threads: int = 1) -> list[Measurement]:
+def measure(
+    bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32, reps: int = 5, threads: int = 1
+) -> list[Measurement]:
     """ppP and tgN of one bundle on an open board (a board object inside `with`): REPS runner processes."""
     check_lengths(bundle, prompt_tokens, gen_tokens + 1)
     if reps < 1:
@@ -75,19 +81,32 @@ def measure(bundle: Bundle, board, prompt_tokens: int = 64, gen_tokens: int = 32
             turn = proc.read_turn()
             proc.finish()
         if turn.stats.get("decode_steps") != gen_tokens:
-            raise RvdeployError(f"the runner stopped after {len(turn.ids)} of {gen_tokens + 1} tokens "
-                                f"({turn.reason or 'no reason given'})")
+            raise RvdeployError(
+                f"the runner stopped after {len(turn.ids)} of {gen_tokens + 1} tokens "
+                f"({turn.reason or 'no reason given'})"
+            )
         stats.append(turn.stats)
     peaks = [s.get("peak_rss_kb", -1) for s in stats]
     peak = max(peaks) * 1024 if min(peaks) > 0 else None
     rows = []
-    for test, tokens, key in ((f"pp{prompt_tokens}", prompt_tokens, "prefill_s"),
-                              (f"tg{gen_tokens}", gen_tokens, "decode_s")):
+    for test, tokens, key in (
+        (f"pp{prompt_tokens}", prompt_tokens, "prefill_s"),
+        (f"tg{gen_tokens}", gen_tokens, "decode_s"),
+    ):
         seconds = [s[key] for s in stats]
         samples = [tokens / t for t in seconds]
         mean, sd = _stats(samples)
-        rows.append(Measurement(bundle.manifest.pipeline.name, test, mean, sd, samples,
-                                [t / tokens for t in seconds], peak_rss_bytes=peak))
+        rows.append(
+            Measurement(
+                bundle.manifest.pipeline.name,
+                test,
+                mean,
+                sd,
+                samples,
+                [t / tokens for t in seconds],
+                peak_rss_bytes=peak,
+            )
+        )
     return rows
 
 
@@ -96,6 +115,8 @@ def iree_runnable(bundle: Bundle) -> str | None:
     an IREE runtime: none exists on any package registry, the user supplies one)."""
     rt = bundle.manifest.runtime
     if rt.kind == "none":
-        return (f"IREE rows skipped: {bundle.path} has no {rt.arch or ''} IREE runtime "
-                f"({rt.hint or 'register one with `rvdeploy runtime add DIR` and rebuild'})")
+        return (
+            f"IREE rows skipped: {bundle.path} has no {rt.arch or ''} IREE runtime "
+            f"({rt.hint or 'register one with `rvdeploy runtime add DIR` and rebuild'})"
+        )
     return None

@@ -13,9 +13,14 @@ from .measure import Measurement
 def bundle_label(bundle: Bundle) -> dict:
     m = bundle.manifest
     facts = model_facts(bundle)
-    return {"model": f"{m.model.id} {m.model.variant or ''}".strip(), "size_bytes": m.model_bytes,
-            "params": facts.params, "pipeline": m.pipeline.name, "target": m.target.name,
-            "bundle": str(bundle.path)}
+    return {
+        "model": f"{m.model.id} {m.model.variant or ''}".strip(),
+        "size_bytes": m.model_bytes,
+        "params": facts.params,
+        "pipeline": m.pipeline.name,
+        "target": m.target.name,
+        "bundle": str(bundle.path),
+    }
 
 
 @dataclass
@@ -36,9 +41,11 @@ class BenchReport:
     def to_dict(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "results"}
         d["results"] = [r.to_dict() for r in self.results]
-        d["method"] = {"pp": f"P / the runner's prefill time for a {self.prompt_tokens}-token prompt",
-                       "tg": f"N / the time of the runner's N decode steps after a {self.prompt_tokens}-token prompt",
-                       "stat": "mean and sample stddev over -r runner processes"}
+        d["method"] = {
+            "pp": f"P / the runner's prefill time for a {self.prompt_tokens}-token prompt",
+            "tg": f"N / the time of the runner's N decode steps after a {self.prompt_tokens}-token prompt",
+            "stat": "mean and sample stddev over -r runner processes",
+        }
         return d
 
 

@@ -18,11 +18,24 @@ from .measure import check_lengths, iree_runnable, measure
 from .report import BenchReport, bundle_label, cost_ratios, ratios
 
 
-def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 64, gen_tokens: int = 32,
-          reps: int = 5, threads: int = 1, compare: str | None = None, baseline: Path | None = None,
-          hf_model: str | None = None, gguf_types: list[str] | None = None,
-          estimate_target: str | None = None, estimate_only: bool = False, cost: bool = False,
-          on_stage=None, build: Builder) -> BenchReport:
+def bench(
+    bundle_path: Path,
+    *,
+    board: str | None = None,
+    prompt_tokens: int = 64,
+    gen_tokens: int = 32,
+    reps: int = 5,
+    threads: int = 1,
+    compare: str | None = None,
+    baseline: Path | None = None,
+    hf_model: str | None = None,
+    gguf_types: list[str] | None = None,
+    estimate_target: str | None = None,
+    estimate_only: bool = False,
+    cost: bool = False,
+    on_stage=None,
+    build: Builder,
+) -> BenchReport:
     """BUILD makes the baseline bundle when --compare baseline needs one (rvdeploy.api.bench passes api.build)."""
     bundle = Bundle.open(bundle_path)
     bundle.verify()
@@ -60,8 +73,7 @@ def bench(bundle_path: Path, *, board: str | None = None, prompt_tokens: int = 6
     main = bundle.manifest.pipeline.name
     with b:
         if cost:
-            report.cost = {bd.manifest.pipeline.name: measure_cost(bd, b, prompt_tokens, gen_tokens)
-                           for bd in bundles}
+            report.cost = {bd.manifest.pipeline.name: measure_cost(bd, b, prompt_tokens, gen_tokens) for bd in bundles}
             for t in llama.ggufs if llama else ():
                 report.cost[llamabench.backend(t)] = llamabench.measure_cost(b, llama, t, prompt_tokens, gen_tokens)
         else:

@@ -22,8 +22,10 @@ class ProgramRun:
     peak_rss_bytes: int | None  # None when the program ran elsewhere (a board over ssh) or without GNU time
 
 
-NEEDS_EMULATION = ("--cost counts executed instructions under emulation: use --board qemu[:TARGET] or an "
-                   "emulated board (`rvdeploy sim up`)")
+NEEDS_EMULATION = (
+    "--cost counts executed instructions under emulation: use --board qemu[:TARGET] or an "
+    "emulated board (`rvdeploy sim up`)"
+)
 
 
 class Board(Protocol):

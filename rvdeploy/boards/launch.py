@@ -8,9 +8,11 @@ from ..errors import RvdeployError
 from ..launcher import EXIT_NO_RUNTIME, EXIT_REFUSED
 
 HWPROBE_MISSING = "riscv_hwprobe syscall failed"
-HWPROBE_HINT = ("the board's kernel or emulator lacks the riscv_hwprobe syscall that IREE's riscv64 runtime needs: "
-                "qemu-user older than 8.1 (Debian 12: apt-get install -t bookworm-backports qemu-user) or Linux "
-                "older than 6.4 on a real board (upgrade its kernel)")
+HWPROBE_HINT = (
+    "the board's kernel or emulator lacks the riscv_hwprobe syscall that IREE's riscv64 runtime needs: "
+    "qemu-user older than 8.1 (Debian 12: apt-get install -t bookworm-backports qemu-user) or Linux "
+    "older than 6.4 on a real board (upgrade its kernel)"
+)
 NO_SPACE = "No space left on device"
 
 
@@ -25,8 +27,9 @@ def last_line(text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def raise_for(where: str, returncode: int, stderr: str, bundle: Bundle | None = None,
-              tool: str = "iree-run-module") -> None:
+def raise_for(
+    where: str, returncode: int, stderr: str, bundle: Bundle | None = None, tool: str = "iree-run-module"
+) -> None:
     """Turn a failed launcher/runtime run into one RvdeployError (nothing when it succeeded)."""
     if returncode == 0:
         return
@@ -40,12 +43,15 @@ def raise_for(where: str, returncode: int, stderr: str, bundle: Bundle | None = 
     if returncode == EXIT_NO_RUNTIME:
         name = bundle.path if bundle else "the bundle"
         arch = bundle.manifest.requirements.arch if bundle else ""
-        raise RvdeployError(f"{name} has no {arch} IREE runtime to run on {where}",
-                            hint=last_line(stderr).split(": no runtime: ", 1)[-1])
+        raise RvdeployError(
+            f"{name} has no {arch} IREE runtime to run on {where}",
+            hint=last_line(stderr).split(": no runtime: ", 1)[-1],
+        )
     raise RvdeployError(f"{tool} failed on {where}: {last_line(stderr)}")
 
 
 def require_launcher(bundle: Bundle) -> None:
     if not bundle.manifest.launcher:
-        raise RvdeployError(f"{bundle.path} has no board-side launcher (built by an older rvdeploy)",
-                            hint="rebuild the bundle")
+        raise RvdeployError(
+            f"{bundle.path} has no board-side launcher (built by an older rvdeploy)", hint="rebuild the bundle"
+        )

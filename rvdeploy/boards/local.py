@@ -47,7 +47,8 @@ class LocalBoard:
             raise RvdeployError(
                 f"bundle {bundle.path} is built for {target.name} ({target.arch}); --board local runs "
                 f"host-target bundles on this {platform.machine()} machine",
-                hint="build with --target host, or run it on a board: --board qemu or --board user@host")
+                hint="build with --target host, or run it on a board: --board qemu or --board user@host",
+            )
 
     def run_tool(self, bundle: Bundle, tool: str, args: list[str]) -> ProgramRun:
         """Run an IREE tool (iree-run-module, iree-benchmark-module) with ARGS relative to the bundle

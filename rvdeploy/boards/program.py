@@ -23,8 +23,9 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
         proc = children.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
         return ProgramRun(proc.stdout, proc.stderr, proc.returncode, None)
     with tempfile.NamedTemporaryFile("r", prefix="rvdeploy-rss-") as rss:
-        proc = children.run([GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd], env=env, cwd=cwd,
-                            capture_output=True, text=True)
+        proc = children.run(
+            [GNU_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd], env=env, cwd=cwd, capture_output=True, text=True
+        )
         text = rss.read().strip().splitlines()
     peak = int(text[-1]) * 1024 if text and text[-1].isdigit() else None
     return ProgramRun(proc.stdout, proc.stderr, proc.returncode, peak)

@@ -27,8 +27,10 @@ from .program import run_measured
 from .runner import RunnerProcess, launcher_command
 
 MIN_VERSION = (8, 1)
-UPGRADE_HINT = ("install qemu-user 8.1 or newer (Debian 12: add bookworm-backports and "
-                "`apt-get install -t bookworm-backports qemu-user`, as scripts/setup.sh does)")
+UPGRADE_HINT = (
+    "install qemu-user 8.1 or newer (Debian 12: add bookworm-backports and "
+    "`apt-get install -t bookworm-backports qemu-user`, as scripts/setup.sh does)"
+)
 
 
 def qemu_path() -> str:
@@ -56,8 +58,10 @@ def checked_qemu() -> str:
     path = qemu_path()
     v = qemu_version(path)
     if v[:2] < MIN_VERSION:
-        raise RvdeployError(f"{path} is qemu {'.'.join(map(str, v))}; IREE's riscv64 runtime needs 8.1 or newer "
-                            "(riscv_hwprobe)", hint=UPGRADE_HINT)
+        raise RvdeployError(
+            f"{path} is qemu {'.'.join(map(str, v))}; IREE's riscv64 runtime needs 8.1 or newer (riscv_hwprobe)",
+            hint=UPGRADE_HINT,
+        )
     return path
 
 
@@ -87,24 +91,32 @@ class QemuBoard:
 
     def check(self, bundle: Bundle) -> None:
         if bundle.manifest.target.arch != "riscv64":
-            raise RvdeployError(f"{bundle.path} is a {bundle.manifest.target.name} bundle; --board qemu runs "
-                                "riscv64 bundles", hint="use --board local for host bundles")
+            raise RvdeployError(
+                f"{bundle.path} is a {bundle.manifest.target.name} bundle; --board qemu runs riscv64 bundles",
+                hint="use --board local for host bundles",
+            )
         require_launcher(bundle)
 
-    def run_tool(self, bundle: Bundle, tool: str, args: list[str], *, qemu: str | None = None,
-                 env: dict | None = None) -> ProgramRun:
+    def run_tool(
+        self, bundle: Bundle, tool: str, args: list[str], *, qemu: str | None = None, env: dict | None = None
+    ) -> ProgramRun:
         """Run an IREE tool through the bundle's launcher under qemu (`qemu`: another qemu-riscv64, such as the
         plugin-capable one of `bench --cost`; `env`: extra environment, e.g. QEMU_PLUGIN); its output and peak
         RSS (the launcher execs the tool, so that is the tool's under qemu)."""
         self.check(bundle)
-        full_env = {**os.environ, "RVDEPLOY_RUN_PREFIX": qemu or checked_qemu(), "QEMU_CPU": self._cpu(bundle),
-                    **(env or {})}
+        full_env = {
+            **os.environ,
+            "RVDEPLOY_RUN_PREFIX": qemu or checked_qemu(),
+            "QEMU_CPU": self._cpu(bundle),
+            **(env or {}),
+        }
         run = run_measured(tool_command(tool, args), env=full_env, cwd=str(bundle.path))
         raise_for(self.name, run.returncode, run.stderr, bundle, tool=tool)
         return run
 
-    def run_program(self, exe: Path, args: list[str | Path], *, cpu: str, qemu: str | None = None,
-                    env: dict | None = None) -> ProgramRun:
+    def run_program(
+        self, exe: Path, args: list[str | Path], *, cpu: str, qemu: str | None = None, env: dict | None = None
+    ) -> ProgramRun:
         """Run a static riscv64 program (not a bundle's) under qemu with this board's CPU, or `cpu` when the
         board names no target; Path arguments are files here. Raises on a non-zero exit."""
         cpu = self.target.qemu_cpu if self.target is not None else cpu

@@ -19,12 +19,20 @@ from .launch import raise_for, tool_command
 
 
 class RunnerProcess:
-    def __init__(self, cmd: list[str], where: str, bundle: Bundle, *, env: dict | None = None,
-                 cwd: str | None = None):
+    def __init__(self, cmd: list[str], where: str, bundle: Bundle, *, env: dict | None = None, cwd: str | None = None):
         self.where, self.bundle = where, bundle
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     env=env, cwd=cwd, text=True, errors="replace", bufsize=1,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
         self._stderr: list[str] = []
         self._reader = threading.Thread(target=lambda: self._stderr.extend(self.proc.stderr), daemon=True)
         self._reader.start()

@@ -9,8 +9,10 @@ from typing import Literal
 
 from ..errors import RvdeployError
 
-BOARD_HELP = ("local (this machine, host bundles), qemu[:TARGET] (riscv64 bundles under qemu-user), or "
-              "[user@]host[:port] / an ssh config alias (a board over ssh)")
+BOARD_HELP = (
+    "local (this machine, host bundles), qemu[:TARGET] (riscv64 bundles under qemu-user), or "
+    "[user@]host[:port] / an ssh config alias (a board over ssh)"
+)
 _HOST_RE = re.compile(r"^[A-Za-z0-9_.\-\[\]:%]+$")
 _USER_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -54,7 +56,11 @@ def parse_ssh(spec: str) -> tuple[str | None, str, str | None]:
             raise RvdeployError(f"--board {spec!r}: port {port!r} is not a number from 1 to 65535")
     user = at if sep else None
     # a leading '-' would be read by ssh as an option (e.g. -oProxyCommand=...); 'user@' needs a user
-    if not host or host.startswith("-") or not _HOST_RE.fullmatch(host) or \
-            (user is not None and not _USER_RE.fullmatch(user)):
+    if (
+        not host
+        or host.startswith("-")
+        or not _HOST_RE.fullmatch(host)
+        or (user is not None and not _USER_RE.fullmatch(user))
+    ):
         raise RvdeployError(f"--board {spec!r}: not [user@]host[:port] or an ssh config alias")
     return user, host, port

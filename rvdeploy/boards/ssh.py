@@ -41,7 +41,7 @@ COUNTS_MARK = "--rvdeploy-counts--"
 CACHE = '"$HOME"/.cache/rvdeploy'  # expanded by the board's shell
 SSH_ERRORS = {  # ssh's stderr -> what to do
     "Host key verification failed": "the board's host key is unknown or changed: check it, then add it to "
-                                    "known_hosts (ssh once by hand)",
+    "known_hosts (ssh once by hand)",
     "Permission denied": "ssh could not log in without a prompt: load a key into ssh-agent or set IdentityFile",
     "Could not resolve hostname": "check the host name or add an ssh config alias",
     "Connection refused": "is sshd running on the board, on that port?",
@@ -83,9 +83,22 @@ class SshBoard:
         args = ["ssh"]
         if os.environ.get("RVDEPLOY_SSH_CONFIG"):
             args += ["-F", os.environ["RVDEPLOY_SSH_CONFIG"]]
-        args += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={CONNECT_TIMEOUT}",
-                 "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4",
-                 "-o", "ControlMaster=auto", "-o", f"ControlPath={self._control}/cm", "-o", "ControlPersist=120"]
+        args += [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"ConnectTimeout={CONNECT_TIMEOUT}",
+            "-o",
+            "ServerAliveInterval=15",
+            "-o",
+            "ServerAliveCountMax=4",
+            "-o",
+            "ControlMaster=auto",
+            "-o",
+            f"ControlPath={self._control}/cm",
+            "-o",
+            "ControlPersist=120",
+        ]
         if self.port:
             args += ["-p", self.port]
         if self.user:
@@ -94,8 +107,9 @@ class SshBoard:
 
     def sh(self, script: str, *, stdin=None, check_connect: bool = True) -> subprocess.CompletedProcess:
         """Run a POSIX sh script on the board (every value in it already quoted)."""
-        proc = children.run([*self._ssh_base(), "--", self.host, script], stdin=stdin or subprocess.DEVNULL,
-                            capture_output=True)
+        proc = children.run(
+            [*self._ssh_base(), "--", self.host, script], stdin=stdin or subprocess.DEVNULL, capture_output=True
+        )
         proc.stdout = proc.stdout.decode(errors="replace")
         proc.stderr = proc.stderr.decode(errors="replace")
         if check_connect and proc.returncode == 255:
@@ -106,9 +120,11 @@ class SshBoard:
 
     # ---- content-addressed upload ---------------------------------------------------------------------
     def _missing(self, hashes: list[str]) -> set[str]:
-        script = (f"mkdir -p {CACHE}/blobs && cd {CACHE}/blobs && "
-                  f"for h in {' '.join(shlex.quote(h) for h in sorted(set(hashes)))}; do "
-                  '[ -f "$h" ] || echo "$h"; done')
+        script = (
+            f"mkdir -p {CACHE}/blobs && cd {CACHE}/blobs && "
+            f"for h in {' '.join(shlex.quote(h) for h in sorted(set(hashes)))}; do "
+            '[ -f "$h" ] || echo "$h"; done'
+        )
         proc = self.sh(script)
         if proc.returncode != 0:
             self._fail("cannot prepare the board's cache", proc.stderr)
@@ -116,8 +132,10 @@ class SshBoard:
 
     def _fail(self, what: str, stderr: str) -> None:
         if NO_SPACE in stderr:
-            raise RvdeployError(f"board {self.name}: no space left on device in ~/.cache/rvdeploy ({what})",
-                                hint="free space on the board (or remove ~/.cache/rvdeploy there) and run again")
+            raise RvdeployError(
+                f"board {self.name}: no space left on device in ~/.cache/rvdeploy ({what})",
+                hint="free space on the board (or remove ~/.cache/rvdeploy there) and run again",
+            )
         raise RvdeployError(f"board {self.name}: {what}: {last_line(stderr)}")
 
     def upload(self, files: dict[str, Path]) -> dict[str, str]:
@@ -129,9 +147,11 @@ class SshBoard:
             if h not in missing or h in sent:
                 continue
             q = shlex.quote(h)
-            script = (f'b={CACHE}/blobs; t="$b/.incoming-$$"; trap \'rm -f "$t"\' EXIT; set -e; cat > "$t"; '
-                      f'[ "$(sha256sum < "$t" | cut -d" " -f1)" = {q} ] || '
-                      f'{{ echo "arrived damaged" >&2; exit 1; }}; mv "$t" "$b"/{q}; trap - EXIT')
+            script = (
+                f'b={CACHE}/blobs; t="$b/.incoming-$$"; trap \'rm -f "$t"\' EXIT; set -e; cat > "$t"; '
+                f'[ "$(sha256sum < "$t" | cut -d" " -f1)" = {q} ] || '
+                f'{{ echo "arrived damaged" >&2; exit 1; }}; mv "$t" "$b"/{q}; trap - EXIT'
+            )
             with open(files[name], "rb") as f:
                 proc = self.sh(script, stdin=f)
             if proc.returncode != 0:
@@ -150,8 +170,11 @@ class SshBoard:
         hashes = self.upload(self._bundle_files(bundle))
         bid = shlex.quote(hashes[MANIFEST])
         executables = {f.path for f in bundle.manifest.files if f.executable}
-        lines = [f'c={CACHE}; d="$c/bundles"/{bid}', 'if [ ! -f "$d/.complete" ]; then',
-                 'rm -rf "$d.tmp"; mkdir -p "$d.tmp"']
+        lines = [
+            f'c={CACHE}; d="$c/bundles"/{bid}',
+            'if [ ! -f "$d/.complete" ]; then',
+            'rm -rf "$d.tmp"; mkdir -p "$d.tmp"',
+        ]
         for sub in sorted({str(Path(n).parent) for n in hashes if Path(n).parent != Path(".")}):
             lines.append(f'mkdir -p "$d.tmp"/{shlex.quote(sub)}')
         for name, h in sorted(hashes.items()):
@@ -185,10 +208,12 @@ class SshBoard:
         (after PREFIX, a shell word or nothing)."""
         files = {"exe": exe, **{f"arg{i}": a for i, a in enumerate(args) if isinstance(a, Path)}}
         hashes = self.upload(files)
-        words = ['"$b"/' + shlex.quote(hashes[f"arg{i}"]) if isinstance(a, Path) else shlex.quote(a)
-                 for i, a in enumerate(args)]
+        words = [
+            '"$b"/' + shlex.quote(hashes[f"arg{i}"]) if isinstance(a, Path) else shlex.quote(a)
+            for i, a in enumerate(args)
+        ]
         exe_blob = f'"$b"/{shlex.quote(hashes["exe"])}'
-        return f'b={CACHE}/blobs; chmod 755 {exe_blob} || exit 1; {prefix}{exe_blob} {" ".join(words)}'
+        return f"b={CACHE}/blobs; chmod 755 {exe_blob} || exit 1; {prefix}{exe_blob} {' '.join(words)}"
 
     def run_program(self, exe: Path, args: list[str | Path], *, cpu: str = "") -> ProgramRun:
         """Run a program that is not a bundle's (llama.cpp's tools) on the board: EXE and every Path argument
@@ -204,18 +229,22 @@ class SshBoard:
         if self._count_kit_found:
             return
         if self.sh(f"test -x {COUNT_KIT}/qemu-riscv64").returncode != 0:
-            raise RvdeployError(f"board {self.name} cannot count instructions: only an emulated board from "
-                                "`rvdeploy sim up` carries the counting qemu",
-                                hint="use --board qemu[:TARGET]; `rvdeploy sim up` installs it when the plugin "
-                                     "qemu is built (scripts/build_qemu_plugins.sh)")
+            raise RvdeployError(
+                f"board {self.name} cannot count instructions: only an emulated board from "
+                "`rvdeploy sim up` carries the counting qemu",
+                hint="use --board qemu[:TARGET]; `rvdeploy sim up` installs it when the plugin "
+                "qemu is built (scripts/build_qemu_plugins.sh)",
+            )
         self._count_kit_found = True
 
     def _counted(self, command: str, what: str) -> dict:
         """Run COMMAND on the board under its counting qemu (COUNT_KIT, installed by `rvdeploy sim up`) and
         return the counts of its last process. Callers check for the counting qemu first."""
-        script = (f't=$(mktemp) || exit 1; export RVDEPLOY_RUN_PREFIX={COUNT_KIT}/qemu-riscv64 '
-                  f'QEMU_PLUGIN="{COUNT_KIT}/libinsncount.so,outfile=$t"; ( {command} ) >/dev/null; rc=$?; '
-                  f'echo {COUNTS_MARK}; cat "$t"; rm -f "$t"; exit $rc')
+        script = (
+            f"t=$(mktemp) || exit 1; export RVDEPLOY_RUN_PREFIX={COUNT_KIT}/qemu-riscv64 "
+            f'QEMU_PLUGIN="{COUNT_KIT}/libinsncount.so,outfile=$t"; ( {command} ) >/dev/null; rc=$?; '
+            f'echo {COUNTS_MARK}; cat "$t"; rm -f "$t"; exit $rc'
+        )
         proc = self.sh(script)
         raise_for(f"board {self.name}", proc.returncode, proc.stderr, tool=what)
         return parse_counts(proc.stdout.split(COUNTS_MARK, 1)[-1])

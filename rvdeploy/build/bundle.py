@@ -5,8 +5,20 @@ from __future__ import annotations
 
 from .. import __version__, launcher, modelconfig, runtimes
 from ..bundle import write_bundle
-from ..bundle.manifest import (Compiler, Graph, KVCache, Manifest, Mmt4d, Model, PackedWeight, Parameters, Pipeline,
-                               TargetInfo, TilePair, Ukernels)
+from ..bundle.manifest import (
+    Compiler,
+    Graph,
+    KVCache,
+    Manifest,
+    Mmt4d,
+    Model,
+    PackedWeight,
+    Parameters,
+    Pipeline,
+    TargetInfo,
+    TilePair,
+    Ukernels,
+)
 from ..bundle.names import CONFIG, DISPATCHES, MODULE, PARAMETERS, TOKENIZER, TOKENIZER_CONFIG
 from ..compiler import compiler_version
 from ..pipeline import PIPELINES
@@ -34,12 +46,13 @@ def pipeline(ctx: BuildContext) -> Pipeline:
     lowered, uk = ctx.lowered, ctx.ukernels
     mmt4d = None
     if lowered is not None:
-        mmt4d = Mmt4d(packed_weights=tuple(PackedWeight(pw.k, pw.n, tuple(pw.packed_shape), pw.key)
-                                           for pw in lowered.packed),
-                      tiles={elt: TilePair(f"{t.m0}x{t.n0}x{t.k0}", f"1x{t.n0}x{t.k0}")
-                             for elt, t in lowered.tiles.items()},
-                      lowered_contractions=lowered.lowered, q4_contractions=lowered.q4,
-                      not_lowered=tuple(lowered.skipped))
+        mmt4d = Mmt4d(
+            packed_weights=tuple(PackedWeight(pw.k, pw.n, tuple(pw.packed_shape), pw.key) for pw in lowered.packed),
+            tiles={elt: TilePair(f"{t.m0}x{t.n0}x{t.k0}", f"1x{t.n0}x{t.k0}") for elt, t in lowered.tiles.items()},
+            lowered_contractions=lowered.lowered,
+            q4_contractions=lowered.q4,
+            not_lowered=tuple(lowered.skipped),
+        )
     name = ctx.request.pipeline
     return Pipeline(name, PIPELINES[name], tuple(ctx.flags), Ukernels.from_dict(uk.to_dict()) if uk else None, mmt4d)
 
@@ -49,10 +62,16 @@ def manifest(ctx: BuildContext, bundle_files: dict, compiler: str) -> Manifest:
     eos = modelconfig.eos_token_ids(model.config) or (list(genai.eos_token_ids) if genai else [])
     return Manifest(
         rvdeploy_version=__version__,
-        model=Model(id=model.model_id, variant=model.variant, source=model.kind, revision=model.revision,
-                    graph=Graph.from_dict(graph.to_dict() | {"path": model.onnx.name}), quantized=ctx.quantized,
-                    quantized_ops_rewritten=ctx.quantized_ops_rewritten or None,
-                    fused_ops_rewritten=ctx.fused_ops_rewritten or None),
+        model=Model(
+            id=model.model_id,
+            variant=model.variant,
+            source=model.kind,
+            revision=model.revision,
+            graph=Graph.from_dict(graph.to_dict() | {"path": model.onnx.name}),
+            quantized=ctx.quantized,
+            quantized_ops_rewritten=ctx.quantized_ops_rewritten or None,
+            fused_ops_rewritten=ctx.fused_ops_rewritten or None,
+        ),
         target=TargetInfo.from_dict(ctx.request.target.to_dict()),
         pipeline=pipeline(ctx),
         compiler=Compiler(compiler),
@@ -82,6 +101,12 @@ def run(ctx: BuildContext) -> BuildContext:
         note = runtimes.version_warning(rt.version, compiler)
         if note:
             ctx.warnings.append(note)
-    ctx.bundle = write_bundle(req.out, bundle_files, manifest(ctx, bundle_files, compiler), force=req.force,
-                              executables=ctx.executables, archive=req.archive)
+    ctx.bundle = write_bundle(
+        req.out,
+        bundle_files,
+        manifest(ctx, bundle_files, compiler),
+        force=req.force,
+        executables=ctx.executables,
+        archive=req.archive,
+    )
     return ctx

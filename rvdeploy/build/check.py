@@ -28,8 +28,7 @@ def run(ctx: BuildContext) -> BuildContext:
     else:
         context = modelconfig.context_length(files.config, req.max_context, req.model)
     onnx_path = materialize(files.onnx, work / "source")
-    onnx_path, interface = prepare_interface(onnx_path, work / "interface", graph.num_kv_heads, graph.head_dim,
-                                             genai)
+    onnx_path, interface = prepare_interface(onnx_path, work / "interface", graph.num_kv_heads, graph.head_dim, genai)
     if interface:
         graph = replace(graph, **io_names(onnx_path))
     if req.quantize:

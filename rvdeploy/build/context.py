@@ -27,6 +27,7 @@ from ..ukernels import UkernelChoice
 @dataclass(frozen=True)
 class BuildRequest:
     """The build's inputs, checked (rvdeploy.api.build): what to build, for which target, and where to."""
+
     model: str
     variant: str
     revision: str | None

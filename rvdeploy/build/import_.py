@@ -29,14 +29,22 @@ def run(ctx: BuildContext) -> BuildContext:
     context = ctx.context_length
     # the cache is allocated whole: a model's full context (131072 for Llama 3.2) only when asked for
     capacity = context if ctx.request.max_context is not None else min(context, DEFAULT_CAPACITY)
-    cache = rewrite_decode(phases.decode, ctx.work / "decode.kv.onnx", capacity, ctx.graph.num_kv_heads,
-                           ctx.graph.head_dim, _query_heads(ctx))
+    cache = rewrite_decode(
+        phases.decode,
+        ctx.work / "decode.kv.onnx",
+        capacity,
+        ctx.graph.num_kv_heads,
+        ctx.graph.head_dim,
+        _query_heads(ctx),
+    )
     if cache is not None:
         phases = replace(phases, decode=ctx.work / "decode.kv.onnx")
         ctx.kv_cache = cache
         if capacity < context:
-            ctx.warnings.append(f"the bundle's context is {capacity} tokens, not the model's {context}: its KV "
-                                "cache is allocated whole (pass --max-context N for more)")
+            ctx.warnings.append(
+                f"the bundle's context is {capacity} tokens, not the model's {context}: its KV "
+                "cache is allocated whole (pass --max-context N for more)"
+            )
             ctx.context_length = capacity
     ctx.imported = import_graphs(phases, ctx.work)
     return ctx

@@ -20,6 +20,7 @@ def applies(ctx: BuildContext) -> bool:
 def run(ctx: BuildContext) -> BuildContext:
     tgt = ctx.request.target
     ctx.ukernels = choose_ukernels(tgt, ctx.request.ukernels)
-    ctx.lowered = lower_to_mmt4d(ctx.entry, tgt, ctx.work, ctx.ukernels.library,
-                                 is_transpose=partial(is_transposed_copy, ctx.imported.params))
+    ctx.lowered = lower_to_mmt4d(
+        ctx.entry, tgt, ctx.work, ctx.ukernels.library, is_transpose=partial(is_transposed_copy, ctx.imported.params)
+    )
     return ctx

@@ -18,9 +18,13 @@ PROBE_PATH = f"probe/{PROBE_NAME}"
 HOST_RUNTIME_PACKAGE = "iree-base-runtime"
 
 
-def build_and_register(source=None, ref: str | None = None, jobs: int | None = None,
-                       progress: runtime_build.Progress = runtime_build.no_progress, arch: str = "riscv64"
-                       ) -> tuple[runtimes.Runtime, runtime_build.RuntimeBuild]:
+def build_and_register(
+    source=None,
+    ref: str | None = None,
+    jobs: int | None = None,
+    progress: runtime_build.Progress = runtime_build.no_progress,
+    arch: str = "riscv64",
+) -> tuple[runtimes.Runtime, runtime_build.RuntimeBuild]:
     """Build (or find in the cache) an IREE runtime with rvdeploy's runner from IREE's sources (riscv64, or
     "host": this machine's runner) and register it."""
     result = runtime_build.build(source=source, ref=ref, jobs=jobs, progress=progress, arch=arch)
@@ -53,18 +57,31 @@ def run(ctx: BuildContext) -> BuildContext:
             ctx.executables.add(f"{RUNTIME_DIR}/{tool}")
     if tgt.is_host:
         # IREE's own tools (iree-run-module, iree-benchmark-module) come from iree-base-runtime on the board
-        ctx.runtime = Runtime("host", package=HOST_RUNTIME_PACKAGE, version=runtimes.host_runtime_version(),
-                              dir=RUNTIME_DIR, tools=tuple(runtimes.HOST_TOOLS), runner=Runner(rt.version, rt.source))
+        ctx.runtime = Runtime(
+            "host",
+            package=HOST_RUNTIME_PACKAGE,
+            version=runtimes.host_runtime_version(),
+            dir=RUNTIME_DIR,
+            tools=tuple(runtimes.HOST_TOOLS),
+            runner=Runner(rt.version, rt.source),
+        )
     else:
         ctx.board_files[PROBE_PATH] = probe_binary()
         ctx.executables.add(PROBE_PATH)
         ctx.probe = PROBE_PATH
         if rt is None:
             ctx.runtime = Runtime("none", arch=tgt.arch, hint=runtimes.BUILD_HINT)
-            ctx.warnings.append(f"--no-runtime: the bundle cannot run until it has a {tgt.arch} IREE runtime "
-                                f"({runtimes.BUILD_HINT})")
+            ctx.warnings.append(
+                f"--no-runtime: the bundle cannot run until it has a {tgt.arch} IREE runtime ({runtimes.BUILD_HINT})"
+            )
         else:
-            ctx.runtime = Runtime("bundled", arch=rt.arch, version=rt.version, source=rt.source, dir=RUNTIME_DIR,
-                                  tools=tuple(runtimes.TOOLS))
+            ctx.runtime = Runtime(
+                "bundled",
+                arch=rt.arch,
+                version=rt.version,
+                source=rt.source,
+                dir=RUNTIME_DIR,
+                tools=tuple(runtimes.TOOLS),
+            )
     ctx.requirements = Requirements.from_dict(launcher.requirements(tgt))
     return ctx

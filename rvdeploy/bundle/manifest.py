@@ -52,6 +52,7 @@ class FileEntry:
 class Graph:
     """The ONNX graph's facts the runner and the estimates use (rvdeploy.graphinfo.LlmGraph); `extra` holds
     the rest of what graphinfo reports (opset, op counts, ...)."""
+
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     num_layers: int
@@ -66,19 +67,35 @@ class Graph:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Graph":
-        return cls(tuple(d["inputs"]), tuple(d["outputs"]), d["num_layers"], d["num_kv_heads"], d["head_dim"],
-                   d.get("vocab_size"), d.get("dtype"), d.get("path"), _known(d, *cls._FIELDS))
+        return cls(
+            tuple(d["inputs"]),
+            tuple(d["outputs"]),
+            d["num_layers"],
+            d["num_kv_heads"],
+            d["head_dim"],
+            d.get("vocab_size"),
+            d.get("dtype"),
+            d.get("path"),
+            _known(d, *cls._FIELDS),
+        )
 
     def to_dict(self) -> dict:
-        return self.extra | {"inputs": list(self.inputs), "outputs": list(self.outputs),
-                             "num_layers": self.num_layers, "num_kv_heads": self.num_kv_heads,
-                             "head_dim": self.head_dim, "vocab_size": self.vocab_size, "dtype": self.dtype,
-                             "path": self.path}
+        return self.extra | {
+            "inputs": list(self.inputs),
+            "outputs": list(self.outputs),
+            "num_layers": self.num_layers,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "dtype": self.dtype,
+            "path": self.path,
+        }
 
 
 @dataclass(frozen=True)
 class Quantization:
     """rvdeploy's own quantization of the graph (build --quantize)."""
+
     format: str
     by: str | None = None
     matmuls: int | None = None
@@ -110,21 +127,34 @@ class Model:
     @classmethod
     def from_dict(cls, d: dict) -> "Model":
         q = d.get("quantized")
-        return cls(d["id"], d["variant"], d["source"], Graph.from_dict(d["graph"]), d.get("revision"),
-                   Quantization.from_dict(q) if q else None, d.get("quantized_ops_rewritten"),
-                   d.get("fused_ops_rewritten"))
+        return cls(
+            d["id"],
+            d["variant"],
+            d["source"],
+            Graph.from_dict(d["graph"]),
+            d.get("revision"),
+            Quantization.from_dict(q) if q else None,
+            d.get("quantized_ops_rewritten"),
+            d.get("fused_ops_rewritten"),
+        )
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "revision": self.revision, "variant": self.variant,
-                "quantized": self.quantized.to_dict() if self.quantized else None,
-                "quantized_ops_rewritten": self.quantized_ops_rewritten,
-                "fused_ops_rewritten": self.fused_ops_rewritten, "source": self.source,
-                "graph": self.graph.to_dict()}
+        return {
+            "id": self.id,
+            "revision": self.revision,
+            "variant": self.variant,
+            "quantized": self.quantized.to_dict() if self.quantized else None,
+            "quantized_ops_rewritten": self.quantized_ops_rewritten,
+            "fused_ops_rewritten": self.fused_ops_rewritten,
+            "source": self.source,
+            "graph": self.graph.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
 class TargetInfo:
     """The target profile the bundle was compiled for; `extra` is the rest of the profile (targets/*.toml)."""
+
     name: str
     arch: str
     qemu_cpu: str
@@ -156,6 +186,7 @@ class PackedWeight:
 @dataclass(frozen=True)
 class TilePair:
     """An element type's mmt4d tiles, as "M0xN0xK0" text (prefill; decode has M0 = 1)."""
+
     prefill: str
     decode: str
 
@@ -166,6 +197,7 @@ class TilePair:
 @dataclass(frozen=True)
 class Mmt4d:
     """What the mmt4d lowering did."""
+
     packed_weights: tuple[PackedWeight, ...] = ()
     tiles: dict[str, TilePair] = field(default_factory=dict)  # element type -> tiles
     lowered_contractions: int = 0
@@ -174,21 +206,29 @@ class Mmt4d:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Mmt4d":
-        return cls(tuple(PackedWeight.from_dict(p) for p in d["packed_weights"]),
-                   {elt: TilePair(t["prefill"], t["decode"]) for elt, t in (d.get("tiles") or {}).items()},
-                   d.get("lowered_contractions") or 0, d.get("q4_contractions") or 0,
-                   tuple(d.get("not_lowered") or ()))
+        return cls(
+            tuple(PackedWeight.from_dict(p) for p in d["packed_weights"]),
+            {elt: TilePair(t["prefill"], t["decode"]) for elt, t in (d.get("tiles") or {}).items()},
+            d.get("lowered_contractions") or 0,
+            d.get("q4_contractions") or 0,
+            tuple(d.get("not_lowered") or ()),
+        )
 
     def to_dict(self) -> dict:
-        return {"tiles": {elt: t.to_dict() for elt, t in self.tiles.items()},
-                "lowered_contractions": self.lowered_contractions, "q4_contractions": self.q4_contractions,
-                "packed_weights": [p.to_dict() for p in self.packed_weights], "not_lowered": list(self.not_lowered)}
+        return {
+            "tiles": {elt: t.to_dict() for elt, t in self.tiles.items()},
+            "lowered_contractions": self.lowered_contractions,
+            "q4_contractions": self.q4_contractions,
+            "packed_weights": [p.to_dict() for p in self.packed_weights],
+            "not_lowered": list(self.not_lowered),
+        }
 
 
 @dataclass(frozen=True)
 class Ukernels:
     """The mmt4d microkernel library linked (rvdeploy.ukernels.UkernelChoice.to_dict); `extra`: its
     provenance (clang, flags, hashes) and note."""
+
     library: str
     extra: dict = field(default_factory=dict)
 
@@ -211,13 +251,22 @@ class Pipeline:
     @classmethod
     def from_dict(cls, d: dict) -> "Pipeline":
         uk, mm = d.get("ukernels"), d.get("mmt4d")
-        return cls(d["name"], d.get("description"), tuple(d.get("compiler_flags") or ()),
-                   Ukernels.from_dict(uk) if uk else None, Mmt4d.from_dict(mm) if mm else None)
+        return cls(
+            d["name"],
+            d.get("description"),
+            tuple(d.get("compiler_flags") or ()),
+            Ukernels.from_dict(uk) if uk else None,
+            Mmt4d.from_dict(mm) if mm else None,
+        )
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "description": self.description, "compiler_flags": list(self.compiler_flags),
-                "ukernels": self.ukernels.to_dict() if self.ukernels else None,
-                "mmt4d": self.mmt4d.to_dict() if self.mmt4d else None}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "compiler_flags": list(self.compiler_flags),
+            "ukernels": self.ukernels.to_dict() if self.ukernels else None,
+            "mmt4d": self.mmt4d.to_dict() if self.mmt4d else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -236,6 +285,7 @@ class Compiler:
 @dataclass(frozen=True)
 class Runner:
     """The runner (rvdeploy/runner) a host bundle carries."""
+
     version: str | None = None
     source: dict | None = None  # where it was built from (rvdeploy.runtime_build)
 
@@ -247,6 +297,7 @@ class Runner:
 class Runtime:
     """The IREE runtime the bundle carries: kind "bundled" (riscv64: IREE's tools and the runner in `dir`),
     "host" (the board's iree-base-runtime `package`; the runner in `dir`) or "none" (`hint`: how to get one)."""
+
     kind: str
     arch: str | None = None
     version: str | None = None
@@ -258,21 +309,39 @@ class Runtime:
     hint: str | None = None
 
     # the fields each kind writes (null ones included): the manifest's bytes do not depend on which are None
-    KIND_FIELDS = {"bundled": ("kind", "arch", "version", "source", "dir", "tools"),
-                   "host": ("kind", "package", "version", "dir", "tools", "runner"),
-                   "none": ("kind", "arch", "hint")}
+    KIND_FIELDS = {
+        "bundled": ("kind", "arch", "version", "source", "dir", "tools"),
+        "host": ("kind", "package", "version", "dir", "tools", "runner"),
+        "none": ("kind", "arch", "hint"),
+    }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Runtime":
         tools, runner = d.get("tools"), d.get("runner")
-        return cls(d["kind"], d.get("arch"), d.get("version"), d.get("source"), d.get("dir"),
-                   tuple(tools) if tools is not None else None, d.get("package"),
-                   Runner(runner.get("version"), runner.get("source")) if runner else None, d.get("hint"))
+        return cls(
+            d["kind"],
+            d.get("arch"),
+            d.get("version"),
+            d.get("source"),
+            d.get("dir"),
+            tuple(tools) if tools is not None else None,
+            d.get("package"),
+            Runner(runner.get("version"), runner.get("source")) if runner else None,
+            d.get("hint"),
+        )
 
     def to_dict(self) -> dict:
-        d = {"kind": self.kind, "arch": self.arch, "version": self.version, "source": self.source, "dir": self.dir,
-             "tools": list(self.tools) if self.tools is not None else None, "package": self.package,
-             "runner": self.runner.to_dict() if self.runner else None, "hint": self.hint}
+        d = {
+            "kind": self.kind,
+            "arch": self.arch,
+            "version": self.version,
+            "source": self.source,
+            "dir": self.dir,
+            "tools": list(self.tools) if self.tools is not None else None,
+            "package": self.package,
+            "runner": self.runner.to_dict() if self.runner else None,
+            "hint": self.hint,
+        }
         keep = self.KIND_FIELDS.get(self.kind)
         return {k: d[k] for k in keep} if keep else _without_none(d)
 
@@ -280,6 +349,7 @@ class Runtime:
 @dataclass(frozen=True)
 class Requirements:
     """What a board must have (rvdeploy.launcher.requirements): architecture, exact VLEN (0: any), extensions."""
+
     arch: str
     vlen: int
     extensions: tuple[str, ...]
@@ -309,6 +379,7 @@ class Parameters:
 class KVCache:
     """A module that keeps its KV cache at a fixed capacity (rvdeploy.kvcache): the entry points take the
     token ids and the count of cached tokens instead of the cache tensors."""
+
     layers: int
     kv_heads: int
     head_dim: int
@@ -319,13 +390,26 @@ class KVCache:
 
     @classmethod
     def from_dict(cls, d: dict) -> "KVCache":
-        return cls(d["layers"], d["kv_heads"], d["head_dim"], d["capacity"], d["element_type"], d["layout"],
-                   d.get("updated", "in place"))
+        return cls(
+            d["layers"],
+            d["kv_heads"],
+            d["head_dim"],
+            d["capacity"],
+            d["element_type"],
+            d["layout"],
+            d.get("updated", "in place"),
+        )
 
     def to_dict(self) -> dict:
-        return {"layers": self.layers, "kv_heads": self.kv_heads, "head_dim": self.head_dim,
-                "capacity": self.capacity, "element_type": self.element_type, "layout": self.layout,
-                "updated": self.updated}
+        return {
+            "layers": self.layers,
+            "kv_heads": self.kv_heads,
+            "head_dim": self.head_dim,
+            "capacity": self.capacity,
+            "element_type": self.element_type,
+            "layout": self.layout,
+            "updated": self.updated,
+        }
 
 
 @dataclass(frozen=True)
@@ -352,13 +436,26 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
         """A manifest document that passed schema.check -> the typed manifest."""
-        return cls(d["rvdeploy_version"], Model.from_dict(d["model"]), TargetInfo.from_dict(d["target"]),
-                   Pipeline.from_dict(d["pipeline"]), Compiler.from_dict(d["compiler"]), dict(d["entry_points"]),
-                   d["max_context"], Runtime.from_dict(d["runtime"]), Requirements.from_dict(d["requirements"]),
-                   Parameters.from_dict(d["parameters"]), d.get("tokenizer"), d.get("tokenizer_config"),
-                   tuple(d.get("eos_token_ids") or ()), d.get("launcher"), d.get("probe"),
-                   KVCache.from_dict(d["kv_cache"]) if d.get("kv_cache") else None,
-                   tuple(FileEntry.from_dict(f) for f in d["files"]), d["schema_version"])
+        return cls(
+            d["rvdeploy_version"],
+            Model.from_dict(d["model"]),
+            TargetInfo.from_dict(d["target"]),
+            Pipeline.from_dict(d["pipeline"]),
+            Compiler.from_dict(d["compiler"]),
+            dict(d["entry_points"]),
+            d["max_context"],
+            Runtime.from_dict(d["runtime"]),
+            Requirements.from_dict(d["requirements"]),
+            Parameters.from_dict(d["parameters"]),
+            d.get("tokenizer"),
+            d.get("tokenizer_config"),
+            tuple(d.get("eos_token_ids") or ()),
+            d.get("launcher"),
+            d.get("probe"),
+            KVCache.from_dict(d["kv_cache"]) if d.get("kv_cache") else None,
+            tuple(FileEntry.from_dict(f) for f in d["files"]),
+            d["schema_version"],
+        )
 
     def to_dict(self) -> dict:
         return {
@@ -420,8 +517,10 @@ def parse(data: bytes, where: str) -> Manifest:
         raise RvdeployError(f"{where}: not a JSON manifest") from None
     version = doc.get("schema_version") if isinstance(doc, dict) else None
     if isinstance(doc, dict) and version != SCHEMA_VERSION:
-        raise RvdeployError(f"{where}: schema_version {version!r}, this rvdeploy reads {SCHEMA_VERSION}",
-                            hint="rebuild the bundle with this rvdeploy")
+        raise RvdeployError(
+            f"{where}: schema_version {version!r}, this rvdeploy reads {SCHEMA_VERSION}",
+            hint="rebuild the bundle with this rvdeploy",
+        )
     return Manifest.from_dict(schema.check(doc, where))
 
 

@@ -67,8 +67,11 @@ def bundle_problem(path: Path) -> str | None:
                 have.add(rel)
     extra = sorted(have - listed - {SUMS})
     if extra:
-        return f"it holds {extra[0]}" + (f" and {len(extra) - 1} more file(s)" if len(extra) > 1 else "") + \
-            ", which the manifest does not list"
+        return (
+            f"it holds {extra[0]}"
+            + (f" and {len(extra) - 1} more file(s)" if len(extra) > 1 else "")
+            + ", which the manifest does not list"
+        )
     return None
 
 
@@ -81,14 +84,17 @@ def check_directory(out: Path, force: bool) -> None:
     if out.is_symlink():
         raise RvdeployError(f"{out} is a symbolic link; refusing to replace it", hint="give the directory itself")
     if not out.is_dir():
-        raise RvdeployError(f"{out} is a file, not a bundle directory; refusing to replace it",
-                            hint="choose another --output")
+        raise RvdeployError(
+            f"{out} is a file, not a bundle directory; refusing to replace it", hint="choose another --output"
+        )
     if out == Path(out.anchor):
         raise RvdeployError(f"{out} is the file system root; refusing to replace it")
     problem = bundle_problem(out)
     if problem:
-        raise RvdeployError(f"{out} exists and is not an rvdeploy bundle ({problem}); refusing to replace it",
-                            hint="choose another --output, or remove it yourself")
+        raise RvdeployError(
+            f"{out} exists and is not an rvdeploy bundle ({problem}); refusing to replace it",
+            hint="choose another --output, or remove it yourself",
+        )
 
 
 def check_writable_parent(out: Path) -> None:
@@ -103,8 +109,9 @@ def check_writable_parent(out: Path) -> None:
         try:
             os.rmdir(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.partial-"))
         except OSError as exc:
-            raise RvdeployError(f"cannot write {out}: {exc.strerror} ({parent})",
-                                hint="choose an output in a writable directory") from None
+            raise RvdeployError(
+                f"cannot write {out}: {exc.strerror} ({parent})", hint="choose an output in a writable directory"
+            ) from None
 
 
 def directory(out: Path | str, force: bool) -> Path:
@@ -163,8 +170,9 @@ def file(out: Path | str, force: bool, kind: FileKind, flag: str = "--output") -
     if out.is_symlink() or not out.is_file():
         raise RvdeployError(f"{out} is not a regular file; refusing to replace it")
     if not kind.is_ours(out):
-        raise RvdeployError(f"{out} exists and is not a {kind.what} rvdeploy wrote; refusing to replace it",
-                            hint="choose another name, or remove it yourself")
+        raise RvdeployError(
+            f"{out} exists and is not a {kind.what} rvdeploy wrote; refusing to replace it",
+            hint="choose another name, or remove it yourself",
+        )
     check_writable_parent(out)
     return out
-

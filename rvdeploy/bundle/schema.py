@@ -54,8 +54,7 @@ TYPES = {
     "list": (lambda v: isinstance(v, list), "a list"),
     "strings": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
     "counts": (lambda v: isinstance(v, list) and all(_count(x) for x in v), "a list of whole numbers"),
-    "text-map": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
-                 "an object of strings"),
+    "text-map": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "an object of strings"),
     "sha256": (lambda v: isinstance(v, str) and bool(_SHA256.fullmatch(v)), "64 lowercase hex digits"),
     "path": (lambda v: path_problem(v) is None, "a relative path inside the bundle"),
     "file": (lambda v: path_problem(v) is None, "a file the manifest lists"),
@@ -149,6 +148,8 @@ def check(manifest, where: str) -> dict:
     found = problems(manifest)
     if found:
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise RvdeployError(f"{where}: not an rvdeploy manifest: {found[0]}{more}",
-                            hint="the bundle was altered or written by another tool: rebuild it with `rvdeploy build`")
+        raise RvdeployError(
+            f"{where}: not an rvdeploy manifest: {found[0]}{more}",
+            hint="the bundle was altered or written by another tool: rebuild it with `rvdeploy build`",
+        )
     return manifest

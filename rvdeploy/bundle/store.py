@@ -23,9 +23,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import outputs
 from ..atomic import dir_into_place, file_into_place
 from ..errors import RvdeployError
+from . import outputs
 from .manifest import FileEntry, Manifest, checked, parse
 from .names import MANIFEST, SUMS
 
@@ -55,8 +55,10 @@ def _open_inside(root: Path, name: str, shown: str):
         raise RvdeployError(f"{shown}: {name} is missing") from None
     except OSError as exc:  # ELOOP: a symbolic link
         why = "a symbolic link" if os.path.islink(root / name) else exc.strerror
-        raise RvdeployError(f"{shown}: {name} cannot be read ({why})",
-                            hint="a bundle holds regular files only: rebuild or copy it again") from None
+        raise RvdeployError(
+            f"{shown}: {name} cannot be read ({why})",
+            hint="a bundle holds regular files only: rebuild or copy it again",
+        ) from None
     f = os.fdopen(fd, "rb")
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         f.close()
@@ -105,8 +107,10 @@ class Bundle:
             raise RvdeployError(f"{self.shown}: {name} is not UTF-8 text") from None
 
     def _mismatch(self, name: str) -> RvdeployError:
-        return RvdeployError(f"{self.shown}: {name} does not match its sha256 in the manifest",
-                             hint="the bundle was altered or damaged: rebuild or copy it again")
+        return RvdeployError(
+            f"{self.shown}: {name} does not match its sha256 in the manifest",
+            hint="the bundle was altered or damaged: rebuild or copy it again",
+        )
 
     def reader(self, entry: FileEntry) -> "_Checked":
         """A listed file open for reading, its size and sha256 checked as it is read (`check()` at the end)."""
@@ -124,10 +128,16 @@ class Bundle:
 
     def check_sums(self) -> None:
         sums = self.path / SUMS
-        if not sums.is_file() or sums.is_symlink() or sums.stat().st_size > MAX_MANIFEST_BYTES \
-                or sums.read_bytes() != _sums(self.manifest.files).encode():
-            raise RvdeployError(f"{self.shown}: {SUMS} is missing or does not match the manifest",
-                                hint="the bundle was altered or damaged: rebuild or copy it again")
+        if (
+            not sums.is_file()
+            or sums.is_symlink()
+            or sums.stat().st_size > MAX_MANIFEST_BYTES
+            or sums.read_bytes() != _sums(self.manifest.files).encode()
+        ):
+            raise RvdeployError(
+                f"{self.shown}: {SUMS} is missing or does not match the manifest",
+                hint="the bundle was altered or damaged: rebuild or copy it again",
+            )
 
 
 class _Checked:
@@ -163,8 +173,14 @@ def _sums(entries) -> str:
     return "".join(f"{e.sha256}  {e.path}\n" for e in entries)
 
 
-def write_bundle(out: Path, files: dict[str, Path], manifest: Manifest, force: bool = False,
-                 executables: frozenset[str] | set[str] = frozenset(), archive: Path | None = None) -> Bundle:
+def write_bundle(
+    out: Path,
+    files: dict[str, Path],
+    manifest: Manifest,
+    force: bool = False,
+    executables: frozenset[str] | set[str] = frozenset(),
+    archive: Path | None = None,
+) -> Bundle:
     """Copy `files` (bundle name -> source path) and write the manifest and SHA256SUMS, atomically.
     Names in `executables` get mode 0755 (recorded in the manifest), every other file 0644. With `archive`,
     also its .tar.gz, packed from the finished directory before either is renamed into place (the bundle
@@ -198,6 +214,7 @@ def _fill(staging: Path, files: dict[str, Path], manifest: Manifest, executables
 
 # ---- .tar.gz form -------------------------------------------------------------------------------------
 
+
 def _write_archive(bundle: Bundle, tmp: Path) -> None:
     """The bundle as a .tar.gz at TMP, byte-identical for identical bundles: sorted entries, no directory
     entries, mode 0644/0755, uid/gid 0, no user names, mtime 0, and a gzip header without name or time. Each
@@ -205,9 +222,11 @@ def _write_archive(bundle: Bundle, tmp: Path) -> None:
     m = bundle.manifest
     entries = {f.path: f for f in m.files}
     inline = {MANIFEST: bundle.raw, SUMS: _sums(m.files).encode()}
-    with open(tmp, "wb") as raw, \
-            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar,
+    ):
         for name in sorted([*inline, *entries]):
             info = tarfile.TarInfo(name)
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -282,17 +301,22 @@ def unpack_bundle(tar_path: Path | str, out: Path | str, force: bool = False) ->
                 for m, name in zip(members, names):
                     if m.isdir():
                         if name not in dirs:
-                            raise RvdeployError(f"{tar_path}: entry {m.name!r} is a directory the manifest does "
-                                                "not list; refusing to unpack")
+                            raise RvdeployError(
+                                f"{tar_path}: entry {m.name!r} is a directory the manifest does "
+                                "not list; refusing to unpack"
+                            )
                         continue
                     if name not in sizes:
-                        raise RvdeployError(f"{tar_path}: entry {m.name!r} is not a file the manifest lists; "
-                                            "refusing to unpack")
+                        raise RvdeployError(
+                            f"{tar_path}: entry {m.name!r} is not a file the manifest lists; refusing to unpack"
+                        )
                     if name in written:
                         raise RvdeployError(f"{tar_path}: entry {name!r} appears twice; refusing to unpack")
                     if m.size != sizes[name]:
-                        raise RvdeployError(f"{tar_path}: entry {name!r} is {m.size} bytes, the manifest says "
-                                            f"{sizes[name]}; refusing to unpack")
+                        raise RvdeployError(
+                            f"{tar_path}: entry {name!r} is {m.size} bytes, the manifest says "
+                            f"{sizes[name]}; refusing to unpack"
+                        )
                     written.add(name)
                     dst = staging / name
                     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -57,8 +57,11 @@ def _unexpected(exc: BaseException) -> None:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename is not None else ""
         _fail(f"{where}{exc.strerror}", 1)
-    _fail(f"unexpected {type(exc).__name__}: {exc} (a bug in rvdeploy: rerun with {DEBUG_VAR}=1 for the "
-          "traceback and report it)", 1)
+    _fail(
+        f"unexpected {type(exc).__name__}: {exc} (a bug in rvdeploy: rerun with {DEBUG_VAR}=1 for the "
+        "traceback and report it)",
+        1,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,12 +78,20 @@ def step_progress(quiet: bool) -> Iterator:
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
         task = bar.add_task("starting", total=None)
 
         def progress(phase: str, done: int | None = None, total: int | None = None) -> None:
             bar.update(task, description=phase, completed=done or 0, total=total)
+
         yield progress
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..bundle import outputs
 from ..atomic import file_into_place
 from ..bench.report import BenchReport
+from ..bundle import outputs
 from ..errors import RvdeployError
 
 
@@ -42,8 +42,15 @@ def plot(report: BenchReport, path: Path, force: bool = False) -> Path:
         bars = ax.bar(pipes, vals, yerr=errs, capsize=6, color=[colors[i % len(colors)] for i in range(len(pipes))])
         ax.tick_params(axis="x", labelrotation=20 if len(pipes) > 2 else 0, labelsize=8)
         for bar, v, e in zip(bars, vals, errs):  # the value above its error bar
-            ax.annotate(f"{v:,.0f}", (bar.get_x() + bar.get_width() / 2, bar.get_height() + e), ha="center",
-                        va="bottom", fontsize=9, xytext=(0, 3), textcoords="offset points")
+            ax.annotate(
+                f"{v:,.0f}",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height() + e),
+                ha="center",
+                va="bottom",
+                fontsize=9,
+                xytext=(0, 3),
+                textcoords="offset points",
+            )
         vs = ", ".join(f"x{r:.2f} vs {other}" for other, r in report.ratios.get(test, {}).items())
         ax.set_title(test + (f"  ({vs})" if vs else ""), fontsize=10)
         ax.set_ylabel("tokens/s")

@@ -15,10 +15,12 @@ from ._output import err, out
 def chat(
     bundle: BundleArg,
     board: Board = "local",
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", min=1, max=MAX_TOKENS,
-                                                help="At most this many tokens per reply.")] = 128,
-    system: Annotated[Optional[str], typer.Option(help="A system message (models with a chat template).",
-                                                  show_default=False)] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", "-n", min=1, max=MAX_TOKENS, help="At most this many tokens per reply.")
+    ] = 128,
+    system: Annotated[
+        Optional[str], typer.Option(help="A system message (models with a chat template).", show_default=False)
+    ] = None,
     temperature: Temperature = 0.0,
     top_k: TopK = 0,
     top_p: TopP = 1.0,
@@ -31,8 +33,16 @@ def chat(
     interactive = sys.stdin.isatty()
     if template is None:
         err.print("[dim]no chat template: each turn is appended to the text as it is[/dim]")
-    with Session(b, codec, board, sampling(temperature, top_k, top_p, seed), max_new_tokens, template, system,
-                 ctrl_c_ends_turn=True) as session:
+    with Session(
+        b,
+        codec,
+        board,
+        sampling(temperature, top_k, top_p, seed),
+        max_new_tokens,
+        template,
+        system,
+        ctrl_c_ends_turn=True,
+    ) as session:
         while True:
             try:
                 user = input("> " if interactive else "")
@@ -49,8 +59,10 @@ def chat(
             _, turn = session.say(user, show)
             out.print()
             limit = b.manifest.max_context
-            err.print(f"[dim]({len(turn.ids)} tokens, stop: {turn.reason}; context {session.used}/{limit} used, "
-                      f"{limit - session.used} left)[/dim]")
+            err.print(
+                f"[dim]({len(turn.ids)} tokens, stop: {turn.reason}; context {session.used}/{limit} used, "
+                f"{limit - session.used} left)[/dim]"
+            )
         session.close()
 
 

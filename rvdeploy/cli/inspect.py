@@ -18,16 +18,24 @@ def inspect(bundle: BundleArg, json_: Json = False) -> None:
         return
     q = m.model.quantized.format if m.model.quantized else None
     variant = m.model.variant + (f", quantized {q} by rvdeploy" if q else "")
-    out.print(f"{bundle}: {m.model.id} ({variant}) for {m.target.name}, "
-              f"pipeline {m.pipeline.name}, IREE {m.compiler.version}")
-    rows = [(r["entry"], r["op"], r["shapes"], r["types"], "yes" if r["mmt4d"] else "no",
-             r["tile"] or "-" if r["ukernel"] else "codegen", (r.get("library") or "-") if r["ukernel"] else "-",
-             _pct(r.get("padding")))
-            for r in info["dispatches"]["contractions"]]
-    print_table("contractions", ["entry", "op", "shapes", "types", "mmt4d", "ukernel tile", "library", "padding"],
-                rows)
-    packs = [(p["entry"], p["op"], p["operand"], p["source_shape"], p["bytes"])
-             for p in info["dispatches"]["packs"]]
+    out.print(
+        f"{bundle}: {m.model.id} ({variant}) for {m.target.name}, pipeline {m.pipeline.name}, IREE {m.compiler.version}"
+    )
+    rows = [
+        (
+            r["entry"],
+            r["op"],
+            r["shapes"],
+            r["types"],
+            "yes" if r["mmt4d"] else "no",
+            r["tile"] or "-" if r["ukernel"] else "codegen",
+            (r.get("library") or "-") if r["ukernel"] else "-",
+            _pct(r.get("padding")),
+        )
+        for r in info["dispatches"]["contractions"]
+    ]
+    print_table("contractions", ["entry", "op", "shapes", "types", "mmt4d", "ukernel tile", "library", "padding"], rows)
+    packs = [(p["entry"], p["op"], p["operand"], p["source_shape"], p["bytes"]) for p in info["dispatches"]["packs"]]
     if packs:
         print_table("pack / unpack", ["entry", "op", "operand", "shape", "bytes"], packs)
     out.print_json(data=info["summary"])

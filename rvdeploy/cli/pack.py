@@ -14,10 +14,13 @@ from ._output import out, print_json
 
 def pack(
     bundle: BundleArg,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Archive to write (default: "
-                                                   "BUNDLE.tar.gz next to the bundle).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing archive rvdeploy packed at "
-                                        "--output.")] = False,
+    output: Annotated[
+        Optional[Path],
+        typer.Option("--output", "-o", help="Archive to write (default: BUNDLE.tar.gz next to the bundle)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing archive rvdeploy packed at --output.")
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Write the bundle as a .tar.gz: sorted entries, fixed owners, modes and times (same bundle, same bytes)."""
@@ -31,8 +34,13 @@ def pack(
 def unpack(
     archive: Annotated[Path, typer.Argument(help="A bundle .tar.gz written by `rvdeploy pack` or `build --tar`.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Bundle directory to create.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle at --output (only a bundle "
-                                        "rvdeploy wrote, or an empty directory).")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace an existing bundle at --output (only a bundle rvdeploy wrote, or an empty directory).",
+        ),
+    ] = False,
     json_: Json = False,
 ) -> None:
     """Unpack a bundle archive, refusing absolute paths, '..' and links, then verify every file's sha256."""

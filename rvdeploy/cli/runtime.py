@@ -13,8 +13,10 @@ from ..runtime_build import ENV_SOURCE
 from ._options import Json
 from ._output import err, out, print_json, print_table, step_progress
 
-app = typer.Typer(help="Build or register riscv64 IREE runtimes (iree-run-module, iree-benchmark-module) for "
-                  "bundles.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build or register riscv64 IREE runtimes (iree-run-module, iree-benchmark-module) for bundles.",
+    no_args_is_help=True,
+)
 
 
 def _warn_version(rt: runtimes.Runtime) -> None:
@@ -25,19 +27,41 @@ def _warn_version(rt: runtimes.Runtime) -> None:
 
 @app.command("build")
 def build(
-    source: Annotated[Optional[Path], typer.Option(help="IREE's source: a directory or a .tar.gz laid out as "
-                                                   "iree/ with third_party/flatcc and third_party/benchmark "
-                                                   f"(default: ${ENV_SOURCE}, else a shallow git clone of the "
-                                                   "release tag matching iree-base-compiler).",
-                                                   show_default=False)] = None,
-    ref: Annotated[Optional[str], typer.Option(help="The git tag to clone (default: v + the installed "
-                                               "iree-base-compiler's release, e.g. v3.13.0).",
-                                               show_default=False)] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, max=1024,
-                                                help="Parallel compile jobs (default: the number of cores).",
-                                                show_default=False)] = None,
-    arch: Annotated[str, typer.Option(help="riscv64 (IREE's tools and the runner, cross-compiled) or host (the "
-                                      "runner for this machine's bundles).")] = "riscv64",
+    source: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="IREE's source: a directory or a .tar.gz laid out as "
+            "iree/ with third_party/flatcc and third_party/benchmark "
+            f"(default: ${ENV_SOURCE}, else a shallow git clone of the "
+            "release tag matching iree-base-compiler).",
+            show_default=False,
+        ),
+    ] = None,
+    ref: Annotated[
+        Optional[str],
+        typer.Option(
+            help="The git tag to clone (default: v + the installed iree-base-compiler's release, e.g. v3.13.0).",
+            show_default=False,
+        ),
+    ] = None,
+    jobs: Annotated[
+        Optional[int],
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            max=1024,
+            help="Parallel compile jobs (default: the number of cores).",
+            show_default=False,
+        ),
+    ] = None,
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="riscv64 (IREE's tools and the runner, cross-compiled) or host (the "
+            "runner for this machine's bundles)."
+        ),
+    ] = "riscv64",
     json_: Json = False,
 ) -> None:
     """Build IREE's runtime tools with rvdeploy's runner from IREE's sources: cross-compiled for riscv64 Linux
@@ -55,8 +79,12 @@ def build(
 
 @app.command("add")
 def add(
-    directory: Annotated[Path, typer.Argument(help="Directory holding a riscv64 build of iree-run-module and "
-                                              "iree-benchmark-module.", show_default=False)],
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            help="Directory holding a riscv64 build of iree-run-module and iree-benchmark-module.", show_default=False
+        ),
+    ],
     json_: Json = False,
 ) -> None:
     """Validate (riscv64 ELF, both tools present) and register a runtime build; newest wins per architecture."""

@@ -11,8 +11,9 @@ from .. import sim as simmod
 from ._options import Json
 from ._output import err, out, print_json
 
-app = typer.Typer(help="An emulated riscv64 board (Debian trixie userland under qemu-user, sshd on 127.0.0.1).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="An emulated riscv64 board (Debian trixie userland under qemu-user, sshd on 127.0.0.1).", no_args_is_help=True
+)
 Name = Annotated[str, typer.Option("--name", help="Board name (also its ssh alias); several can run at once.")]
 
 
@@ -28,18 +29,29 @@ def _show(s: simmod.Sim, json_: bool) -> None:
 
 @app.command("up")
 def up(
-    vlen: Annotated[int, typer.Option(min=128, max=1024, help="Vector length in bits (uses the rv64gcv-vlenN "
-                                      "target's CPU).")] = 256,
-    cpu: Annotated[Optional[str], typer.Option(help="A full qemu -cpu string instead (e.g. "
-                                               "rv64,v=true,vlen=128,zvfh=true).")] = None,
-    dir_: Annotated[Optional[Path], typer.Option("--dir", help="Where the riscv64 userland lives (default: the "
-                                                 "user cache directory; built once, reused).")] = None,
+    vlen: Annotated[
+        int, typer.Option(min=128, max=1024, help="Vector length in bits (uses the rv64gcv-vlenN target's CPU).")
+    ] = 256,
+    cpu: Annotated[
+        Optional[str], typer.Option(help="A full qemu -cpu string instead (e.g. rv64,v=true,vlen=128,zvfh=true).")
+    ] = None,
+    dir_: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--dir", help="Where the riscv64 userland lives (default: the user cache directory; built once, reused)."
+        ),
+    ] = None,
     name: Name = "rvsim",
     json_: Json = False,
 ) -> None:
     """Start the emulated board (building the userland on first use, 1-2 minutes) and print its --board value."""
-    s = simmod.up(vlen=vlen, cpu=cpu, directory=dir_, name=name,
-                  on_step=lambda step: None if json_ else err.print(f"[dim]{step}...[/dim]"))
+    s = simmod.up(
+        vlen=vlen,
+        cpu=cpu,
+        directory=dir_,
+        name=name,
+        on_step=lambda step: None if json_ else err.print(f"[dim]{step}...[/dim]"),
+    )
     _show(s, json_)
 
 

@@ -24,15 +24,19 @@ def targets(
         d = t.to_dict()
         print_table(t.name, ["field", "value"], [(k, v) for k, v in d.items() if k not in ("figures", "sources")])
         if t.figures:
-            print_table("figures", ["figure", "value", "source"],
-                        [(k, v, t.sources.get(k, "")) for k, v in t.figures.items()])
+            print_table(
+                "figures", ["figure", "value", "source"], [(k, v, t.sources.get(k, "")) for k, v in t.figures.items()]
+            )
         return
     ts = list_targets()
     if json_:
         print_json([t.to_dict() for t in ts])
         return
-    print_table(None, ["name", "arch", "vlen", "cores", "summary"],
-                [(t.name, t.arch, t.vlen or "-", t.cores or "-", t.summary) for t in ts])
+    print_table(
+        None,
+        ["name", "arch", "vlen", "cores", "summary"],
+        [(t.name, t.arch, t.vlen or "-", t.cores or "-", t.summary) for t in ts],
+    )
 
 
 def register(app: typer.Typer) -> None:

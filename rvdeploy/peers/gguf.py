@@ -26,8 +26,16 @@ from . import llamacpp_build
 
 GGUF_TYPES = ("f32", "f16", "q8_0", "q4_0")
 CONVERTED = ("f32", "f16", "q8_0")  # convert_hf_to_gguf.py --outtype; the rest come from llama-quantize
-HF_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
-               "tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+HF_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 DEPS_HINT = 'pip install "rvdeploy[llamacpp]" (torch, transformers, sentencepiece: what the converter imports)'
 Step = Callable[[str], None]
 
@@ -42,8 +50,10 @@ def matching_type(bundle: Bundle) -> str:
     precision = bundle.manifest.model.precision
     types = llamacpp_build.CONFIG["gguf_types"]
     if precision not in types:
-        raise RvdeployError(f"no GGUF type matches the bundle's precision {precision!r}",
-                            hint=f"pass --gguf-type ({', '.join(GGUF_TYPES)})")
+        raise RvdeployError(
+            f"no GGUF type matches the bundle's precision {precision!r}",
+            hint=f"pass --gguf-type ({', '.join(GGUF_TYPES)})",
+        )
     return types[precision]
 
 
@@ -67,9 +77,16 @@ def _from_hub(repo: str, revision: str | None) -> Path | None:
 
     offline = hub_offline()
     try:
-        folder = Path(snapshot_download(repo_id=repo, revision=revision, allow_patterns=HF_PATTERNS,
-                                        cache_dir=hub_cache_dir(), local_files_only=offline,
-                                        endpoint=hub_endpoint()))
+        folder = Path(
+            snapshot_download(
+                repo_id=repo,
+                revision=revision,
+                allow_patterns=HF_PATTERNS,
+                cache_dir=hub_cache_dir(),
+                local_files_only=offline,
+                endpoint=hub_endpoint(),
+            )
+        )
     except Exception:  # noqa: BLE001 - not cached offline, no such repo, no network: the caller says what to do
         return None
     return folder if is_checkpoint(folder) else None
@@ -87,15 +104,21 @@ def hf_checkpoint(bundle: Bundle, spec: str | None = None) -> Path:
             raise RvdeployError(f"--hf-model {spec}: no config.json and *.safetensors there")
         found = _from_hub(spec, None)
         if found is None:
-            raise RvdeployError(f"--hf-model {spec}: not a directory, and no cached hub checkpoint of that repo "
-                                "with config.json and *.safetensors", hint="download it, or pass its directory")
+            raise RvdeployError(
+                f"--hf-model {spec}: not a directory, and no cached hub checkpoint of that repo "
+                "with config.json and *.safetensors",
+                hint="download it, or pass its directory",
+            )
         return found
     source, model_id = model.source, model.id
     if source in ("dir", "file"):
         p = Path(model_id)  # as given to `build` (relative paths are relative to where it ran)
         if not p.exists():
-            raise RvdeployError(f"{model_id}, the model {bundle.path} was built from, is not here: --compare llama.cpp "
-                                "needs its Hugging Face weights", hint="pass --hf-model DIR")
+            raise RvdeployError(
+                f"{model_id}, the model {bundle.path} was built from, is not here: --compare llama.cpp "
+                "needs its Hugging Face weights",
+                hint="pass --hf-model DIR",
+            )
         base = p if source == "dir" else p.parent
         for c in (base, base.parent):  # beside the ONNX, or above an onnx/ subfolder
             if is_checkpoint(c):
@@ -104,9 +127,11 @@ def hf_checkpoint(bundle: Bundle, spec: str | None = None) -> Path:
         found = _from_hub(model_id, model.revision)
         if found is not None:
             return found
-    raise RvdeployError(f"{model_id} is an ONNX-only model here: --compare llama.cpp needs its Hugging Face weights "
-                        "(config.json + *.safetensors) to convert to GGUF",
-                        hint="pass --hf-model DIR or REPO holding the same weights")
+    raise RvdeployError(
+        f"{model_id} is an ONNX-only model here: --compare llama.cpp needs its Hugging Face weights "
+        "(config.json + *.safetensors) to convert to GGUF",
+        hint="pass --hf-model DIR or REPO holding the same weights",
+    )
 
 
 def _cache_key(checkpoint: Path, gguf_type: str) -> str:
@@ -143,8 +168,11 @@ def convert(checkpoint: Path, gguf_type: str, target: Target, step: Step = _noop
         script, env = llamacpp_build.converter()
         step(f"converting {checkpoint.name} to GGUF {gguf_type}")
         with file_into_place(out) as tmp:
-            _run([sys.executable, str(script), str(checkpoint), "--outfile", str(tmp), "--outtype", gguf_type],
-                 f"convert_hf_to_gguf.py {checkpoint} --outtype {gguf_type}", env)
+            _run(
+                [sys.executable, str(script), str(checkpoint), "--outfile", str(tmp), "--outtype", gguf_type],
+                f"convert_hf_to_gguf.py {checkpoint} --outtype {gguf_type}",
+                env,
+            )
         return out
     f32 = convert(checkpoint, "f32", target, step)
     tools = llamacpp_build.build(target, step)
@@ -155,6 +183,5 @@ def convert(checkpoint: Path, gguf_type: str, target: Target, step: Step = _noop
 
         quantize, env = [checked_qemu(), *quantize], {**os.environ, "QEMU_CPU": target.qemu_cpu}
     with file_into_place(out) as tmp:
-        _run([*quantize, str(f32), str(tmp), gguf_type.upper()], f"llama-quantize {f32.name} {gguf_type.upper()}",
-             env)
+        _run([*quantize, str(f32), str(tmp), gguf_type.upper()], f"llama-quantize {f32.name} {gguf_type.upper()}", env)
     return out

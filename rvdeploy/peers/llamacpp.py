@@ -21,18 +21,28 @@ class LlamaCpp:
     cpu: str  # the qemu -cpu string the tools run with on an emulated board here
 
 
-def for_target(target: Target, checkpoint: Path, gguf_types: list[str],
-               step: Callable[[str], None] | None = None) -> LlamaCpp:
+def for_target(
+    target: Target, checkpoint: Path, gguf_types: list[str], step: Callable[[str], None] | None = None
+) -> LlamaCpp:
     """llama.cpp built for the target's ISA (once) and the checkpoint as GGUF in each type (cached)."""
     step = step or (lambda _: None)
     types = [gguf.check_type(t) for t in gguf_types]
     tools = llamacpp_build.build(target, step)
-    return LlamaCpp(tools, {t: gguf.convert(checkpoint, t, target, step) for t in dict.fromkeys(types)},
-                    target.name, target.qemu_cpu)
+    return LlamaCpp(
+        tools,
+        {t: gguf.convert(checkpoint, t, target, step) for t in dict.fromkeys(types)},
+        target.name,
+        target.qemu_cpu,
+    )
 
 
-def prepare(bundle: Bundle, board: Board, hf_model: str | None = None, gguf_types: list[str] | None = None,
-            step: Callable[[str], None] | None = None) -> LlamaCpp:
+def prepare(
+    bundle: Bundle,
+    board: Board,
+    hf_model: str | None = None,
+    gguf_types: list[str] | None = None,
+    step: Callable[[str], None] | None = None,
+) -> LlamaCpp:
     """The llama.cpp side of comparing BUNDLE on BOARD: its HF checkpoint found (or --hf-model) before any
     build, the GGUF types given or the bundle's precision."""
     target = board.isa_target(bundle)

