@@ -212,16 +212,7 @@ COST_TOLERANCE = 0.05
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "family",
-    [
-        # issue 16 stays open on this: with the KV cache kept in the module (issue 11) the optimum exports' decode
-        # step got cheaper than the genai exports' (qwen2: 1.16M against 1.49M instructions, 1.29x; before it,
-        # the genai llama's was 1.09x and qwen2's within 5 %)
-        pytest.param("llama", marks=pytest.mark.xfail(strict=True, reason="issue 16: genai decode step dearer")),
-        pytest.param("qwen2", marks=pytest.mark.xfail(strict=True, reason="issue 16: genai decode step 1.29x")),
-    ],
-)
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_riscv64_cost_equals_the_optimum_export(built, family):
     """Same weights, two exporters: instructions per prompt token and per generated token under qemu
     (`bench --cost` through the runner, P=32, N=16): the genai export costs at most 5 % more than the optimum
