@@ -11,9 +11,9 @@ This rewrite of the static decode graph keeps, per layer, one key cache stored t
 `Concat` becomes an `rvdeploy.RvdKVAppend` node (lowered by rvdeploy.kvstate to an in-place
 `tensor.insert_slice` plus a view of the filled part), and the two attention MatMuls read the caches
 directly: the queries are grouped per KV head (a reshape, no repeat), scores = Q[g, d] x K^T[d, t] runs
-along the context, output = P[g, t] x V[t, d] along the head dimension. Everything between the two MatMuls
-(scale, mask, softmax) is left as exported. Graphs that don't match the pattern are left alone (the build
-keeps the growing-cache interface for them).
+along the context, output = P[g, t] x V[t, d] along the head dimension; the keys' constant scale is applied
+to the queries. Everything between the two MatMuls (mask, softmax) is left as exported. Graphs that don't
+match the pattern are left alone (the build keeps the growing-cache interface for them).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ PAST_LENGTH = "past_length"  # the new int64 scalar input: tokens already in the
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 # ops between a cache and the attention MatMul that reads it: repeat over query heads, transpose, scale
 _K_CHAIN = {"Unsqueeze", "Expand", "Reshape", "Transpose", "Mul", "Div", "Cast"}
-_V_CHAIN = {"Unsqueeze", "Expand", "Reshape", "Cast"}
+_V_CHAIN = {"Unsqueeze", "Expand", "Reshape"}
 
 
 @dataclass(frozen=True)
