@@ -31,6 +31,13 @@ APPEND = "RvdKVAppend"
 DEFAULT_CAPACITY = 4096  # tokens, when the build is not given --max-context
 PAST_LENGTH = "past_length"  # the new int64 scalar input: tokens already in the cache
 _PAST = re.compile(r"past_key_values\.(\d+)\.(key|value)")
+
+
+def cache_input(layer: int, kind: str) -> str:
+    """The rewritten decode graph's input for a layer's key or value cache (its output: cache_out.N.kind)."""
+    return f"cache.{layer}.{kind}"
+
+
 # ops between a cache and the attention MatMul that reads it: repeat over query heads, transpose, scale
 _K_CHAIN = {"Unsqueeze", "Expand", "Reshape", "Transpose", "Mul", "Div", "Cast"}
 _V_CHAIN = {"Unsqueeze", "Expand", "Reshape"}
@@ -311,7 +318,7 @@ def _rewrite(
                     shape_fix[u.output[0]] = (u, present, total_1d)
             removed.append(concat[0])
             cache_dims = (1, kv_heads, head_dim, capacity) if kind == "key" else (1, kv_heads, capacity, head_dim)
-            cache_in, cache_out = f"cache.{layer}.{kind}", f"cache_out.{layer}.{kind}"
+            cache_in, cache_out = cache_input(layer, kind), f"cache_out.{layer}.{kind}"
             view = gr.name(f"{kind}_view")
             added.append(
                 helper.make_node(

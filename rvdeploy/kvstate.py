@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from iree.compiler import ir
 
-from .kvcache import APPEND, CacheLayout
+from .kvcache import APPEND, PAST_LENGTH, CacheLayout, cache_input
 from .mlir_emit import Emitter as _Emitter, call as _call
 from .mlir_types import TensorType, builtin
 
@@ -155,8 +155,8 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
     kt_t, v_t = builtin(layout.key_dims(), e), builtin(layout.value_dims(), e)
     dec_names = (
         [n for n in names_in if not n.startswith("past_key_values.")]
-        + ["past_length"]
-        + [f"cache.{i}.{k}" for i in range(layout.layers) for k in ("key", "value")]
+        + [PAST_LENGTH]
+        + [cache_input(i, k) for i in range(layout.layers) for k in ("key", "value")]
     )
     if len(dec_names) != len(dec.inputs):
         raise ValueError(f"decode graph has {len(dec.inputs)} inputs, expected {len(dec_names)}")
@@ -188,7 +188,7 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
             args.append(em.to_torch(em.ones("%total"), "tensor<1x?xi64>", t))
         elif name == "position_ids":
             args.append(em.to_torch(em.op("pos", "tensor.from_elements %p : tensor<1x1xi64>"), "tensor<1x1xi64>", t))
-        elif name == "past_length":
+        elif name == PAST_LENGTH:
             args.append(em.to_torch("%pt", "tensor<i64>", t))
         elif name.startswith("cache."):
             _, layer, kind = name.split(".")
