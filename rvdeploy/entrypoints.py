@@ -206,7 +206,7 @@ def assemble(
         module.body.append(pre_func)
 
         text = (
-            kvstate.entry_points_text(names_in, pre, dec, cache, opset)
+            kvstate.entry_points_text(names_in, names_out, pre, dec, cache, opset)
             if cache
             else _generate_text(names_in, names_out, pre, dec, opset)
         )
@@ -220,10 +220,11 @@ def assemble(
         out = workdir / "module.mlir"
         out.write_text(str(module))
     if cache is not None:
+        logits = pre.results[names_out.index("logits")]
         return EntryModule(
             mlir=out,
             params=imported.params,
-            entry_points=kvstate.signatures(cache, pre.results[0].dims[-1], pre.results[0].elt),
+            entry_points=kvstate.signatures(cache, logits.dims[-1], logits.elt),
         )
     entry_points = {
         "prefill": f"({', '.join(t.builtin for t in pre.inputs)}) -> ({', '.join(t.builtin for t in pre.results)})",

@@ -144,12 +144,14 @@ def _globals(layout: CacheLayout) -> list[str]:
     return lines
 
 
-def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset: int) -> str:
+def entry_points_text(names_in: list[str], names_out: list[str], pre, dec, layout: CacheLayout, opset: int) -> str:
     """MLIR text of the stateful `prefill`, `decode` and `generate` (see the module docstring) around the
     imported graphs, renamed `prefill_graph` and `decode_graph` (declared here so the text parses alone).
-    `names_in`: the exported graph's inputs (prefill's, in order); `pre`, `dec`: the graphs' signatures."""
+    `names_in`, `names_out`: the exported graph's inputs and outputs (prefill's, in order); `pre`, `dec`: the
+    graphs' signatures."""
     attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
-    vocab, lt = pre.results[0].dims[-1], pre.results[0].elt
+    logits_at = names_out.index("logits")
+    vocab, lt = pre.results[logits_at].dims[-1], pre.results[logits_at].elt
     row_t, rows_t = builtin((1, 1, vocab), lt), builtin((1, -1, vocab), lt)
     h, d, c, e = layout.kv_heads, layout.head_dim, layout.capacity, layout.elt
     kt_t, v_t = builtin(layout.key_dims(), e), builtin(layout.value_dims(), e)
@@ -232,11 +234,11 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
         else:
             raise ValueError(f"prefill graph input {name!r}: no value for it")
     res = _call(em, "prefill_graph", pre, args)
-    present = [n for n in names_in if n.startswith("past_key_values.")]
-    for j, name in enumerate(present):
+    for name in (n for n in names_in if n.startswith("past_key_values.")):
         _, layer, kind = name.rsplit(".", 2)
         g = load(em, int(layer), kind)
-        new = em.from_torch(res[1 + j], pre.results[1 + j], builtin((1, h, -1, d), e))
+        at = names_out.index(f"present.{layer}.{kind}")
+        new = em.from_torch(res[at], pre.results[at], builtin((1, h, -1, d), e))
         if kind == "key":
             empty = em.op("e", f"tensor.empty(%s) : {builtin((1, h, d, -1), e)}")
             new_t = em.op(
@@ -257,7 +259,7 @@ def entry_points_text(names_in: list[str], pre, dec, layout: CacheLayout, opset:
                 f"{builtin((1, h, -1, d), e)} into {v_t}",
             )
             em.raw(f"util.global.store {upd}, @{global_name(int(layer), kind)} : {v_t}")
-    rows = em.from_torch(res[0], pre.results[0], rows_t)  # every position's, or the last one's (last_logits)
+    rows = em.from_torch(res[logits_at], pre.results[logits_at], rows_t)  # all positions', or the last's
     n_rows = em.op("nrows", f"tensor.dim {rows}, %c1 : {rows_t}")
     last = em.op("last", f"arith.subi {n_rows}, %c1 : index")
     row = em.op("row", f"tensor.extract_slice {rows}[0, {last}, 0] [1, 1, {vocab}] [1, 1, 1] : {rows_t} to {row_t}")
