@@ -18,7 +18,7 @@ from iree.compiler import ir
 from . import kvstate
 from .importer import ImportedGraphs
 from .kvcache import CacheLayout
-from .mlir_emit import Emitter as _Emitter, call as _call
+from .mlir_emit import Emitter as _Emitter, call as _call, first_prefill_args as _first_prefill_args
 from .mlir_types import TensorType, builtin
 
 _IMPORTED_FUNC = "main_graph"
@@ -108,19 +108,7 @@ def _generate_text(names_in: list[str], names_out: list[str], pre: _Signature, d
     em.raw("%s = tensor.dim %prompt, %c1 : tensor<1x?xi64>")
 
     # prefill
-    args = []
-    for i, name in enumerate(names_in):
-        t = pre.inputs[i]
-        if name == "input_ids":
-            args.append(em.to_torch("%prompt", "tensor<1x?xi64>", t))
-        elif name == "attention_mask":
-            args.append(em.to_torch(em.ones("%s"), "tensor<1x?xi64>", t))
-        elif name == "position_ids":
-            args.append(em.to_torch(em.iota("%s"), "tensor<1x?xi64>", t))
-        else:  # empty past: batch 1, length 0
-            dims = (1,) + t.dims[1:2] + (0,) + t.dims[3:]
-            e = em.op("kv", f"tensor.empty() : {builtin(dims, t.elt)}")
-            args.append(em.to_torch(e, builtin(dims, t.elt), t))
+    args = _first_prefill_args(em, names_in, pre, "%prompt", "%s")
     res = _call(em, "prefill", pre, args)
     first_logits = em.from_torch(res[present_slot["logits"]], pre.results[present_slot["logits"]], any_rows_t)
     tok0 = em.op("tok", f"func.call @rvd_next_token({first_logits}) : ({any_rows_t}) -> i64")

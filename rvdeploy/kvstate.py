@@ -20,7 +20,7 @@ from __future__ import annotations
 from iree.compiler import ir
 
 from .kvcache import APPEND, PAST_LENGTH, CacheLayout, cache_input
-from .mlir_emit import Emitter as _Emitter, call as _call
+from .mlir_emit import Emitter as _Emitter, call as _call, first_prefill_args as _first_prefill_args
 from .mlir_types import TensorType, builtin
 
 
@@ -219,20 +219,7 @@ def entry_points_text(names_in: list[str], names_out: list[str], pre, dec, layou
     em.raw(f"%cap = arith.constant {c} : index")
     em.raw("%fits = arith.cmpi ule, %s, %cap : index")
     em.raw(f'cf.assert %fits, "prefill: the KV cache holds {c} tokens (the bundle\'s context)"')
-    args = []
-    for i, name in enumerate(names_in):
-        t = pre.inputs[i]
-        if name == "input_ids":
-            args.append(em.to_torch("%ids", "tensor<1x?xi64>", t))
-        elif name == "attention_mask":
-            args.append(em.to_torch(em.ones("%s"), "tensor<1x?xi64>", t))
-        elif name == "position_ids":
-            args.append(em.to_torch(em.iota("%s"), "tensor<1x?xi64>", t))
-        elif name.startswith("past_key_values."):  # empty: batch 1, length 0
-            empty = em.op("kv", f"tensor.empty() : {builtin((1, h, 0, d), e)}")
-            args.append(em.to_torch(empty, builtin((1, h, 0, d), e), t))
-        else:
-            raise ValueError(f"prefill graph input {name!r}: no value for it")
+    args = _first_prefill_args(em, names_in, pre, "%ids", "%s")
     res = _call(em, "prefill_graph", pre, args)
     for name in (n for n in names_in if n.startswith("past_key_values.")):
         _, layer, kind = name.rsplit(".", 2)

@@ -3,7 +3,7 @@ points of rvdeploy.entrypoints and rvdeploy.kvstate)."""
 
 from __future__ import annotations
 
-from .mlir_types import TensorType
+from .mlir_types import TensorType, builtin
 
 
 class Emitter:
@@ -54,6 +54,25 @@ class Emitter:
             "    } -> tensor<1x?xi64>",
         ]
         return name
+
+
+def first_prefill_args(em: Emitter, names_in: list[str], sig, ids: str, length: str) -> list[str]:
+    """The exported prefill graph's arguments for the first `length` tokens `ids` (tensor<1x?xi64>): mask of
+    ones, positions 0.., and an empty past (batch 1, length 0) for every cache input."""
+    args = []
+    for i, name in enumerate(names_in):
+        t = sig.inputs[i]
+        if name == "input_ids":
+            args.append(em.to_torch(ids, "tensor<1x?xi64>", t))
+        elif name == "attention_mask":
+            args.append(em.to_torch(em.ones(length), "tensor<1x?xi64>", t))
+        elif name == "position_ids":
+            args.append(em.to_torch(em.iota(length), "tensor<1x?xi64>", t))
+        else:  # empty past: batch 1, length 0
+            dims = (1,) + t.dims[1:2] + (0,) + t.dims[3:]
+            e = em.op("kv", f"tensor.empty() : {builtin(dims, t.elt)}")
+            args.append(em.to_torch(e, builtin(dims, t.elt), t))
+    return args
 
 
 def call(em: Emitter, callee: str, sig, args: list[str]) -> list[str]:
