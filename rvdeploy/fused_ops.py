@@ -12,8 +12,10 @@ the graph unchanged: the weight MatMuls (the packed QKV one included) are untouc
                        causal mask with local_window_size; Softmax; back to [B, S, N x H].
   (Skip)SimplifiedLayerNormalization  (x [+ skip [+ bias]]) * 1/sqrt(mean(x^2) + eps) * gamma, in f32.
   RotaryEmbedding      the same rotary as above on [B, S, hidden] or [B, N, S, H].
-  GatherBlockQuantized a constant table dequantized here to the activation dtype, then Gather (the tied
-                       embedding the mmt4d lowering reads); MatMulNBits stays for rvdeploy.qgraph.
+  GatherBlockQuantized a 4-bit table (block size dividing the row) stays 4-bit, looked up and dequantized
+                       row by row (rvdeploy.q4_lookup, as `--quantize q4` writes its tables); an 8-bit one
+                       is dequantized here to the activation dtype, then Gather. MatMulNBits stays for
+                       rvdeploy.qgraph.
 
 Positions: the graphs rvdeploy builds run one unpadded sequence (B = 1, attention_mask all ones), so a
 query's position is the past length plus its index. seqlens_k / total_sequence_length (derived from the
@@ -33,6 +35,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import RvdeployError
+from .q4_lookup import lookup_nodes
 
 PREFIX = "rvd_fused"
 _TABLE = Path(__file__).with_name("fused_ops.toml")
@@ -427,9 +430,29 @@ def _gather_block_quantized(node, ctx: _Ctx, b: _Builder) -> None:
         raise RvdeployError(
             f"{where}: data of type {data.dtype} is not supported (uint8-packed only)", fused_ops()[op_key(node)].hint
         )
-    table = dequantize_blocks(
-        data, scales, zps, _attr(node, "bits", 4), _attr(node, "block_size", 128), signed=False
-    ).astype(scales.dtype)
+    bits, block = _attr(node, "bits", 4), _attr(node, "block_size", 128)
+    rows, groups = scales.shape[0], scales.shape[1]
+    if bits == 4 and data.size == rows * groups * block // 2:  # stays 4-bit: looked up as rvdeploy.q4_lookup does
+        out_type = TensorProto.FLOAT16 if scales.dtype == np.float16 else TensorProto.FLOAT
+        table, scale, zero = b.name("table"), b.name("scales"), None
+        b.inits += [
+            numpy_helper.from_array(np.ascontiguousarray(data.reshape(rows, groups, block // 2, 1)), table),
+            numpy_helper.from_array(np.ascontiguousarray(scales.reshape(rows, groups, 1, 1)), scale),
+        ]
+        if zps is not None:
+            zflat = zps.reshape(rows, -1)
+            zz = np.empty((rows, zflat.shape[1] * 2), np.uint8)
+            zz[:, 0::2], zz[:, 1::2] = zflat & 15, zflat >> 4
+            zero = b.name("zero")
+            b.inits.append(numpy_helper.from_array(zz[:, :groups].reshape(rows, groups, 1, 1), zero))
+        cols = groups * block
+        nodes, consts = lookup_nodes(
+            b.name("q4"), table, scale, node.input[1], node.output[0], cols, False, zero, out_type
+        )
+        b.nodes += nodes
+        b.inits += consts
+        return
+    table = dequantize_blocks(data, scales, zps, bits, block, signed=False).astype(scales.dtype)
     name = b.name("table")
     b.inits.append(numpy_helper.from_array(table, name))
     b.op("Gather", [name, node.input[1]], node.output[0], axis=0)

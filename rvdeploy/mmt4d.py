@@ -190,7 +190,8 @@ def _tied_copies(module, globals_, matmuls, is_transpose) -> dict[str, str]:
             load = conv.operands[0].owner
             if getattr(load, "name", None) == "util.global.load":
                 t = TensorType.parse(str(op.operands[0].type))
-                shapes[ir.FlatSymbolRefAttr(load.attributes["global"]).value] = t.dims
+                if len(t.dims) == 2:  # (a 4-bit table is [V, G, ., .]: rvdeploy.q4_lookup, never an f32 copy)
+                    shapes[ir.FlatSymbolRefAttr(load.attributes["global"]).value] = t.dims
     aliases = {}
     for op in matmuls:
         found = _weight_global(op.operands[1])

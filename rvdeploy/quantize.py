@@ -16,7 +16,12 @@ q4    4-bit symmetric blocks of 32 along K like llama.cpp's Q4_0 (one f32 scale 
       `model_q4.onnx` exports use. rvdeploy.q4 then rewrites it into standard ONNX for IREE.
 
 int8 also stores the embedding tables as int8 rows with a scale per row (dequantized on lookup), shared with a
-tied lm_head. Norms and everything else that is not a weight matmul stay fp32.
+tied lm_head. q4 stores them as 4-bit blocks of 32 along the row with an f16 scale each, in Q4_0's nibble
+order, looked up by rvdeploy.q4_lookup (a tied lm_head has its own MatMulNBits weight, as above). Norms and
+everything else that is not a weight matmul or a table stay fp32.
+
+The source is read one initializer at a time (loaded without its external data, each weight read from the
+file when it is quantized), so a 6 GB export never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -25,20 +30,46 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from .errors import RvdeployError
+from .q4_lookup import lookup_nodes, pack_q0_order
 
 FORMATS = ("int8", "q4")
 Q4_BLOCK = 32
 
 
-def _weight_matmuls(model: onnx.ModelProto):
+class _Weights:
+    """Initializer values, each read when asked: inline ones from the model, external ones from their file
+    (the model is loaded without external data)."""
+
+    def __init__(self, model: onnx.ModelProto, base: Path | None = None):
+        self.inits = {i.name: i for i in model.graph.initializer}
+        self.base = base
+
+    def array(self, name: str) -> np.ndarray:
+        t = self.inits[name]
+        if t.data_location != TensorProto.EXTERNAL:
+            return numpy_helper.to_array(t)
+        info = {e.key: e.value for e in t.external_data}
+        if self.base is None:
+            raise RvdeployError(f"initializer {name!r} is external data, but where the model lies is not known")
+        with open(self.base / info["location"], "rb") as f:
+            f.seek(int(info.get("offset", 0)))
+            count = int(np.prod(t.dims, dtype=np.int64))
+            a = np.fromfile(f, dtype=helper.tensor_dtype_to_np_dtype(t.data_type), count=count)
+        if a.size != count:
+            raise RvdeployError(f"initializer {name!r}: its external data file {info['location']} is too short")
+        return a.reshape(tuple(t.dims))
+
+
+def _weight_matmuls(model: onnx.ModelProto, weights: _Weights):
     """(index, MatMul node, W [K, N] as numpy, weight name) for every MatMul on an fp32 weight: an
     initializer, or a Transpose of one (a tied lm_head reading the embedding table, which stays fp32 for
-    the Gather: the lm_head gets its own quantized copy)."""
-    inits = {i.name: i for i in model.graph.initializer}
+    the Gather: the lm_head gets its own quantized copy). Each W is read when its turn comes."""
+    inits = weights.inits
     producers = {o: n for n in model.graph.node for o in n.output}
+    found = []
     for i, node in enumerate(model.graph.node):
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
@@ -49,12 +80,11 @@ def _weight_matmuls(model: onnx.ModelProto):
             if perm and list(perm[0]) != [1, 0]:
                 continue
             b, transposed = p.input[0], True
-        if b not in inits:
-            continue
-        w = inits[b]
-        if len(w.dims) == 2 and w.data_type == TensorProto.FLOAT:
-            arr = numpy_helper.to_array(w)
-            yield i, node, (np.ascontiguousarray(arr.T) if transposed else arr), b + (".T" if transposed else "")
+        if b in inits and len(inits[b].dims) == 2 and inits[b].data_type == TensorProto.FLOAT:
+            found.append((i, node, b, transposed))
+    for i, node, b, transposed in found:
+        arr = weights.array(b)
+        yield i, node, (np.ascontiguousarray(arr.T) if transposed else arr), b + (".T" if transposed else "")
 
 
 def quantize_int8_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +147,8 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     model.graph.initializer.extend(keep)
 
 
-def _embedding_tables(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    """Embedding tables: fp32 2-D initializers [vocab, hidden] read by a Gather on axis 0 (token ids)."""
+def _embedding_tables(model: onnx.ModelProto) -> dict[str, tuple[int, int]]:
+    """Embedding tables: fp32 2-D initializers [vocab, hidden] read by a Gather on axis 0 (token ids) -> shape."""
     inits = {i.name: i for i in model.graph.initializer}
     out = {}
     for node in model.graph.node:
@@ -126,25 +156,32 @@ def _embedding_tables(model: onnx.ModelProto) -> dict[str, np.ndarray]:
             continue
         axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
         t = inits[node.input[0]]
-        if axis == 0 and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT and node.input[0] not in out:
-            out[node.input[0]] = numpy_helper.to_array(t)
+        if axis == 0 and len(t.dims) == 2 and t.data_type == TensorProto.FLOAT:
+            out.setdefault(node.input[0], tuple(t.dims))
     return out
 
 
-def quantize_int8(model: onnx.ModelProto) -> int:
+def quantize_int8(model: onnx.ModelProto, weights: _Weights | None = None) -> int:
     """Weight MatMuls as described above. Embedding tables too: int8 rows with one scale per row, dequantized
     on lookup (Gather -> Cast -> Mul by the row's scale), so no fp32 table stays in the model. A tied lm_head
     (a MatMul reading the table through a Transpose, or a stored transposed copy of it, as optimum exports
     without `accelerate` write it) reads the same int8 table through a Transpose: its per-output-channel
     scales are the table's per-row scales, so the table is stored once."""
+    weights = weights or _Weights(model)
     new_nodes: dict[int, list] = {}
     dql: dict[str, tuple[str, str, str]] = {}  # activation -> (Xq, Xs, Xzp)
     tables = _embedding_tables(model)
     table_q: dict[str, tuple[str, str]] = {}  # table -> (int8 table [vocab, hidden], row scales [vocab])
+    arrays: dict[str, np.ndarray] = {}  # the tables' values, read once
+
+    def table(name: str) -> np.ndarray:
+        if name not in arrays:
+            arrays[name] = weights.array(name)
+        return arrays[name]
 
     def quantized_table(name: str) -> tuple[str, str]:
         if name not in table_q:
-            q, scale = quantize_int8_weight(tables[name].T)  # per vocab row = per lm_head output channel
+            q, scale = quantize_int8_weight(table(name).T)  # per vocab row = per lm_head output channel
             table_q[name] = (f"{name}.int8", f"{name}.int8_scale")
             model.graph.initializer.extend(
                 [
@@ -155,12 +192,12 @@ def quantize_int8(model: onnx.ModelProto) -> int:
         return table_q[name]
 
     count = 0
-    for i, node, w, w_name in list(_weight_matmuls(model)):
+    for i, node, w, w_name in _weight_matmuls(model, weights):
         x, y = node.input[0], node.output[0]
         base = (node.name or y).replace("/", "_").strip("_")
         tied = w_name[:-2] if w_name.endswith(".T") and w_name[:-2] in tables else None
         if tied is None:  # a stored copy of a table, transposed
-            tied = next((t for t, a in tables.items() if a.shape == w.shape[::-1] and np.array_equal(a.T, w)), None)
+            tied = next((t for t, s in tables.items() if s == w.shape[::-1] and np.array_equal(table(t).T, w)), None)
         out = []
         if tied is not None:
             tq, ws = quantized_table(tied)
@@ -205,10 +242,47 @@ def quantize_int8(model: onnx.ModelProto) -> int:
     return count
 
 
-def quantize_q4(model: onnx.ModelProto, block: int = Q4_BLOCK) -> int:
+def quantize_q4_table(table: np.ndarray, block: int = Q4_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """An embedding table [V, H] f32 -> (4-bit rows uint8 [V, H/block, 1, block/2] in Q4_0's nibble order,
+    f16 scales [V, H/block, 1, 1]): Q4_0's d = max / -8, with q computed from the f16 d that is stored."""
+    v, h = table.shape
+    rows = table.reshape(v, h // block, block)
+    idx = np.abs(rows).argmax(axis=2)
+    d = (np.take_along_axis(rows, idx[..., None], axis=2)[..., 0] / -8.0).astype(np.float16)
+    df = d.astype(np.float32)
+    inv = np.where(df != 0, 1.0 / np.where(df != 0, df, 1.0), 0.0).astype(np.float32)
+    q = np.clip(np.rint(rows * inv[..., None]) + 8, 0, 15).astype(np.uint8)
+    return pack_q0_order(q), d.reshape(v, h // block, 1, 1)
+
+
+def _q4_tables(model: onnx.ModelProto, weights: _Weights, new_nodes: dict[int, list], block: int) -> int:
+    """Every Gather of an fp32 embedding table -> the 4-bit lookup of rvdeploy.q4_lookup (table stored once)."""
+    tables = _embedding_tables(model)
+    stored: dict[str, tuple[str, str]] = {}
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        name = node.input[0] if node.op_type == "Gather" and node.input else None
+        if name not in tables or i in new_nodes or tables[name][1] % block:
+            continue
+        if name not in stored:
+            q, d = quantize_q4_table(weights.array(name), block)
+            stored[name] = (f"{name}.q4", f"{name}.q4_scales")
+            model.graph.initializer.extend(
+                [numpy_helper.from_array(q, stored[name][0]), numpy_helper.from_array(d, stored[name][1])]
+            )
+        base = (node.name or node.output[0]).replace("/", "_").strip("_") + ".q4"
+        nodes, consts = lookup_nodes(base, *stored[name], node.input[1], node.output[0], tables[name][1], True)
+        model.graph.initializer.extend(consts)
+        new_nodes[i] = nodes
+        count += 1
+    return count
+
+
+def quantize_q4(model: onnx.ModelProto, block: int = Q4_BLOCK, weights: _Weights | None = None) -> int:
+    weights = weights or _Weights(model)
     new_nodes: dict[int, list] = {}
     count = 0
-    for i, node, w, w_name in list(_weight_matmuls(model)):
+    for i, node, w, w_name in _weight_matmuls(model, weights):
         k, n = w.shape
         if k % block:
             continue  # stays fp32
@@ -232,18 +306,33 @@ def quantize_q4(model: onnx.ModelProto, block: int = Q4_BLOCK) -> int:
             )
         ]
         count += 1
+    if count:
+        _q4_tables(model, weights, new_nodes, block)
     _replace_nodes(model, new_nodes)
     if count and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return count
 
 
+def _inline_external(model: onnx.ModelProto, base: Path) -> None:
+    """The source's external tensors that stay unquantized (norms, Constant nodes' values) read into the model."""
+    for t in external_data_helper._get_all_tensors(model):  # initializers and node attributes, subgraphs too
+        if t.data_location == TensorProto.EXTERNAL:
+            external_data_helper.load_external_data_for_tensor(t, str(base))
+            t.data_location = TensorProto.DEFAULT
+            del t.external_data[:]
+
+
 def quantize_file(src: Path, dst: Path, fmt: str) -> int:
-    """Quantize src (an fp32 ONNX, external data allowed) into dst; returns the matmuls quantized."""
+    """Quantize src (an fp32 ONNX, external data allowed) into dst; returns the matmuls quantized. The source is
+    loaded without its external data and each weight read when it is quantized (see _Weights), so memory holds
+    the graph, one fp32 weight (the tables) and the quantized output, never the whole fp32 model."""
     if fmt not in FORMATS:
         raise RvdeployError(f"unknown quantization {fmt!r}", hint="known: " + ", ".join(FORMATS))
-    model = onnx.load(str(src))
-    count = quantize_int8(model) if fmt == "int8" else quantize_q4(model)
+    src = Path(src)
+    model = onnx.load(str(src), load_external_data=False)
+    weights = _Weights(model, src.parent)
+    count = quantize_int8(model, weights) if fmt == "int8" else quantize_q4(model, weights=weights)
     if count == 0:
         raise RvdeployError(
             f"--quantize {fmt}: {src.name} has no fp32 MatMul on a weight to quantize",
@@ -251,6 +340,7 @@ def quantize_file(src: Path, dst: Path, fmt: str) -> int:
         )
     _drop_dead_nodes(model)
     _drop_unused_initializers(model)
+    _inline_external(model, src.parent)
     dst.parent.mkdir(parents=True, exist_ok=True)
     # protobuf cannot serialize 2 GB: (ByteSize overflows there too, so count the initializer bytes)
     large = sum(len(i.raw_data) or i.ByteSize() for i in model.graph.initializer) > 1_500_000_000

@@ -19,8 +19,9 @@ from iree_host import greedy_logits
 from ort_reference import greedy_tokens
 
 from rvdeploy import api
+from rvdeploy.q4_lookup import lookup_nodes
 from rvdeploy.qgraph import normalize
-from rvdeploy.quantize import dequantize_q4, quantize_file, quantize_int8_weight, quantize_q4_weight
+from rvdeploy.quantize import dequantize_q4, quantize_file, quantize_int8_weight, quantize_q4_table, quantize_q4_weight
 from rvdeploy.tokenizer import TextCodec
 
 NEW_TOKENS = 32
@@ -156,6 +157,54 @@ def test_q4_blocks_like_q4_0():
     )
 
 
+def _run_lookup(table: str, arrays: dict, ids: np.ndarray, cols: int, q0_order: bool, zero=None) -> np.ndarray:
+    """The ONNX nodes of rvdeploy.q4_lookup alone, run by onnxruntime."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, consts = lookup_nodes("t", table, "scales", "ids", "rows", cols, q0_order, zero)
+    graph = helper.make_graph(
+        nodes,
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, None])],
+        [helper.make_tensor_value_info("rows", TensorProto.FLOAT, [1, None, cols])],
+        [numpy_helper.from_array(a, n) for n, a in arrays.items()] + consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"ids": ids})[0]
+
+
+def test_q4_table_lookup_dequantizes_the_rows_asked_for():
+    """--quantize q4's embedding table: 4-bit rows in Q4_0 order (byte j = values j and j + 16 of its block)
+    with an f16 scale per block of 32; the lookup graph returns exactly those rows dequantized, within one
+    quantization step of the fp32 table."""
+    table = np.random.default_rng(2).standard_normal((40, 96)).astype(np.float32)
+    q, d = quantize_q4_table(table)
+    assert q.shape == (40, 3, 1, 16) and q.dtype == np.uint8 and d.shape == (40, 3, 1, 1) and d.dtype == np.float16
+    nib = np.concatenate([q[:, :, 0] & 15, q[:, :, 0] >> 4], axis=-1).astype(np.float32)  # [40, 3, 32]
+    want = ((nib - 8) * d[:, :, 0].astype(np.float32)).reshape(40, 96)
+    ids = np.array([[0, 5, 39, 5]], np.int64)
+    got = _run_lookup("table", {"table": q, "scales": d}, ids, 96, True)
+    assert got.shape == (1, 4, 96)
+    np.testing.assert_array_equal(got[0], want[ids[0]])
+    err = np.abs(want - table).reshape(40, 3, 32)
+    assert (err <= np.abs(d[:, :, 0].astype(np.float32)) * 1.01).all()
+
+
+def test_q4_table_lookup_interleaved_with_zero_points():
+    """The MatMulNBits / GatherBlockQuantized order (byte j = values 2j and 2j+1) with a zero point per block."""
+    rng = np.random.default_rng(3)
+    vals = rng.integers(0, 16, (10, 2, 32)).astype(np.uint8)
+    packed = (vals[..., 0::2] | (vals[..., 1::2] << 4))[..., None]  # [10, 2, 16, 1]
+    scales = rng.uniform(0.5, 2, (10, 2, 1, 1)).astype(np.float32)
+    zero = rng.integers(0, 16, (10, 2, 1, 1)).astype(np.float32)
+    want = ((vals - zero[..., 0]) * scales[..., 0]).reshape(10, 64)
+    ids = np.array([[9, 0, 3]], np.int64)
+    got = _run_lookup("table", {"table": packed, "scales": scales, "zp": zero}, ids, 64, False, "zp")
+    np.testing.assert_allclose(got[0], want[ids[0]], rtol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["tiny-q4", "tiny-ort-int8", "tiny-q4-asym"])
 def test_normalized_graph_is_the_same_model(cases, tmp_path, name):
     """What rvdeploy.qgraph hands to the importer (MatMulNBits as standard ONNX, weight zero points
@@ -227,10 +276,11 @@ def test_int8_matmuls_on_mmt4d_and_q4_weights_stay_4bit(build):
     assert not any(r["op"] == "linalg.mmt4d" for r in rows)
     packed = report["manifest"].pipeline.mmt4d.packed_weights
     assert packed and all(pw.key.endswith(".i4") for pw in packed)
-    # 4 bits a weight: the archive is the fp32 embedding table plus K*N/2 bytes of weights (+ alignment)
+    # 4 bits a weight: K*N/2 bytes of weights, their scales (f32 at most: K*N/8), the 4-bit embedding table
+    # (512 x 64 / 2 bytes, f16 scales: V*H/16), archive header and alignment; an fp32 table (128 KiB) would not fit
     weights = sum(pw.k * pw.n for pw in packed)
     irpa = (q4.path / "model.irpa").stat().st_size
-    assert irpa < 512 * 64 * 4 + weights // 2 + 16384  # (+ archive header and alignment)
+    assert irpa < weights // 2 + weights // 8 + 512 * 64 // 2 + 512 * 64 // 16 + 16384
 
 
 @pytest.mark.slow
@@ -271,6 +321,29 @@ def test_int8_embedding_table_is_int8_and_stored_once(build):
     assert not [k for k, n in sizes.items() if n >= vocab * hidden * 2], sizes  # no fp32 (or f16) table
     tables = [k for k, n in sizes.items() if n == vocab * hidden]
     assert len(tables) == 1 and tables[0].endswith(".T.mmt4d_8x2"), sizes
+
+
+@pytest.mark.slow
+def test_q4_embedding_table_is_4bit(cases, build):
+    """--quantize q4 on a tied model (tiny-random): the quantized ONNX holds no fp32 [vocab, hidden] table (the
+    lookup reads 4-bit rows, the lm_head its own MatMulNBits weight), and the bundle's parameters hold the table
+    and the lm_head at 4 bits each, nothing of [vocab, hidden] at 16 or 32 bits."""
+    import json
+
+    import iree.runtime as rt
+
+    _, ref, _ = cases["tiny-q4"]
+    bundle = build("tiny-q4")
+    config = json.loads((bundle.path / "config.json").read_text())
+    vocab, hidden = config["vocab_size"], config["hidden_size"]
+    model = onnx.load(str(ref))
+    big = [(i.name, i.data_type) for i in model.graph.initializer if int(np.prod(i.dims)) * 2 >= vocab * hidden]
+    assert big and all(t == onnx.TensorProto.UINT8 for _, t in big), big
+    index = rt.ParameterIndex()
+    index.load(str(bundle.path / "model.irpa"))
+    sizes = {key: entry.length for key, entry in index.items()}
+    assert not [k for k, n in sizes.items() if n >= vocab * hidden * 2], sizes
+    assert len([k for k, n in sizes.items() if n == vocab * hidden // 2]) == 2, sizes  # table, lm_head
 
 
 # Perplexity of the demo (trained on the Zen of Python) on that text, through the built host bundles: a quality
