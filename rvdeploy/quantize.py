@@ -37,6 +37,7 @@ from .q4_lookup import lookup_nodes, pack_q0_order
 
 FORMATS = ("int8", "q4")
 Q4_BLOCK = 32
+CHUNK_BYTES = 64 << 20  # fp32 bytes quantized at a time
 
 
 class _Weights:
@@ -88,10 +89,16 @@ def _weight_matmuls(model: onnx.ModelProto, weights: _Weights):
 
 
 def quantize_int8_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """W [K, N] f32 -> (Wq [K, N] int8, scale [N] f32), symmetric per output channel."""
-    amax = np.abs(w).max(axis=0)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+    """W [K, N] f32 -> (Wq [K, N] int8, scale [N] f32), symmetric per output channel. A few MB of columns at a
+    time: the temporaries of a 1 GB lm_head would otherwise cost several GB."""
+    k, n = w.shape
+    q, scale = np.empty((k, n), np.int8), np.empty(n, np.float32)
+    step = max(1, CHUNK_BYTES // (4 * max(k, 1)))
+    for c in range(0, n, step):
+        wc = w[:, c : c + step]
+        amax = np.abs(wc).max(axis=0)
+        scale[c : c + step] = np.where(amax > 0, amax / 127.0, 1.0)
+        q[:, c : c + step] = np.clip(np.rint(wc / scale[c : c + step]), -127, 127)
     return q, scale
 
 
@@ -246,13 +253,17 @@ def quantize_q4_table(table: np.ndarray, block: int = Q4_BLOCK) -> tuple[np.ndar
     """An embedding table [V, H] f32 -> (4-bit rows uint8 [V, H/block, 1, block/2] in Q4_0's nibble order,
     f16 scales [V, H/block, 1, 1]): Q4_0's d = max / -8, with q computed from the f16 d that is stored."""
     v, h = table.shape
-    rows = table.reshape(v, h // block, block)
-    idx = np.abs(rows).argmax(axis=2)
-    d = (np.take_along_axis(rows, idx[..., None], axis=2)[..., 0] / -8.0).astype(np.float16)
-    df = d.astype(np.float32)
-    inv = np.where(df != 0, 1.0 / np.where(df != 0, df, 1.0), 0.0).astype(np.float32)
-    q = np.clip(np.rint(rows * inv[..., None]) + 8, 0, 15).astype(np.uint8)
-    return pack_q0_order(q), d.reshape(v, h // block, 1, 1)
+    packed, d = np.empty((v, h // block, 1, block // 2), np.uint8), np.empty((v, h // block, 1, 1), np.float16)
+    step = max(1, CHUNK_BYTES // (4 * max(h, 1)))
+    for r in range(0, v, step):  # a few MB of rows at a time (see quantize_int8_weight)
+        rows = table[r : r + step].reshape(-1, h // block, block)
+        idx = np.abs(rows).argmax(axis=2)
+        dc = (np.take_along_axis(rows, idx[..., None], axis=2)[..., 0] / -8.0).astype(np.float16)
+        df = dc.astype(np.float32)
+        inv = np.where(df != 0, 1.0 / np.where(df != 0, df, 1.0), 0.0).astype(np.float32)
+        packed[r : r + step] = pack_q0_order(np.clip(np.rint(rows * inv[..., None]) + 8, 0, 15).astype(np.uint8))
+        d[r : r + step, :, 0, 0] = dc
+    return packed, d
 
 
 def _q4_tables(model: onnx.ModelProto, weights: _Weights, new_nodes: dict[int, list], block: int) -> int:
