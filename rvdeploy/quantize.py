@@ -330,7 +330,7 @@ def _inline_external(model: onnx.ModelProto, base: Path) -> None:
     for t in external_data_helper._get_all_tensors(model):  # initializers and node attributes, subgraphs too
         if t.data_location == TensorProto.EXTERNAL:
             external_data_helper.load_external_data_for_tensor(t, str(base))
-            t.data_location = TensorProto.DEFAULT
+            t.ClearField("data_location")  # (as an inline tensor has it: unset)
             del t.external_data[:]
 
 

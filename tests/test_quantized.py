@@ -157,6 +157,27 @@ def test_q4_blocks_like_q4_0():
     )
 
 
+@pytest.mark.parametrize("fmt", ["int8", "q4"])
+def test_quantize_streams_an_external_data_export(tmp_path, fmt):
+    """A source with every tensor in external data (Constant nodes' values too, as large exports have) quantizes
+    to the same model as the inline source, and the output refers to no file of the source's."""
+    from onnx import external_data_helper
+
+    src = onnx.load(str(TINY / "model.onnx"))
+    external_data_helper.convert_model_to_external_data(
+        src, location="w.data", size_threshold=0, convert_attribute=True
+    )
+    (tmp_path / "src").mkdir()
+    onnx.save(src, str(tmp_path / "src" / "model.onnx"))
+    quantize_file(tmp_path / "src" / "model.onnx", tmp_path / "a" / "model.onnx", fmt)
+    quantize_file(TINY / "model.onnx", tmp_path / "b" / "model.onnx", fmt)
+    a, b = (onnx.load(str(tmp_path / x / "model.onnx"), load_external_data=False) for x in "ab")
+    assert not [
+        t.name for t in external_data_helper._get_all_tensors(a) if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
+    assert a.SerializeToString() == b.SerializeToString()
+
+
 def _run_lookup(table: str, arrays: dict, ids: np.ndarray, cols: int, q0_order: bool, zero=None) -> np.ndarray:
     """The ONNX nodes of rvdeploy.q4_lookup alone, run by onnxruntime."""
     import onnxruntime as ort
