@@ -102,6 +102,11 @@ def test_prepared_graph_is_the_same_model(name, reference, tmp_path):
         "past_key_values.1.value",
     ]
     assert [vi.name for vi in model.graph.output][:3] == ["logits", "present.0.key", "present.0.value"]
+    if "int4" in name:  # the 4-bit embedding table stays 4-bit (rvdeploy.q4_lookup), nothing fp32 of its size
+        cfg = json.loads((GENAI / name / "genai_config.json").read_text())["model"]
+        rows = cfg["vocab_size"] * cfg["decoder"]["hidden_size"]
+        big = [i for i in model.graph.initializer if np.prod(i.dims) * 2 >= rows]
+        assert big and all(i.data_type == onnx.TensorProto.UINT8 for i in big), [(i.name, i.dims) for i in big]
     want, want_logits = greedy_tokens(reference(name), PROMPT, 8)
     got, got_logits = greedy_tokens(path, PROMPT, 8)
     assert got == want
