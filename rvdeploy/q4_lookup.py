@@ -23,14 +23,6 @@ def pack_q0_order(q: np.ndarray) -> np.ndarray:
     return (q[..., :h] | (q[..., h:] << 4)).astype(np.uint8)[:, :, None, :]
 
 
-def unpack(table: np.ndarray) -> np.ndarray:
-    """Inverse of either stored layout: uint8 [V, G, block] in 0..15 (for checks)."""
-    lo, hi = table & 15, table >> 4
-    if table.shape[2] == 1:  # Q4_0 order
-        return np.concatenate([lo[:, :, 0], hi[:, :, 0]], axis=-1)
-    return np.stack([lo[..., 0], hi[..., 0]], axis=-1).reshape(table.shape[0], table.shape[1], -1)
-
-
 def lookup_nodes(
     base: str,
     table: str,
