@@ -33,8 +33,11 @@ def target_flags(target: Target) -> list[str]:
 def pipeline_flags(pipeline: str) -> list[str]:
     if pipeline == "mmt4d":
         # The mmt4d ops are already in the module (rvdeploy.mmt4d); IREE's own data tiling stays off
-        # so it neither re-tiles the attention matmuls nor packs weights at load time.
-        return ["--iree-llvmcpu-enable-ukernels=mmt4d"]
+        # so it neither re-tiles the attention matmuls nor packs weights at load time. Transposes stay
+        # where the graph has them: propagated, prefill's K^T was folded into its Q.K^T batch_matmul, whose
+        # vector tiles then read the keys across rows (176K instructions per prompt token on the mid model
+        # against 43K with the transpose kept as its own dispatch).
+        return ["--iree-llvmcpu-enable-ukernels=mmt4d", "--iree-global-opt-propagate-transposes=false"]
     return []
 
 

@@ -198,6 +198,8 @@ int main(int argc, char** argv) {
       run_case(&TYPES[0], 1, ks[i] >= 2048 ? 2 : 3, ks[i], 1, nr, 1, acc, 0, seed++);
       run_case(&TYPES[0], 2, 2, ks[i] > 2048 ? 2048 : ks[i], 7, nr, 1, acc, 1, seed++);
       run_case(&TYPES[0], 1, 2, ks[i] > 2048 ? 2048 : ks[i], 7, nr, 1, acc, 0, seed++);
+      run_case(&TYPES[0], 2, 2, ks[i] > 2048 ? 2048 : ks[i], 3, nr, 1, acc, 1, seed++);
+      run_case(&TYPES[0], 1, 2, ks[i] > 2048 ? 2048 : ks[i], 3, nr, 1, acc, 0, seed++);
     }
   }
   // f32: every M0 the kernels handle (and 8: fallback), IREE's N0 and odd N0s (column chunking)

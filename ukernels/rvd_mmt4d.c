@@ -9,13 +9,15 @@
 // fallback, which handles every element type the compiler can send:
 //   f32  M0 = 1 (decode)   one LMUL-8 accumulator (N0 <= VLEN/4 columns per vector op), K unrolled by 4:
 //                          each vfmacc does 2x the multiply-adds of IREE's LMUL-4 decode tile.
-//   f32  M0 = 2..7         LMUL-4 accumulators per row, columns in chunks of VLEN/8 (IREE's inner loop).
+//   f32  M0 = 2, 3         LMUL-8 accumulators per row (N0 <= VLEN/4 columns per vector op).
+//   f32  M0 = 4..7         LMUL-4 accumulators per row, columns in chunks of VLEN/8 (IREE's inner loop).
 //   s8 x s8 -> s32 M0 = 1 (decode): one LMUL-8 s32 accumulator (N0 <= VLEN/4), int8 rows sign-extended to
 //                          int16 and vwmacc.vx, K unrolled by 4.
 //   s8 x s8 -> s32 M0 = 2..7: LMUL-4 s32 accumulators per row, columns in chunks of VLEN/8.
 //   s16 x s16 -> s32, s16 x s8 -> s32, M0 = 1..7: vwmacc.vx on LMUL-4 s32 accumulators (IREE runs these
 //                          types on its generic C tile on riscv64).
-// rvdeploy's tiles (rvdeploy/tiles.toml, library "project") are f32 and s8 1 x VLEN/4 x 1 and 7 x VLEN/4 x 1.
+// rvdeploy's tiles (rvdeploy/tiles.toml, library "project") are f32 1 x VLEN/4 x 1 and 3 x VLEN/4 x 1, s8
+// 1 x VLEN/4 x 1 and 7 x VLEN/4 x 1.
 // Every RVV kernel walks the columns in chunks of at most VLMAX, so it is correct for any N0 on any
 // VLEN it runs on (a larger N0 than one vector only costs more passes over the LHS).
 //
@@ -87,7 +89,54 @@ RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8(const rvd_param
 }
 
 // ---------------------------------------------------------------------------------------------------
-// f32, M0 = 2..7 (prefill): M0 LMUL-4 accumulators (7 x 4 registers + 4 for the RHS row = all 32).
+// f32, M0 = 2, 3 (prefill): M0 LMUL-8 accumulators (3 x 8 registers + 8 for the RHS row = all 32). Per K
+// step one RHS load and M0 scalar x vector FMAs of VLEN/4 lanes: 3 rows do 192 multiply-adds (VLEN 256) in
+// 7 instructions with the loop's, where 7 rows of LMUL 4 need two column passes and 18 per 224.
+
+#define RVD_ROWS3_DO(M0, X) X(0) if (M0 > 1) { X(1) } if (M0 > 2) { X(2) }
+
+RVD_INLINE void rvd_f32_rows_m8(const rvd_params* p, const int M0) {
+  const int64_t N0 = p->N0, K = p->K;
+  const int accumulate = (p->flags & RVD_FLAG_ACCUMULATE) != 0;
+  for (int64_t i = 0; i < p->M; ++i) {
+    const float* lhs_panel = (const float*)p->lhs + i * p->lhs_stride0;
+    float* out_row = (float*)p->out + i * p->out_stride0;
+    for (int64_t j = 0; j < p->N; ++j) {
+      const float* rhs_panel = (const float*)p->rhs + j * p->rhs_stride0;
+      float* out_tile = out_row + j * M0 * N0;
+      for (int64_t c = 0; c < N0;) {
+        size_t vl = __riscv_vsetvl_e32m8((size_t)(N0 - c));
+        vfloat32m8_t a0, a1, a2;
+#define RVD_INIT8(R)                                                            \
+  a##R = accumulate ? __riscv_vle32_v_f32m8(out_tile + (R) * N0 + c, vl)        \
+                    : __riscv_vfmv_v_f_f32m8(0.0f, vl);
+        RVD_ROWS3_DO(M0, RVD_INIT8)
+        const float* r = rhs_panel + c;
+        const float* l = lhs_panel;
+        for (int64_t k = 0; k < K; ++k) {
+          vfloat32m8_t b = __riscv_vle32_v_f32m8(r, vl);
+#define RVD_FMA8(R) a##R = __riscv_vfmacc_vf_f32m8(a##R, l[R], b, vl);
+          RVD_ROWS3_DO(M0, RVD_FMA8)
+          r += N0;
+          l += M0;
+        }
+#define RVD_STORE8(R) __riscv_vse32_v_f32m8(out_tile + (R) * N0 + c, a##R, vl);
+        RVD_ROWS3_DO(M0, RVD_STORE8)
+        c += (int64_t)vl;
+      }
+    }
+  }
+}
+
+#define RVD_F32_ROWS8(M0)                                                              \
+  RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_f32f32f32_##M0##xN0x1_rvv_m8(const rvd_params* p) { \
+    rvd_f32_rows_m8(p, M0);                                                            \
+  }
+RVD_F32_ROWS8(2)
+RVD_F32_ROWS8(3)
+
+// ---------------------------------------------------------------------------------------------------
+// f32, M0 = 4..7 (prefill): M0 LMUL-4 accumulators (7 x 4 registers + 4 for the RHS row = all 32).
 
 #define RVD_ROWS_DO(M0, X) \
   X(0) if (M0 > 1) { X(1) } if (M0 > 2) { X(2) } if (M0 > 3) { X(3) } \
@@ -132,8 +181,6 @@ RVD_INLINE void rvd_f32_rows_m4(const rvd_params* p, const int M0) {
   RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_f32f32f32_##M0##xN0x1_rvv_m4(const rvd_params* p) { \
     rvd_f32_rows_m4(p, M0);                                                            \
   }
-RVD_F32_ROWS(2)
-RVD_F32_ROWS(3)
 RVD_F32_ROWS(4)
 RVD_F32_ROWS(5)
 RVD_F32_ROWS(6)
@@ -446,8 +493,8 @@ RVD_NOINLINE void rvdeploy_uk_mmt4d_tile_generic(const rvd_params* p) {
 // and, in the harness, to name the kernel a case used.
 #define RVD_KERNELS(X)                                                                  \
   X(type == RVD_TYPE_F32F32F32 && M0 == 1, rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8) \
-  X(type == RVD_TYPE_F32F32F32 && M0 == 2, rvdeploy_uk_mmt4d_tile_f32f32f32_2xN0x1_rvv_m4) \
-  X(type == RVD_TYPE_F32F32F32 && M0 == 3, rvdeploy_uk_mmt4d_tile_f32f32f32_3xN0x1_rvv_m4) \
+  X(type == RVD_TYPE_F32F32F32 && M0 == 2, rvdeploy_uk_mmt4d_tile_f32f32f32_2xN0x1_rvv_m8) \
+  X(type == RVD_TYPE_F32F32F32 && M0 == 3, rvdeploy_uk_mmt4d_tile_f32f32f32_3xN0x1_rvv_m8) \
   X(type == RVD_TYPE_F32F32F32 && M0 == 4, rvdeploy_uk_mmt4d_tile_f32f32f32_4xN0x1_rvv_m4) \
   X(type == RVD_TYPE_F32F32F32 && M0 == 5, rvdeploy_uk_mmt4d_tile_f32f32f32_5xN0x1_rvv_m4) \
   X(type == RVD_TYPE_F32F32F32 && M0 == 6, rvdeploy_uk_mmt4d_tile_f32f32f32_6xN0x1_rvv_m4) \
