@@ -3,7 +3,7 @@
 Two libraries:
   upstream  IREE's builtin RVV tiles (iree_uk_mmt4d_tile_*_riscv_64_v): f32 N0 = VLEN/8, LMUL 4.
   project   ukernels/rvd_mmt4d.c: an `iree_uk_mmt4d` that replaces the builtin one (all element types) with
-            f32 tiles N0 = VLEN/4 (decode: LMUL 8, K unrolled by 4; prefill: 7 rows of LMUL 4 in two column halves)
+            f32 tiles N0 = VLEN/4 (decode: LMUL 8, K unrolled by 4; prefill: 3 rows of LMUL 8)
             s8 x s8 -> s32 tiles N0 = VLEN/4 (int8 models; same shapes, int16-widened vwmacc into int32),
             and RVV s16 x s16 / s16 x s8 -> s32 kernels IREE runs as generic C. Measured per multiply-add in
             benchmarks/ukernel_cost.py (static inner-loop analysis): decode 0.32-0.34x upstream's instructions,

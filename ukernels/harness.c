@@ -189,7 +189,7 @@ int main(int argc, char** argv) {
 
   const int nr = vlen ? vlen / 4 : 64, nu = vlen ? vlen / 8 : 32;  // rvdeploy's N0 and IREE's N0 for f32
   int seed = 1;
-  // f32: the tiles rvdeploy uses (decode 1 x VLEN/4 x 1, prefill 7 x VLEN/4 x 1) at Llama depths
+  // f32: the tiles rvdeploy uses (decode 1 x VLEN/4 x 1, prefill 7 and 3 x VLEN/4 x 1) at Llama depths
   for (int acc = 0; acc <= 1; ++acc) {
     int64_t ks[] = {1, 2, 3, 5, 64, 2048, 8192};
     for (unsigned i = 0; i < sizeof ks / sizeof ks[0]; ++i) {
