@@ -50,6 +50,7 @@ def clang_flags(target: Target) -> list[str]:
         "-fno-builtin",
         "-fPIC",
         "-fvisibility=hidden",
+        "-g",  # DWARF names the kernels' code ranges: benchmarks/dispatch_cost.py counts them as their own rows
         "-c",
     ]
 
