@@ -353,9 +353,9 @@ def _q4_on_kernel(low: _Lowering, op, gname: str, scale_v, x: TensorType, n: int
         PackedWeight(f"{w_key}.q4p{n0}", w_key, k, n, "i8", n0, bs, shape=q4kernel.weight_shape(k, n, n0), kind="q4w"),
     )
     ps = low.packed.setdefault(
-        f"{s_key}.q4s{n0}",
+        f"{w_key}.q4s{n0}",
         PackedWeight(
-            f"{s_key}.q4s{n0}",
+            f"{w_key}.q4s{n0}",
             s_key,
             k,
             n,
@@ -367,7 +367,7 @@ def _q4_on_kernel(low: _Lowering, op, gname: str, scale_v, x: TensorType, n: int
             data=inline[1] if inline else None,
         ),
     )
-    wsym, ssym = "rvd_q4." + gname + f".p{n0}", f"rvd_q4.{s_key}.s{n0}"
+    wsym, ssym = "rvd_q4." + gname + f".p{n0}", f"rvd_q4.{gname}.s{n0}"
     with ir.InsertionPoint(op), op.location:
         xb = _builtin(op.operands[0], x, f"tensor<?x?x{k}xf32>")
         args = [xb, shared.results[0], shared.results[1], _load(wsym, pw.tensor_type), _load(ssym, ps.tensor_type)]
