@@ -17,7 +17,8 @@
 // high nibbles have their own accumulator (16 products of 127 x 15 each: at most 30480, fits int16), summed
 // once per block into int32 (vwadd). sum_k a (q - 8) = sum_k a q - 8 sum_k a, so the zero point costs one
 // scalar add per block (c). Then per block: convert to f32, add c, multiply by the weight scales and the
-// activation's d, accumulate in f32. No weight is ever dequantized to memory.
+// activation's d, accumulate in f32. No weight is ever dequantized to memory. Prefill: two rows share each
+// unpacked weight vector (rvd_q4_matmul's row-pair loop).
 #include "rvd_q4.h"
 
 #include <riscv_vector.h>
@@ -88,6 +89,39 @@ static inline vfloat32m8_t rvd_f16_to_f32(const uint16_t* s, size_t vl) {
     }                                                                                                     \
   }
 
+// Two rows (prefill) share each unpacked weight vector: per K step one vle8 + vand + vsrl serve four vwmacc.
+// 4 int16 accumulators (16 registers) + the scales (8) + a row's int32 sum (8) fill the register file, so the
+// f32 sums live in Y (one vle32 + vse32 per row and block) instead of registers.
+#define RVD_Q4_ROW2(R)                                                                                    \
+  {                                                                                                       \
+    vuint8m2_t v = __riscv_vle8_v_u8m2(wb + (R) * N0, vl);                                                \
+    vint8m2_t lo = __riscv_vreinterpret_v_u8m2_i8m2(__riscv_vand_vx_u8m2(v, 0x0F, vl));                   \
+    vint8m2_t hi = __riscv_vreinterpret_v_u8m2_i8m2(__riscv_vsrl_vx_u8m2(v, 4, vl));                      \
+    if ((R) == 0) {                                                                                       \
+      l0 = __riscv_vwmul_vx_i16m4(lo, a0[0], vl);                                                         \
+      h0 = __riscv_vwmul_vx_i16m4(hi, a0[16], vl);                                                        \
+      l1 = __riscv_vwmul_vx_i16m4(lo, a1[0], vl);                                                         \
+      h1 = __riscv_vwmul_vx_i16m4(hi, a1[16], vl);                                                        \
+    } else {                                                                                              \
+      l0 = __riscv_vwmacc_vx_i16m4(l0, a0[R], lo, vl);                                                    \
+      h0 = __riscv_vwmacc_vx_i16m4(h0, a0[16 + (R)], hi, vl);                                             \
+      l1 = __riscv_vwmacc_vx_i16m4(l1, a1[R], lo, vl);                                                    \
+      h1 = __riscv_vwmacc_vx_i16m4(h1, a1[16 + (R)], hi, vl);                                             \
+    }                                                                                                     \
+  }
+
+// Y row += d (sum + c) s for one block (the first block stores instead of accumulating).
+static inline void rvd_q4_finish(float* yrow, vint16m4_t lo, vint16m4_t hi, vfloat32m8_t s, float d, float c,
+                                 int first, size_t vl) {
+  vfloat32m8_t t = __riscv_vfcvt_f_x_v_f32m8(__riscv_vwadd_vv_i32m8(lo, hi, vl), vl);
+  t = __riscv_vfmul_vv_f32m8(__riscv_vfadd_vf_f32m8(t, c, vl), s, vl);
+  if (first) {
+    __riscv_vse32_v_f32m8(yrow, __riscv_vfmul_vf_f32m8(t, d, vl), vl);
+  } else {
+    __riscv_vse32_v_f32m8(yrow, __riscv_vfmacc_vf_f32m8(__riscv_vle32_v_f32m8(yrow, vl), d, t, vl), vl);
+  }
+}
+
 RVD_Q4_API void rvd_q4_matmul(const int8_t* q, size_t qo, const float* dc, size_t dco, const uint8_t* w,
                               size_t wo, const uint16_t* ws, size_t wso, float* y, size_t yo, size_t M,
                               size_t K, size_t N, size_t N0, size_t panel) {
@@ -99,7 +133,30 @@ RVD_Q4_API void rvd_q4_matmul(const int8_t* q, size_t qo, const float* dc, size_
   const uint16_t* sp = ws + wso + panel * G * N0;
   const size_t col0 = panel * N0;
   const size_t cols = N - col0 < N0 ? N - col0 : N0;
-  for (size_t m = 0; m < M; ++m) {
+  size_t m = 0;
+  for (; m + 2 <= M; m += 2) {
+    const int8_t* q0 = q + m * K;
+    const float* dc0 = dc + m * G * 2;
+    for (size_t c = 0; c < cols;) {
+      size_t vl = __riscv_vsetvl_e8m2(cols - c);
+      float* y0 = y + m * N + col0 + c;
+      for (size_t g = 0; g < G; ++g) {
+        const uint8_t* wb = wp + g * 16 * N0 + c;
+        const int8_t* a0 = q0 + g * RVD_Q4_BLOCK;
+        const int8_t* a1 = a0 + K;
+        vint16m4_t l0, h0, l1, h1;
+        RVD_Q4_ROW2(0) RVD_Q4_ROW2(1) RVD_Q4_ROW2(2) RVD_Q4_ROW2(3)
+        RVD_Q4_ROW2(4) RVD_Q4_ROW2(5) RVD_Q4_ROW2(6) RVD_Q4_ROW2(7)
+        RVD_Q4_ROW2(8) RVD_Q4_ROW2(9) RVD_Q4_ROW2(10) RVD_Q4_ROW2(11)
+        RVD_Q4_ROW2(12) RVD_Q4_ROW2(13) RVD_Q4_ROW2(14) RVD_Q4_ROW2(15)
+        vfloat32m8_t s = rvd_f16_to_f32(sp + g * N0 + c, vl);
+        rvd_q4_finish(y0, l0, h0, s, dc0[2 * g], dc0[2 * g + 1], g == 0, vl);
+        rvd_q4_finish(y0 + N, l1, h1, s, dc0[2 * G + 2 * g], dc0[2 * G + 2 * g + 1], g == 0, vl);
+      }
+      c += vl;
+    }
+  }
+  for (; m < M; ++m) {  // one row (decode): the f32 sums stay in registers
     const int8_t* qrow = q + m * K;
     const float* dcrow = dc + m * G * 2;
     for (size_t c = 0; c < cols;) {
