@@ -7,7 +7,9 @@ W is replaced by a new global holding it pre-packed as N1xK1xN0xK0, so neither m
 step packs a weight, and each weight is stored once, in the layout its kernel reads. IREE then lowers
 the mmt4d ops to its microkernels (`--iree-llvmcpu-enable-ukernels=mmt4d`). Activation x activation
 contractions (attention over the KV cache) are left alone: repacking the cache every token costs
-more than the microkernel saves (see the issue's measurements).
+more than the microkernel saves (see the issue's measurements). 4-bit weights (rvdeploy.qgraph's MatMulNBits
+chain) become the RVV 4-bit kernels' dispatches on riscv64 (rvdeploy.q4kernel), else one generated
+contraction dequantizing the i4 weights in registers.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ class LoweredModule:
     tiles: dict  # element type -> Tile
     lowered: int  # contractions rewritten
     skipped: tuple[str, ...]  # why other weight contractions were not
-    q4: int = 0  # 4-bit weight contractions (dequantized inside a generated contraction, not mmt4d)
-    q4_kernel: int = 0  # of those, run on the RVV 4-bit kernels (rvdeploy.q4kernel) instead
+    q4: int = 0  # 4-bit weight contractions (not mmt4d)
+    q4_kernel: int = 0  # of those, on the RVV 4-bit kernels (rvdeploy.q4kernel); the rest dequantize in a generated one
 
 
 @dataclass
@@ -327,6 +329,7 @@ def _q4_on_kernel(low: _Lowering, op, gname: str, scale_v, x: TensorType, n: int
         return False
     if low.q4_object is None:
         low.q4_object = q4kernel.build_object(low.target)
+        # added with the helper functions (the name only keeps it once): the exports their dispatches call
         low.helper("!executable", lambda: q4kernel.executable(low.q4_object))
     n0 = q4kernel.panel_width(low.target)
     g = k // bs
