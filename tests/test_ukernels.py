@@ -119,3 +119,27 @@ def test_unknown_library_is_an_error():
 
     with pytest.raises(RvdeployError, match="unknown ukernel library"):
         ukernels.choose(get_target("rv64gcv-vlen256"), "mine")
+
+
+def test_q4_object_is_cached_hidden_and_per_isa(tmp_path, monkeypatch):
+    """The 4-bit kernels' object (rvdeploy.q4kernel): cached by content and flags, one per VLEN and f16 support,
+    its two entry points defined and hidden (a module's embedded ELF has no PLT to reach default-visibility
+    symbols through: the dispatch would jump to nothing)."""
+    from rvdeploy import q4kernel
+
+    readelf = shutil.which("llvm-readelf-19") or shutil.which("llvm-readelf")
+    if not CLANG or not readelf:
+        system_part_missing("needs clang-19 and llvm-19 (installed by scripts/setup.sh)")
+    monkeypatch.setenv("RVDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    k1 = q4kernel.build_object(get_target("spacemit-k1"))
+    mtime = os.stat(k1).st_mtime_ns
+    assert q4kernel.build_object(get_target("spacemit-k1")) == k1 and os.stat(k1).st_mtime_ns == mtime
+    plain = q4kernel.build_object(get_target("rv64gcv-vlen256"))  # same VLEN, no Zvfh: integer f16 conversion
+    assert plain != k1 and "_zvfhmin" in " ".join(q4kernel.clang_flags(get_target("spacemit-k1")))
+    assert "_zvfhmin" not in " ".join(q4kernel.clang_flags(get_target("rv64gcv-vlen256")))
+    syms = subprocess.run([readelf, "-sW", str(k1)], capture_output=True, text=True, check=True).stdout
+    for name in ("rvd_q4_matmul", "rvd_q8_quantize"):
+        line = next(ln for ln in syms.splitlines() if ln.split()[-1:] == [name])
+        assert " FUNC " in line and " HIDDEN " in line and " UND " not in line, line
+    assert not q4kernel.applies(get_target("host")) and not q4kernel.applies(get_target("rv64gc"))
+    assert q4kernel.panel_width(get_target("rv64gcv-vlen512")) == 128
