@@ -1,7 +1,7 @@
 // rvdeploy's 4-bit matmul kernels for RISC-V V 1.0 (Q4_0 weights x Q8_0 activations, like llama.cpp's).
 //
-// Built to an object per target VLEN (rvdeploy/q4kernel.py) and linked into the module's dispatches as
-// external functions (an IREE stream.executable with hal.executable.objects, rvdeploy/q4_helpers.py), and by
+// Built to an object per target VLEN and linked into the module's dispatches as external functions
+// (rvdeploy/q4kernel.py: an IREE stream.executable with hal.executable.objects), and by
 // the test harness (ukernels/harness.c) into a riscv64 executable run under qemu-user.
 //
 // Two entry points, each called once per workgroup:
