@@ -73,6 +73,8 @@ class PackedWeight:
     transposed: bool = False  # the source is stored NxK (a tied embedding used through Transpose)
     colsum_key: str | None = None  # int8 weights: parameter key of the i32 column sums (zero-point correction)
     shape: tuple[int, ...] | None = None  # stored as is in this shape (4-bit blocks: N x G x block), not tiled
+    kind: str = ""  # "q4w" / "q4s": 4-bit weights / their f16 scales in the RVV kernels' panels (pack_q4_panels)
+    data: bytes | None = None  # the source's bytes when it is not a parameter (scales the importer left inline)
 
     @property
     def packed_shape(self) -> tuple[int, ...]:
@@ -99,6 +101,28 @@ def pack_q4(raw: np.ndarray) -> np.ndarray:
     """4-bit blocks are stored as they are, each nibble q in 0..15 turned into the signed q - 8 the
     contraction reads (rvdeploy.mmt4d_helpers.q4_matmul_fn): flipping the top bit of both nibbles."""
     return raw ^ np.uint8(0x88)
+
+
+def pack_q4_panels(raw: np.ndarray, pw: PackedWeight) -> np.ndarray:
+    """MatMulNBits bytes [N, G, 16] (nibbles q in 0..15, consecutive K values low first) -> the RVV 4-bit kernel's
+    panels (ukernels/rvd_q4.c): [N1, G, 16, N0] bytes with byte (r, c) = q[c][32g + r] | q[c][32g + 16 + r] << 4,
+    N zero-padded to whole panels."""
+    n1, g, _, n0 = pw.packed_shape
+    b = raw.reshape(pw.n, g, 16)
+    q = np.empty((n1 * n0, g, 32), np.uint8)
+    q[pw.n :] = 0
+    q[: pw.n, :, 0::2] = b & 0x0F
+    q[: pw.n, :, 1::2] = b >> 4
+    panels = q[:, :, :16] | (q[:, :, 16:] << 4)  # [N1 N0, G, 16]
+    return np.ascontiguousarray(panels.reshape(n1, n0, g, 16).transpose(0, 2, 3, 1))
+
+
+def pack_q4_scales(scales: np.ndarray, pw: PackedWeight) -> np.ndarray:
+    """Block scales [N, G] (f32 or f16) -> f16 [N1, G, N0], N zero-padded to whole panels."""
+    n1, g, n0 = pw.packed_shape
+    s = np.zeros((n1 * n0, g), np.float16)
+    s[: pw.n] = scales.reshape(pw.n, g).astype(np.float16)
+    return np.ascontiguousarray(s.reshape(n1, n0, g).transpose(0, 2, 1))
 
 
 def column_sums(w: np.ndarray) -> np.ndarray:

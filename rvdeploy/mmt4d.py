@@ -7,16 +7,20 @@ W is replaced by a new global holding it pre-packed as N1xK1xN0xK0, so neither m
 step packs a weight, and each weight is stored once, in the layout its kernel reads. IREE then lowers
 the mmt4d ops to its microkernels (`--iree-llvmcpu-enable-ukernels=mmt4d`). Activation x activation
 contractions (attention over the KV cache) are left alone: repacking the cache every token costs
-more than the microkernel saves (see the issue's measurements).
+more than the microkernel saves (see the issue's measurements). 4-bit weights (rvdeploy.qgraph's MatMulNBits
+chain) become the RVV 4-bit kernels' dispatches on riscv64 (rvdeploy.q4kernel), else one generated
+contraction dequantizing the i4 weights in registers.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from iree.compiler import ir
 
+from . import q4kernel
 from .entrypoints import EntryModule
 from .layout import PackedWeight, Tile, tile_for
 from .mlir_types import TensorType
@@ -32,7 +36,8 @@ class LoweredModule:
     tiles: dict  # element type -> Tile
     lowered: int  # contractions rewritten
     skipped: tuple[str, ...]  # why other weight contractions were not
-    q4: int = 0  # 4-bit weight contractions (dequantized inside a generated contraction, not mmt4d)
+    q4: int = 0  # 4-bit weight contractions (not mmt4d)
+    q4_kernel: int = 0  # of those, on the RVV 4-bit kernels (rvdeploy.q4kernel); the rest dequantize in a generated one
 
 
 @dataclass
@@ -51,6 +56,10 @@ class _Lowering:
     skipped: list[str] = field(default_factory=list)  # why a weight contraction was not lowered
     # packed global name (without its "rvd_packed." prefix) -> weight: embedding lookups read these
     sym_to_packed: dict[str, PackedWeight] = field(default_factory=dict)
+    q4_object: Path | None = None  # the 4-bit kernels' object (rvdeploy.q4kernel), built on first use
+    text: str = ""  # the module's text (its resources: inline constants' bytes)
+    q8_shared: dict = field(default_factory=dict)  # activation value -> its quantize call (q/k/v share one)
+    q4_kernel: int = 0
 
     def tile(self, elt: str) -> Tile | None:
         return tile_for(self.target, elt, self.library)
@@ -265,6 +274,9 @@ def _lower_q4(low: _Lowering) -> int:
             n, g, half = b.dims
             bs, k = half * 2, g * half * 2
             per_block = zt.dims != ()
+            if _q4_on_kernel(low, op, gname, scale_v, x, n, k, bs, per_block):
+                count += 1
+                continue
             helper = f"rvd_q4_{k}x{n}_b{bs}_{x.elt}{'_zp' if per_block else ''}"
             low.helper(helper, lambda: q4_matmul_fn(helper, k, n, g, bs, x.elt, per_block, low.opset))
             source_key = _param_key(low.globals_[gname])
@@ -283,6 +295,91 @@ def _lower_q4(low: _Lowering) -> int:
             _declare_global(low.globals_, gname, sym, key, wt)
             count += 1
     return count
+
+
+def _inline_scales(low: _Lowering, value) -> tuple[str, bytes] | None:
+    """(resource name, raw bytes) of block scales the importer left inline (tensors under its externalizing
+    threshold): an onnx.Constant holding a dense_resource blob, whose bytes are in the module's resources."""
+    op = value.owner
+    if _onnx_name(op) != "onnx.Constant" or "torch.onnx.value" not in op.attributes:
+        return None
+    found = re.match(r"dense_resource<([^>]+)>", str(op.attributes["torch.onnx.value"]))
+    if found is None:
+        return None
+    name = found.group(1).strip('"')
+    blob = re.search(rf'^\s*"?{re.escape(name)}"?: "0x([0-9A-Fa-f]+)"', low.text, re.M)
+    if blob is None:
+        return None
+    return name, bytes.fromhex(blob.group(1))[4:]  # a 4-byte alignment header, then the data
+
+
+def _q4_on_kernel(low: _Lowering, op, gname: str, scale_v, x: TensorType, n: int, k: int, bs: int, per_block) -> bool:
+    """The 4-bit MatMul `op` as the RVV kernels' two dispatches (rvdeploy.q4kernel) when they apply: riscv64 RVV
+    with the project library, f32 activations, blocks of 32, zero point 8 and scales stored as a parameter."""
+    scale = _weight_global(scale_v)
+    inline = _inline_scales(low, scale_v) if scale is None else None
+    if (
+        low.library != "project"
+        or not q4kernel.applies(low.target)
+        or x.elt != "f32"
+        or bs != q4kernel.BLOCK
+        or per_block
+        or (scale is None and inline is None)
+        or (scale is not None and scale[1])
+    ):
+        return False
+    if low.q4_object is None:
+        low.q4_object = q4kernel.build_object(low.target)
+        # added with the helper functions (the name only keeps it once): the exports their dispatches call
+        low.helper("!executable", lambda: q4kernel.executable(low.q4_object))
+    n0 = q4kernel.panel_width(low.target)
+    g = k // bs
+    x_in = op.operands[0]
+    shared = low.q8_shared.get(x_in)
+    if shared is None or shared.operation.block != op.operation.block:
+        qname = f"rvd_q8_{k}"
+        low.helper(qname, lambda: q4kernel.quantize_fn(qname, k, low.opset))
+        with ir.InsertionPoint(op), op.location:
+            xb = _builtin(x_in, x, f"tensor<?x?x{k}xf32>")
+            shared = ir.Operation.create(
+                "func.call",
+                results=[ir.Type.parse(f"tensor<?x{k}xi8>"), ir.Type.parse(f"tensor<?x{g}x2xf32>")],
+                operands=[xb],
+                attributes={"callee": ir.FlatSymbolRefAttr.get(qname)},
+            )
+        low.q8_shared[x_in] = shared
+    helper = f"rvd_q4k_{k}x{n}_n0{n0}"
+    low.helper(helper, lambda: q4kernel.matmul_fn(helper, k, n, n0, low.opset))
+    w_key = _param_key(low.globals_[gname])
+    s_key = _param_key(low.globals_[scale[0]]) if scale else inline[0]
+    pw = low.packed.setdefault(
+        f"{w_key}.q4p{n0}",
+        PackedWeight(f"{w_key}.q4p{n0}", w_key, k, n, "i8", n0, bs, shape=q4kernel.weight_shape(k, n, n0), kind="q4w"),
+    )
+    ps = low.packed.setdefault(
+        f"{w_key}.q4s{n0}",
+        PackedWeight(
+            f"{w_key}.q4s{n0}",
+            s_key,
+            k,
+            n,
+            "f16",
+            n0,
+            bs,
+            shape=q4kernel.scale_shape(k, n, n0),
+            kind="q4s",
+            data=inline[1] if inline else None,
+        ),
+    )
+    wsym, ssym = "rvd_q4." + gname + f".p{n0}", f"rvd_q4.{gname}.s{n0}"
+    with ir.InsertionPoint(op), op.location:
+        xb = _builtin(op.operands[0], x, f"tensor<?x?x{k}xf32>")
+        args = [xb, shared.results[0], shared.results[1], _load(wsym, pw.tensor_type), _load(ssym, ps.tensor_type)]
+    _replace_with_call(op, helper, args, f"tensor<?x?x{n}xf32>")
+    _declare_global(low.globals_, gname, wsym, pw.key, pw.tensor_type)
+    _declare_global(low.globals_, gname, ssym, ps.key, ps.tensor_type)
+    low.q4_kernel += 1
+    return True
 
 
 def _lower_matmul_integer(low: _Lowering) -> int:
@@ -417,7 +514,8 @@ def lower_to_mmt4d(
     transposed; such copies are dropped and lm_head reads the table (see params.is_transposed_copy)."""
     with ir.Context() as ctx:
         ctx.allow_unregistered_dialects = True
-        module = ir.Module.parse(entry.mlir.read_text())
+        text = entry.mlir.read_text()
+        module = ir.Module.parse(text)
         globals_ = {
             ir.StringAttr(op.attributes["sym_name"]).value: op.operation
             for op in module.body.operations
@@ -429,7 +527,7 @@ def lower_to_mmt4d(
                 opset = ir.IntegerAttr(op.attributes["torch.onnx_meta.opset_version"]).value
                 break
 
-        low = _Lowering(module, globals_, target, ukernels, opset)
+        low = _Lowering(module, globals_, target, ukernels, opset, text=text)
         lowered = _lower_matmul(low, is_transpose)
         q4 = _lower_q4(low)
         lowered += _lower_matmul_integer(low)
@@ -464,4 +562,5 @@ def lower_to_mmt4d(
         lowered=lowered,
         skipped=tuple(low.skipped),
         q4=q4,
+        q4_kernel=low.q4_kernel,
     )

@@ -14,7 +14,7 @@ import iree.runtime as rt
 import numpy as np
 
 from .errors import RvdeployError
-from .layout import column_sums, pack_q4, pack_weight
+from .layout import column_sums, pack_q4, pack_q4_panels, pack_q4_scales, pack_weight
 from .mmt4d import LoweredModule
 
 _NUMPY = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "i8": np.int8, "i32": np.int32}
@@ -78,11 +78,22 @@ def write_params(source: Path, lowered: LoweredModule | None, out: Path) -> Path
         placed: list[tuple[str, int, int]] = []
         with open(scratch, "wb") as f:
             for pw in lowered.packed:
-                if pw.source_key not in entries:
+                if pw.data is None and pw.source_key not in entries:
                     raise RvdeployError(f"parameter {pw.source_key!r} missing from {source.name}")
-                offset, length = entries[pw.source_key]
-                if pw.elt == "i4":  # 4-bit blocks: stored as they are, not tiled
-                    raw = pack_q4(np.frombuffer(_read(src_fd, offset, length), dtype=np.uint8))
+                offset, length = entries[pw.source_key] if pw.data is None else (0, len(pw.data))
+                if pw.kind or pw.elt == "i4":  # 4-bit blocks (not tiled): for the RVV kernels, or as they are
+                    data = _read(src_fd, offset, length) if pw.data is None else pw.data
+                    if pw.kind == "q4w":
+                        raw = pack_q4_panels(np.frombuffer(data, dtype=np.uint8), pw)
+                    elif pw.kind == "q4s":
+                        raw = pack_q4_scales(
+                            np.frombuffer(
+                                data, dtype=np.float32 if length == 4 * pw.n * (pw.k // pw.k0) else np.float16
+                            ),
+                            pw,
+                        )
+                    else:
+                        raw = pack_q4(np.frombuffer(data, dtype=np.uint8))
                     f.seek(-f.tell() % _ALIGN, os.SEEK_CUR)
                     placed.append((pw.key, f.tell(), raw.nbytes))
                     f.write(raw.tobytes())

@@ -12,7 +12,8 @@ com.microsoft MatMulNBits (q4 / q4f16 exports, and `--quantize q4`), which IREE 
     W  = Transpose(Reshape((Cast(q) - Z) * S, [N, K]))                             S, Z: [N, G, 1] or Z scalar 8
     Y  = MatMul(A, W)
   The 4-bit bytes are kept as they are (one initializer, 4 bits a weight). rvdeploy.mmt4d recognizes this
-  chain and replaces it with one dispatch reading the weights as i4, dequantizing in registers; without
+  chain and replaces it with the RVV 4-bit kernels' dispatches (riscv64, rvdeploy.q4kernel: weights repacked
+  with f16 scales at build time) or one dispatch reading the weights as i4, dequantizing in registers; without
   that lowering (`--pipeline baseline`) IREE evaluates the chain as written. (The direct standard form,
   DequantizeLinear opset 21 with block_size on an INT4 initializer, imports in IREE 3.13 but does not
   compile: "failed to legalize ... onnx.DequantizeLinear" with block_size.)

@@ -104,14 +104,16 @@ def quantize_int8_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def quantize_q4_weight(w: np.ndarray, block: int = Q4_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """W [K, N] f32 -> (packed [N, K/block, block/2] uint8, scales [N, K/block] f32), Q4_0 style:
-    d = (the block's value of largest magnitude) / -8, q = clamp(round(w / d) + 8, 0, 15), low nibble first."""
+    d = (the block's value of largest magnitude) / -8 rounded to f16 (Q4_0 stores f16 scales, and so do the RVV
+    4-bit kernels: the f32 scales MatMulNBits holds are then exactly theirs), q = clamp(round(w / d) + 8, 0, 15),
+    low nibble first."""
     k, n = w.shape
     if k % block:
         raise RvdeployError(f"q4: K = {k} is not a multiple of the block size {block}")
     wb = w.T.reshape(n, k // block, block)
     idx = np.abs(wb).argmax(axis=2)
     vmax = np.take_along_axis(wb, idx[..., None], axis=2)[..., 0]
-    d = (vmax / -8.0).astype(np.float32)
+    d = (vmax / -8.0).astype(np.float16).astype(np.float32)
     inv = np.where(d != 0, 1.0 / np.where(d != 0, d, 1.0), 0.0)
     q = np.clip(np.rint(wb * inv[..., None]) + 8, 0, 15).astype(np.uint8)
     packed = (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)

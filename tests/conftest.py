@@ -16,6 +16,10 @@ TINY = Path(__file__).resolve().parent / "fixtures" / "tiny-random"
 # RVDEPLOY_IREE_SOURCE names another.
 SHARED_IREE_SOURCES = sorted((ROOT.parent / "shared" / "iree-src").glob("iree-src-*.tar.gz"))
 ON_CI = os.environ.get("CI") == "true"
+# The RVV 4-bit kernels (riscv64 q4 bundles) quantize activations to int8 per block of 32: accuracy_level 4's
+# arithmetic, not the f32 one. Their logits are compared with this tolerance, relative to the largest logit
+# (measured on the demo: 1.3 % against onnxruntime at f32, 1.5 % against its accuracy_level 4).
+Q4_KERNEL_RTOL = 0.03
 
 
 def system_part_missing(why: str):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import ROOT
+from conftest import Q4_KERNEL_RTOL, ROOT
 from iree_host import greedy_logits
 from ort_reference import greedy_tokens
 
@@ -200,16 +200,28 @@ RISCV = "rv64gcv-vlen256"
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FIXTURES)
 def test_riscv64_under_qemu_gives_onnxruntime_tokens(built, reference, name):
-    """The riscv64 bundle's runner under qemu-user (VLEN 256), fed ids with no position_ids."""
+    """The riscv64 bundle's runner under qemu-user (VLEN 256), fed ids with no position_ids. int4 runs on the RVV
+    4-bit kernels (int8 activation blocks, conftest's Q4_KERNEL_RTOL): its tokens equal onnxruntime's f32 ones up
+    to a step where onnxruntime's own margin between its token and the kernels' is within that tolerance (on
+    llama-int4: step 12, a margin of 0.7 % of the largest logit; onnxruntime's own int8 path moves its first
+    token), after which the sequences are not comparable."""
     bundle = built(str(GENAI / name), RISCV)
     from rvdeploy.tokenizer import TextCodec
 
     text = "Beautiful is"
     ids = TextCodec(bundle.path / "tokenizer.json").encode(text)
-    want, _ = greedy_tokens(reference(name), ids, NEW_TOKENS)
+    want, logits = greedy_tokens(reference(name), ids, NEW_TOKENS)
     result = api.run(bundle.path, board="qemu", prompt=text, max_new_tokens=NEW_TOKENS)
     eos = bundle.manifest.eos_token_ids
-    assert result.ids and result.ids == want[: len(result.ids)]
+    got = result.ids
+    if "int4" in name:
+        assert bundle.manifest.pipeline.mmt4d.q4_kernel_contractions > 0
+        n = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), len(got))
+        if n < len(got):
+            margin = logits[n][want[n]] - logits[n][got[n]]
+            assert margin <= Q4_KERNEL_RTOL * np.abs(logits[n]).max(), (n, margin)
+            got, want = got[:n], want[:n]
+    assert got and got == want[: len(got)]
     assert len(result.ids) == NEW_TOKENS or result.ids[-1] in eos
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import DEMO, TINY
+from conftest import DEMO, Q4_KERNEL_RTOL, TINY
 from iree_host import greedy_logits
 from ort_reference import greedy_tokens
 
@@ -143,17 +143,21 @@ def test_q4_blocks_like_q4_0():
     packed, d = quantize_q4_weight(w)
     assert packed.shape == (40, 3, 16) and packed.dtype == np.uint8 and d.shape == (40, 3)
     back = dequantize_q4(packed, d, 96)
-    # half a step, except at the clipped end (q = 16 -> 15, as in Q4_0): one step at most, per block
+    # half a step, except at the clipped end (q = 16 -> 15, as in Q4_0): one step at most, per block (plus the
+    # f16 rounding of d, up to 2^-11 relative, taken 8 times at the ends)
     err = np.abs(back - w).T.reshape(40, 3, 32)
-    assert (err <= np.abs(d)[..., None] * (1 + 1e-5)).all()
+    assert (err <= np.abs(d)[..., None] * (1 + 2.0**-8)).all()
     assert np.median(err) <= np.median(np.abs(d)) / 2
-    # the block's largest-magnitude value is exact (q = 0, Q4_0's d = max / -8)
+    # scales are f16 values (what the RVV kernels store), and the block's largest-magnitude value is exact up to
+    # that rounding (q = 0, Q4_0's d = max / -8)
+    assert (d.astype(np.float16).astype(np.float32) == d).all()
     blocks = w.T.reshape(40, 3, 32)
     idx = np.abs(blocks).argmax(axis=2)
     assert np.allclose(
         np.take_along_axis(blocks, idx[..., None], 2),
         np.take_along_axis(back.T.reshape(40, 3, 32), idx[..., None], 2),
-        atol=1e-6,
+        rtol=2.0**-11,
+        atol=0,
     )
 
 
@@ -391,3 +395,117 @@ def test_perplexity_on_the_zen_text(build, tmp_path):
     assert ppl["fp32"] < 2.0, ppl  # the demo knows its text
     for fmt, margin in PPL_MARGIN.items():
         assert ppl[fmt] <= margin * ppl["fp32"], (fmt, ppl)
+
+
+# ------------------------------------------------------------------------------------------------ riscv64 q4
+# On riscv64 RVV targets every q4 contraction runs on the RVV 4-bit kernels (ukernels/rvd_q4.c, rvdeploy.q4kernel):
+# activations quantized to int8 per block of 32 (Q8_0), integer products with the 4-bit weights, f16 block
+# scales. Logits are compared with conftest's Q4_KERNEL_RTOL (prompt 3 7 11 13 17 19 23 on the demo).
+
+
+def _accuracy_level_4(ref: Path, out: Path) -> Path:
+    """The reference ONNX with accuracy_level = 4 on every MatMulNBits (onnxruntime then quantizes activations)."""
+    model = onnx.load(str(ref))
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits":
+            node.attribute.append(onnx.helper.make_attribute("accuracy_level", 4))
+    onnx.save(model, str(out))
+    return out
+
+
+def _need_qemu():
+    from conftest import system_part_missing
+
+    if shutil.which("qemu-riscv64") is None:
+        system_part_missing("needs qemu-riscv64 (scripts/setup.sh installs it)")
+
+
+def _qemu_prefill_logits(bundle, ids: list[int], tmp_path: Path) -> np.ndarray:
+    """prefill's last-position logits from the riscv64 bundle's own runtime under qemu-user (its launcher)."""
+    import os
+    import subprocess
+
+    from rvdeploy.targets import get_target
+
+    out = tmp_path / "logits.npy"
+    env = {
+        **os.environ,
+        "RVDEPLOY_RUN_PREFIX": shutil.which("qemu-riscv64"),
+        "QEMU_CPU": get_target(bundle.manifest.target.name).qemu_cpu,
+    }
+    args = [
+        "--module=model.vmfb",
+        "--parameters=model=model.irpa",
+        "--device=local-sync",
+        "--function=prefill",
+        f"--input=1x{len(ids)}xi64={','.join(map(str, ids))}",
+        "--input=0",
+        f"--output=@{out}",
+    ]
+    proc = subprocess.run(
+        ["sh", "launcher.sh", "run", "iree-run-module", *args], cwd=bundle.path, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-500:]
+    return np.load(out)[0, -1].astype(np.float64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["rv64gcv-vlen128", "spacemit-k1", "rv64gcv-vlen512"])
+def test_riscv_q4_on_rvv_4bit_kernels(cases, build, tmp_path, target):
+    """`--quantize q4` for riscv64 RVV: every 4-bit contraction on the kernels (N0 = VLEN/4 panels; f16 scales
+    by integer bit moves at VLEN 128/512, by vfwcvt with spacemit-k1's Zvfh), weights stored once as 4-bit
+    panels + f16 scales (4.5 bits a weight, no f32 copy), greedy tokens equal onnxruntime's at accuracy_level 4
+    and at f32, under qemu."""
+    _need_qemu()
+    bundle = build("demo-q4", target)
+    mm = bundle.manifest.pipeline.mmt4d
+    assert mm.q4_contractions > 0 and mm.q4_kernel_contractions == mm.q4_contractions
+    vlen = {"rv64gcv-vlen128": 128, "spacemit-k1": 256, "rv64gcv-vlen512": 512}[target]
+    weights = [pw for pw in mm.packed_weights if pw.key.endswith(f".q4p{vlen // 4}")]
+    scales = [pw for pw in mm.packed_weights if pw.key.endswith(f".q4s{vlen // 4}")]
+    assert weights and len(weights) == len(scales) and len(weights) + len(scales) == len(mm.packed_weights)
+    # 4 bits a weight and an f16 scale per 32 (N padded to whole panels: at VLEN 512 the demo's N = 32 and 64
+    # fill half a panel), plus the fp32 embedding table (+ archive header and alignment)
+    padded = [int(np.prod(pw.packed_shape)) for pw in weights]
+    assert padded == [pw.k * -(-pw.n // (vlen // 4)) * (vlen // 4) // 2 for pw in weights]
+    irpa = (bundle.path / "model.irpa").stat().st_size
+    assert irpa < 512 * 64 * 4 + sum(padded) * (1 + 1 / 8) + 16384
+    _, ref, _ = cases["demo-q4"]
+    ids = TextCodec(bundle.path / "tokenizer.json").encode("Beautiful is")
+    want, _ = greedy_tokens(ref, ids, NEW_TOKENS)
+    want4, _ = greedy_tokens(_accuracy_level_4(ref, tmp_path / "level4.onnx"), ids, NEW_TOKENS)
+    result = api.run(bundle.path, board="qemu", prompt="Beautiful is", max_new_tokens=NEW_TOKENS)
+    assert result.ids == want4 == want
+    assert result.text.startswith(" better than ugly.")
+
+
+@pytest.mark.slow
+def test_riscv_q4_kernel_logits_and_perplexity(cases, build, tmp_path):
+    """The 4-bit kernels' numerics on spacemit-k1 under qemu: prefill logits within Q4_KERNEL_RTOL of
+    onnxruntime's (f32 and accuracy_level 4), and the perplexity of the Zen text's first 40 tokens (each
+    predicted from a prefill of its prefix) within the q4 margin of the fp32 host bundle's on the same tokens."""
+    import codecs
+    import this  # noqa: F401
+
+    from iree_host import perplexity
+
+    _need_qemu()
+    bundle = build("demo-q4", "spacemit-k1")
+    _, ref, _ = cases["demo-q4"]
+    prompt = [3, 7, 11, 13, 17, 19, 23]
+    got = _qemu_prefill_logits(bundle, prompt, tmp_path)
+    for onnx_path in (ref, _accuracy_level_4(ref, tmp_path / "level4.onnx")):
+        _, (want, *_) = greedy_tokens(onnx_path, prompt, 1)
+        rel = float(np.abs(got - want).max() / np.abs(want).max())
+        assert rel <= Q4_KERNEL_RTOL, f"{onnx_path.name}: max |logit difference| {rel:.2%} of the largest logit"
+
+    ids = TextCodec(bundle.path / "tokenizer.json").encode(codecs.decode(this.s, "rot13"))[:40]
+    rows = np.stack([_qemu_prefill_logits(bundle, ids[:i], tmp_path) for i in range(1, len(ids))])
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    ppl_q4 = float(np.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean()))
+    fp32 = api.build(str(DEMO), out=tmp_path / "demo-fp32", target="host").bundle
+    ppl_fp32 = perplexity(fp32, ids)
+    print(f"perplexity of the Zen's first {len(ids)} tokens: fp32 {ppl_fp32:.4f}, q4 on the RVV kernels {ppl_q4:.4f}")
+    assert ppl_fp32 < 2.0
+    assert ppl_q4 <= PPL_MARGIN["q4"] * ppl_fp32, (ppl_q4, ppl_fp32)

@@ -31,7 +31,7 @@ def _need_toolchain():
 @pytest.mark.parametrize("vlen", [128, 256, 512])
 def test_harness_under_qemu(tmp_path, vlen):
     """Every kernel (f32 M0 = 1..8 incl. rvdeploy's 1 x VLEN/4 and 7 x VLEN/4 tiles at K = 2048/8192, s16 RVV
-    kernels, s8 x s8 -> s32 M0 = 1..7 incl. rvdeploy's int8 tiles, the portable fallback for all ten element-type
+    kernels, s8 x s8 -> s32 M0 = 1..7 incl. rvdeploy's int8 tiles, the 4-bit kernels, the portable fallback for all ten element-type
     combinations and K0 > 1), K = 0/1/large,
     accumulate on and off: exact for integers and integer-valued floats, the summation bound otherwise."""
     _need_toolchain()
@@ -50,6 +50,7 @@ def test_harness_under_qemu(tmp_path, vlen):
             "-Werror",
             str(UKERNELS / "harness.c"),
             str(UKERNELS / "rvd_mmt4d.c"),
+            str(UKERNELS / "rvd_q4.c"),
             "-lm",
             "-o",
             str(exe),
@@ -82,6 +83,10 @@ def test_harness_under_qemu(tmp_path, vlen):
         f"tile=7x{vlen // 4}x1" in ln and ln.endswith("rvdeploy_uk_mmt4d_tile_s8s8s32_7xN0x1_rvv_m4") for ln in s8
     )
     assert not any("tile_generic" in ln for ln in s8 if "x1 acc" in ln and " tile=8x" not in ln)
+    # q4 builds' kernels (rvd_q4.c): activation quantization exact, matmul within the bound, at Llama depth
+    q4 = [ln for ln in out.splitlines() if " q4 " in ln]
+    assert len(q4) == 6 and all(ln.startswith("ok") for ln in q4), q4
+    assert any(f"K=8192  N0={vlen // 4} " in ln for ln in q4) and any("extreme" in ln for ln in q4)
 
 
 def test_bitcode_is_cached_and_linkable(tmp_path, monkeypatch):
@@ -114,3 +119,27 @@ def test_unknown_library_is_an_error():
 
     with pytest.raises(RvdeployError, match="unknown ukernel library"):
         ukernels.choose(get_target("rv64gcv-vlen256"), "mine")
+
+
+def test_q4_object_is_cached_hidden_and_per_isa(tmp_path, monkeypatch):
+    """The 4-bit kernels' object (rvdeploy.q4kernel): cached by content and flags, one per VLEN and f16 support,
+    its two entry points defined and hidden (a module's embedded ELF has no PLT to reach default-visibility
+    symbols through: the dispatch would jump to nothing)."""
+    from rvdeploy import q4kernel
+
+    readelf = shutil.which("llvm-readelf-19") or shutil.which("llvm-readelf")
+    if not CLANG or not readelf:
+        system_part_missing("needs clang-19 and llvm-19 (installed by scripts/setup.sh)")
+    monkeypatch.setenv("RVDEPLOY_CACHE_DIR", str(tmp_path / "cache"))
+    k1 = q4kernel.build_object(get_target("spacemit-k1"))
+    mtime = os.stat(k1).st_mtime_ns
+    assert q4kernel.build_object(get_target("spacemit-k1")) == k1 and os.stat(k1).st_mtime_ns == mtime
+    plain = q4kernel.build_object(get_target("rv64gcv-vlen256"))  # same VLEN, no Zvfh: integer f16 conversion
+    assert plain != k1 and "_zvfhmin" in " ".join(q4kernel.clang_flags(get_target("spacemit-k1")))
+    assert "_zvfhmin" not in " ".join(q4kernel.clang_flags(get_target("rv64gcv-vlen256")))
+    syms = subprocess.run([readelf, "-sW", str(k1)], capture_output=True, text=True, check=True).stdout
+    for name in ("rvd_q4_matmul", "rvd_q8_quantize"):
+        line = next(ln for ln in syms.splitlines() if ln.split()[-1:] == [name])
+        assert " FUNC " in line and " HIDDEN " in line and " UND " not in line, line
+    assert not q4kernel.applies(get_target("host")) and not q4kernel.applies(get_target("rv64gc"))
+    assert q4kernel.panel_width(get_target("rv64gcv-vlen512")) == 128

@@ -1,7 +1,7 @@
-// Standalone check of rvd_mmt4d.c against a scalar reference, on random data (fixed seeds).
+// Standalone check of rvd_mmt4d.c and rvd_q4.c against a scalar reference, on random data (fixed seeds).
 //
 //   clang-19 --target=riscv64-linux-gnu -march=rv64gcv_zvl256b -mabi=lp64d -O2 -fuse-ld=lld -static -DRVD_HARNESS \
-//       ukernels/harness.c ukernels/rvd_mmt4d.c -o harness && qemu-riscv64 -cpu rv64,v=true,vlen=256,... ./harness
+//       ukernels/harness.c ukernels/rvd_mmt4d.c ukernels/rvd_q4.c -lm -o harness && qemu-riscv64 -cpu rv64,v=true,vlen=256,... ./harness
 //
 // Cases: every element type IREE's mmt4d ukernel can receive, M0 in {1..8}, the N0 of rvdeploy's tiles at
 // this VLEN (VLEN/4) and of IREE's (VLEN/8) plus odd ones, K0 = 1 and K0 > 1 (the portable fallback),
@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "rvd_mmt4d.h"
+#include "rvd_q4.h"
 
 static uint64_t rng_state;
 static uint32_t rnd(void) {
@@ -165,6 +166,75 @@ static int vlen_bits(void) {
 #endif
 }
 
+// 4-bit kernels (rvd_q4.c): activation quantization must match a scalar Q8_0 reference exactly (same f32
+// operations: d = amax / 127, q = round-to-even(x / d as x * (1 / d))); the matmul against a double reference
+// of the same integer blocks: |got - ref| <= (G + 4) * eps(f32) * sum_g |d_g s_g sum_k a q| (a few f32
+// roundings per block, then G additions). `extreme`: all activations +max and all nibbles 15 or 0 (the int16
+// accumulators' worst case), else random x and nibbles, scales random f16 of both signs incl. subnormals.
+static void run_q4_case(int64_t M, int64_t N, int64_t K, int64_t N0, int extreme, int seed) {
+  rng_state = (uint64_t)seed * 977;
+  const int64_t G = K / 32, N1 = (N + N0 - 1) / N0;
+  float* x = malloc(sizeof(float) * M * K);
+  int8_t* q = malloc(M * K + 1);
+  float* dc = malloc(sizeof(float) * (M * G * 2 + 1));
+  uint8_t* nib = malloc(N * K);           // unpacked nibbles 0..15, [N, K]
+  uint16_t* sc = malloc(2 * N * G);        // f16 scales [N, G]
+  uint8_t* w = calloc(N1 * G * 16 * N0 + 3, 1);
+  uint16_t* ws = calloc(N1 * G * N0 + 5, 2);
+  float* y = malloc(sizeof(float) * (M * N + 4));
+  for (int64_t i = 0; i < M * K; ++i) x[i] = extreme ? 3.0f : ((float)(rnd() % 20001) - 10000.0f) * 1e-3f * ((i % 7) + 1);
+  if (!extreme && M * K > 40) for (int64_t i = 0; i < 32; ++i) x[32 + i] = 0.0f;  // an all-zero block (d = 0)
+  for (int64_t i = 0; i < N * K; ++i) nib[i] = extreme ? ((i / K) % 2 ? 15 : 0) : rnd() % 16;
+  for (int64_t i = 0; i < N * G; ++i) {
+    uint16_t h = (uint16_t)(rnd() % 0x7800u);  // finite f16, subnormals included
+    sc[i] = (uint16_t)(h | (rnd() % 2 ? 0x8000u : 0));
+  }
+  for (int64_t n = 0; n < N; ++n)  // the layout rvdeploy/layout.py pack_q4_panels writes (w, ws offset by 3, 5)
+    for (int64_t g = 0; g < G; ++g) {
+      ws[5 + ((n / N0) * G + g) * N0 + n % N0] = sc[n * G + g];
+      for (int r = 0; r < 16; ++r)
+        w[3 + (((n / N0) * G + g) * 16 + r) * N0 + n % N0] =
+            (uint8_t)(nib[n * K + g * 32 + r] | nib[n * K + g * 32 + 16 + r] << 4);
+    }
+  rvd_q8_quantize(x, 0, q, 1, dc, 1, (size_t)M, (size_t)K);
+  int64_t bad = 0;
+  double max_err = 0;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t g = 0; g < G; ++g) {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = fmaxf(amax, fabsf(x[m * K + g * 32 + i]));
+      float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      int sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        int qi = (int)rintf(x[m * K + g * 32 + i] * id);
+        sum += qi;
+        if (q[1 + m * K + g * 32 + i] != qi) ++bad;
+      }
+      if (dc[1 + (m * G + g) * 2] != d || dc[1 + (m * G + g) * 2 + 1] != (float)(-8 * sum)) ++bad;
+    }
+  for (int64_t p = 0; p < N1; ++p)
+    rvd_q4_matmul(q, 1, dc, 1, w, 3, ws, 5, y, 4, (size_t)M, (size_t)K, (size_t)N, (size_t)N0, (size_t)p);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double ref = 0, mag = 0;
+      for (int64_t g = 0; g < G; ++g) {
+        long isum = 0;
+        for (int i = 0; i < 32; ++i) isum += (long)q[1 + m * K + g * 32 + i] * (nib[n * K + g * 32 + i] - 8);
+        double t = (double)dc[1 + (m * G + g) * 2] * rvd_f16_to_f32(sc[n * G + g]) * (double)isum;
+        ref += t;
+        mag += fabs(t);
+      }
+      double err = fabs((double)y[4 + m * N + n] - ref);
+      if (err > max_err) max_err = err;
+      if (err > (G + 4) * 1.1920929e-7 * mag) ++bad;
+    }
+  ++n_cases;
+  if (bad) ++n_fail;
+  printf("%s q4 M=%lld N=%lld K=%-5lld N0=%lld%s max_err=%.3g  rvd_q4_matmul\n", bad ? "FAIL" : "ok  ", (long long)M,
+         (long long)N, (long long)K, (long long)N0, extreme ? " extreme" : "", max_err);
+  free(x), free(q), free(dc), free(nib), free(sc), free(w), free(ws), free(y);
+}
+
 int main(int argc, char** argv) {
   int quick = argc > 1 && !strcmp(argv[1], "--quick");
   int vlen = vlen_bits();
@@ -264,6 +334,15 @@ int main(int argc, char** argv) {
   run_case(&TYPES[0], 2, 2, 0, 7, nr, 1, 0, 1, seed++);
   run_case(&TYPES[0], 2, 2, 0, 7, nr, 1, 1, 1, seed++);
   run_case(&TYPES[6], 2, 2, 0, 1, nu, 1, 0, 0, seed++);
+  // 4-bit kernels: rvdeploy's panel N0 = VLEN/4 (one e8m2 vector), decode and prefill rows, Llama depths,
+  // N not a multiple of N0 (last panel partial), N0 wider than a vector (column chunks), worst-case sums
+  int seed4 = 1000;
+  run_q4_case(1, nr, 32, nr, 0, seed4++);
+  run_q4_case(1, 3 * nr, 512, nr, 0, seed4++);
+  run_q4_case(1, 2 * nr, quick ? 64 : 8192, nr, 0, seed4++);
+  run_q4_case(5, nr + 9, 1408, nr, 0, seed4++);
+  run_q4_case(3, 2 * nr + 5, 96, 2 * nr, 0, seed4++);
+  run_q4_case(2, nr, quick ? 64 : 2048, nr, 1, seed4++);
   printf("harness: %d cases, %d failures\n", n_cases, n_fail);
   return n_fail ? 1 : 0;
 }

@@ -51,6 +51,7 @@ def pipeline(ctx: BuildContext) -> Pipeline:
             tiles={elt: TilePair(f"{t.m0}x{t.n0}x{t.k0}", f"1x{t.n0}x{t.k0}") for elt, t in lowered.tiles.items()},
             lowered_contractions=lowered.lowered,
             q4_contractions=lowered.q4,
+            q4_kernel_contractions=lowered.q4_kernel,
             not_lowered=tuple(lowered.skipped),
         )
     name = ctx.request.pipeline

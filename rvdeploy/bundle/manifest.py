@@ -202,6 +202,7 @@ class Mmt4d:
     tiles: dict[str, TilePair] = field(default_factory=dict)  # element type -> tiles
     lowered_contractions: int = 0
     q4_contractions: int = 0
+    q4_kernel_contractions: int = 0  # of the q4 ones, those on the RVV 4-bit kernels (rvdeploy.q4kernel)
     not_lowered: tuple[str, ...] = ()  # why, for each contraction left to IREE
 
     @classmethod
@@ -211,6 +212,7 @@ class Mmt4d:
             {elt: TilePair(t["prefill"], t["decode"]) for elt, t in (d.get("tiles") or {}).items()},
             d.get("lowered_contractions") or 0,
             d.get("q4_contractions") or 0,
+            d.get("q4_kernel_contractions") or 0,
             tuple(d.get("not_lowered") or ()),
         )
 
@@ -219,6 +221,7 @@ class Mmt4d:
             "tiles": {elt: t.to_dict() for elt, t in self.tiles.items()},
             "lowered_contractions": self.lowered_contractions,
             "q4_contractions": self.q4_contractions,
+            "q4_kernel_contractions": self.q4_kernel_contractions,
             "packed_weights": [p.to_dict() for p in self.packed_weights],
             "not_lowered": list(self.not_lowered),
         }

@@ -156,9 +156,14 @@ def build(
     if mm:
         tiles = ", ".join(f"{elt}: prefill {t.prefill}, decode {t.decode}" for elt, t in mm.tiles.items())
         out.print(f"mmt4d: {mm.lowered_contractions} weight contractions lowered ({tiles or 'no tile for this type'})")
-        if mm.q4_contractions:
+        if mm.q4_kernel_contractions:
             out.print(
-                f"q4: {mm.q4_contractions} weight contractions read 4-bit weights, dequantized inside the "
+                f"q4: {mm.q4_kernel_contractions} of {mm.q4_contractions} weight contractions on the RVV 4-bit "
+                "kernels (ukernels/rvd_q4.c: int8 activation blocks x 4-bit weights, f16 block scales)"
+            )
+        if mm.q4_contractions > mm.q4_kernel_contractions:
+            out.print(
+                f"q4: {mm.q4_contractions - mm.q4_kernel_contractions} weight contractions read 4-bit weights, dequantized inside the "
                 "contraction (generated code, no mmt4d microkernel for 4-bit)"
             )
         for reason in mm.not_lowered[:5]:
