@@ -26,14 +26,15 @@ def test_every_weight_contraction_on_mmt4d_ukernel(built, vlen):
     assert bundle.manifest.pipeline.ukernels.library == "project"
     assert any(f.startswith("--iree-link-bitcode=riscv_64=") for f in bundle.manifest.pipeline.compiler_flags)
     graph = bundle.manifest.model.graph
-    for entry, m0 in (("prefill", 7), ("decode", 1)):
+    # prefill: 3 rows of LMUL-8 accumulators (tiles.toml), decode one row: both LMUL 8
+    for entry, m0 in (("prefill", 3), ("decode", 1)):
         rows = _weight_contractions(info, entry)
         assert rows, f"no contractions found in {entry}"
         for r in rows:
             assert r["mmt4d"] and r["ukernel"], r
             assert r["tile"] == f"{m0}x{n0}x1", r
             assert r["library"] == "project", r
-            assert r["kernel"] == f"rvdeploy_uk_mmt4d_tile_f32f32f32_{m0}xN0x1_rvv_{'m8' if m0 == 1 else 'm4'}", r
+            assert r["kernel"] == f"rvdeploy_uk_mmt4d_tile_f32f32f32_{m0}xN0x1_rvv_m8", r
     # every weight MatMul of the graph was lowered: 7 per layer (q, k, v, o, gate, up, down) + lm_head
     assert bundle.manifest.pipeline.mmt4d.lowered_contractions == 2 * (7 * graph.num_layers + 1)
     assert bundle.manifest.pipeline.mmt4d.not_lowered == ()
@@ -55,7 +56,7 @@ def test_riscv_code_is_rvv(built):
     tiles = info["dispatches"]["ukernel_tiles"]
     assert set(tiles) == {
         "rvdeploy_uk_mmt4d_tile_f32f32f32_1xN0x1_rvv_m8",
-        "rvdeploy_uk_mmt4d_tile_f32f32f32_7xN0x1_rvv_m4",
+        "rvdeploy_uk_mmt4d_tile_f32f32f32_3xN0x1_rvv_m8",
     }, tiles
     assert not any(t.startswith("iree_uk_") for t in tiles), tiles  # the builtin kernels are replaced
 
