@@ -25,6 +25,7 @@ from .entrypoints import EntryModule
 from .layout import PackedWeight, Tile, tile_for
 from .mlir_types import TensorType
 from .mmt4d_helpers import embed_lookup_fn, int8_matmul_fn, matmul_fn, q4_matmul_fn
+from .q4_lookup import TIED_SCALES, TIED_TABLE
 from .targets import Target
 
 
@@ -60,6 +61,8 @@ class _Lowering:
     text: str = ""  # the module's text (its resources: inline constants' bytes)
     q8_shared: dict = field(default_factory=dict)  # activation value -> its quantize call (q/k/v share one)
     q4_kernel: int = 0
+    # 4-bit weight global on the kernels -> (k, n, n0, panels global, scales global): tied tables read these
+    q4_panels: dict[str, tuple] = field(default_factory=dict)
 
     def tile(self, elt: str) -> Tile | None:
         return tile_for(self.target, elt, self.library)
@@ -378,8 +381,42 @@ def _q4_on_kernel(low: _Lowering, op, gname: str, scale_v, x: TensorType, n: int
     _replace_with_call(op, helper, args, f"tensor<?x?x{n}xf32>")
     _declare_global(low.globals_, gname, wsym, pw.key, pw.tensor_type)
     _declare_global(low.globals_, gname, ssym, ps.key, ps.tensor_type)
+    low.q4_panels[gname] = (k, n, n0, wsym, pw.tensor_type, ssym, ps.tensor_type)
     low.q4_kernel += 1
     return True
+
+
+def _gathers_from_q4_panels(low: _Lowering) -> int:
+    """Lookups of a table tied to a 4-bit lm_head on the kernels (rvdeploy.q4_lookup's TIED_TABLE /
+    TIED_SCALES beside its MatMulNBits weight, whose nibbles rvdeploy.qgraph stores as `<name>.nib`) read the
+    lm_head's panels, so the table's own copy is dropped. Returns how many Gathers were rewritten."""
+    gathers = []
+    _walk(low.module.operation, lambda op: gathers.append(op) if _onnx_name(op) == "onnx.Gather" else None)
+    count = 0
+    for op in gathers:
+        conv = op.operands[0].owner
+        load = conv.operands[0].owner if getattr(conv, "name", None) == "torch_c.from_builtin_tensor" else None
+        if getattr(load, "name", None) != "util.global.load":
+            continue
+        table = ir.FlatSymbolRefAttr(load.attributes["global"]).value
+        scales = table.endswith(TIED_SCALES)
+        base = table[: -len(TIED_SCALES)] if scales else table[: -len(TIED_TABLE)]
+        panels = low.q4_panels.get(base + ".nib") if table.endswith((TIED_TABLE, TIED_SCALES)) else None
+        ids = TensorType.parse(str(op.operands[1].type))
+        if panels is None or len(ids.dims) != 2 or ids.elt != "i64":
+            continue
+        k, n, n0, wsym, wtype, ssym, stype = panels
+        helper = f"rvd_q4_panel_{'scales' if scales else 'rows'}_{k}x{n}_n0{n0}"
+        low.helper(helper, lambda: q4kernel.panel_lookup_fn(helper, k, n, n0, low.opset, scales))
+        with ir.InsertionPoint(op), op.location:
+            args = [
+                _builtin(op.operands[1], ids, "tensor<?x?xi64>"),
+                _load(*((ssym, stype) if scales else (wsym, wtype))),
+            ]
+        g = k // q4kernel.BLOCK
+        _replace_with_call(op, helper, args, f"tensor<?x?x{g}x1x{1 if scales else 16}x{'f16' if scales else 'i8'}>")
+        count += 1
+    return count
 
 
 def _lower_matmul_integer(low: _Lowering) -> int:
@@ -532,6 +569,7 @@ def lower_to_mmt4d(
         q4 = _lower_q4(low)
         lowered += _lower_matmul_integer(low)
         _gathers_from_packed(low)
+        _gathers_from_q4_panels(low)
 
         used: set[str] = set()
         _walk(

@@ -16,6 +16,20 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+# A table tied to a 4-bit lm_head is the lm_head's own quantization, stored under the MatMulNBits weight's name
+# plus these suffixes: the RVV 4-bit kernels' panels (rvdeploy.q4kernel) hold the same bytes in the same order,
+# so rvdeploy.mmt4d reads the lookup from them and the table is not stored a second time.
+TIED_TABLE, TIED_SCALES = ".table", ".table_scales"
+
+
+def q0_table_from_matmulnbits(b: np.ndarray, scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """MatMulNBits B [N, G, 16] (byte j = values 2j | 2j+1 << 4) and scales [N * G] -> the lookup's table
+    [N, G, 1, 16] in Q0 order and f16 scales [N, G, 1, 1] (the values are f16's: rvdeploy.quantize rounds them)."""
+    n, g, _ = b.shape
+    q = np.empty((n, g, 32), np.uint8)
+    q[:, :, 0::2], q[:, :, 1::2] = b & 0x0F, b >> 4
+    return pack_q0_order(q), scales.reshape(n, g, 1, 1).astype(np.float16)
+
 
 def pack_q0_order(q: np.ndarray) -> np.ndarray:
     """q uint8 [V, G, block] in 0..15 -> [V, G, 1, block/2], byte j = q[j] | q[j + block/2] << 4."""

@@ -197,3 +197,40 @@ def matmul_fn(name: str, k: int, n: int, n0: int, opset: int) -> str:
             "}",
         ]
     )
+
+
+def panel_lookup_fn(name: str, k: int, n: int, n0: int, opset: int, scales: bool) -> str:
+    """Rows of a tied embedding table read from its lm_head's panels (ids [B, S] -> what the Gather of
+    rvdeploy.q4_lookup's table returned): row v, block g is panel v / N0, column v % N0, whose 16 bytes
+    (r = 0..15: values r and r + 16) are the table's in Q0 order. `scales`: the f16 block scales instead."""
+    g = k // BLOCK
+    src = tensor_type(scale_shape(k, n, n0), "f16") if scales else tensor_type(weight_shape(k, n, n0), "i8")
+    inner, elt = (1, "f16") if scales else (16, "i8")
+    out = f"tensor<?x?x{g}x1x{inner}x{elt}>"
+    at = "%p[%t, %g, %j]" if scales else "%p[%t, %g, %r, %j]"
+    attrs = f"attributes {{torch.onnx_meta.opset_version = {opset} : si64}}"
+    return "\n".join(
+        [
+            f"func.func private @{name}(%ids: tensor<?x?xi64>, %p: {src}) -> {out} {attrs} {{",
+            "  %c0 = arith.constant 0 : index",
+            "  %c1 = arith.constant 1 : index",
+            f"  %cn0 = arith.constant {n0} : index",
+            "  %b = tensor.dim %ids, %c0 : tensor<?x?xi64>",
+            "  %s = tensor.dim %ids, %c1 : tensor<?x?xi64>",
+            f"  %e = tensor.empty(%b, %s) : {out}",
+            "  %y = linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1)>, "
+            'affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3, d4)>], iterator_types = ["parallel", "parallel", '
+            f'"parallel", "parallel", "parallel"]}} ins(%ids : tensor<?x?xi64>) outs(%e : {out}) {{',
+            f"  ^bb0(%id: i64, %o: {elt}):",
+            "    %g = linalg.index 2 : index",
+            "    %r = linalg.index 4 : index",
+            "    %v = arith.index_cast %id : i64 to index",
+            "    %t = arith.divui %v, %cn0 : index",
+            "    %j = arith.remui %v, %cn0 : index",
+            f"    %x = tensor.extract {at} : {src}",
+            f"    linalg.yield %x : {elt}",
+            f"  }} -> {out}",
+            f"  return %y : {out}",
+            "}",
+        ]
+    )

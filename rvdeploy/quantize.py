@@ -33,7 +33,7 @@ import onnx
 from onnx import TensorProto, external_data_helper, helper, numpy_helper
 
 from .errors import RvdeployError
-from .q4_lookup import lookup_nodes, pack_q0_order
+from .q4_lookup import TIED_SCALES, TIED_TABLE, lookup_nodes, pack_q0_order, q0_table_from_matmulnbits
 
 FORMATS = ("int8", "q4")
 Q4_BLOCK = 32
@@ -268,8 +268,11 @@ def quantize_q4_table(table: np.ndarray, block: int = Q4_BLOCK) -> tuple[np.ndar
     return packed, d
 
 
-def _q4_tables(model: onnx.ModelProto, weights: _Weights, new_nodes: dict[int, list], block: int) -> int:
-    """Every Gather of an fp32 embedding table -> the 4-bit lookup of rvdeploy.q4_lookup (table stored once)."""
+def _q4_tables(
+    model: onnx.ModelProto, weights: _Weights, new_nodes: dict[int, list], block: int, tied: dict[str, tuple]
+) -> int:
+    """Every Gather of an fp32 embedding table -> the 4-bit lookup of rvdeploy.q4_lookup (table stored once).
+    `tied`: table -> (its lm_head's MatMulNBits B name, B, scales): that table is the lm_head's quantization."""
     tables = _embedding_tables(model)
     stored: dict[str, tuple[str, str]] = {}
     count = 0
@@ -277,7 +280,14 @@ def _q4_tables(model: onnx.ModelProto, weights: _Weights, new_nodes: dict[int, l
         name = node.input[0] if node.op_type == "Gather" and node.input else None
         if name not in tables or i in new_nodes or tables[name][1] % block:
             continue
-        if name not in stored:
+        if name not in stored and name in tied:
+            bq, b, d = tied[name]
+            q, d = q0_table_from_matmulnbits(b, d)
+            stored[name] = (bq + TIED_TABLE, bq + TIED_SCALES)
+            model.graph.initializer.extend(
+                [numpy_helper.from_array(q, stored[name][0]), numpy_helper.from_array(d, stored[name][1])]
+            )
+        elif name not in stored:
             q, d = quantize_q4_table(weights.array(name), block)
             stored[name] = (f"{name}.q4", f"{name}.q4_scales")
             model.graph.initializer.extend(
@@ -295,12 +305,26 @@ def quantize_q4(model: onnx.ModelProto, block: int = Q4_BLOCK, weights: _Weights
     weights = weights or _Weights(model)
     new_nodes: dict[int, list] = {}
     count = 0
+    tables = {t: s for t, s in _embedding_tables(model).items() if s[1] % block == 0}
+    tied: dict[str, tuple] = {}  # table -> (lm_head's B name, B, scales), see _q4_tables
     for i, node, w, w_name in _weight_matmuls(model, weights):
         k, n = w.shape
         if k % block:
             continue  # stays fp32
         packed, d = quantize_q4_weight(w, block)
         bq, bs = f"{w_name}.q4", f"{w_name}.q4_scales"
+        table = w_name[:-2] if w_name.endswith(".T") and w_name[:-2] in tables else None
+        if table is None:  # a stored copy of a table, transposed (optimum without `accelerate`)
+            table = next(
+                (
+                    t
+                    for t, s in tables.items()
+                    if s == (n, k) and t not in tied and np.array_equal(weights.array(t).T, w)
+                ),
+                None,
+            )
+        if table is not None and table not in tied:
+            tied[table] = (bq, packed, d)
         model.graph.initializer.extend(
             [numpy_helper.from_array(packed, bq), numpy_helper.from_array(d.reshape(-1), bs)]
         )
@@ -320,7 +344,7 @@ def quantize_q4(model: onnx.ModelProto, block: int = Q4_BLOCK, weights: _Weights
         ]
         count += 1
     if count:
-        _q4_tables(model, weights, new_nodes, block)
+        _q4_tables(model, weights, new_nodes, block, tied)
     _replace_nodes(model, new_nodes)
     if count and not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))

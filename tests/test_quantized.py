@@ -371,6 +371,35 @@ def test_q4_embedding_table_is_4bit(cases, build):
     assert len([k for k, n in sizes.items() if n == vocab * hidden // 2]) == 2, sizes  # table, lm_head
 
 
+@pytest.mark.slow
+def test_riscv_q4_tied_table_read_from_lm_head_panels(cases, build, tmp_path):
+    """--quantize q4 on a tied model (tiny-random) for riscv64 RVV: the embedding table is the lm_head's own
+    quantization, looked up from its 4-bit kernel panels, so [vocab, hidden] is stored once, at 4 bits (the host
+    build stores it twice); prefill logits under qemu within Q4_KERNEL_RTOL of onnxruntime's at accuracy_level 4
+    (a lookup reading the wrong panel bytes would be far off)."""
+    import json
+
+    import iree.runtime as rt
+
+    _need_qemu()
+    bundle = build("tiny-q4", "spacemit-k1")
+    config = json.loads((bundle.path / "config.json").read_text())
+    vocab, hidden = config["vocab_size"], config["hidden_size"]
+    index = rt.ParameterIndex()
+    index.load(str(bundle.path / "model.irpa"))
+    sizes = {key: entry.length for key, entry in index.items()}
+    four_bit = [k for k, n in sizes.items() if n == -(-vocab // 64) * 64 * hidden // 2]  # 4 bits: table, lm_head
+    assert len(four_bit) == 1 and four_bit[0].endswith(".q4p64"), sizes  # the lm_head's panels only
+    assert not [k for k, n in sizes.items() if n >= vocab * hidden * 2], sizes  # no f16/f32 table either
+    assert not [k for k in sizes if k.endswith((".table", ".table_scales"))], sizes
+    _, ref, _ = cases["tiny-q4"]
+    prompt = [3, 7, 11, 13, 17]
+    got = _qemu_prefill_logits(bundle, prompt, tmp_path)
+    _, (want, *_) = greedy_tokens(_accuracy_level_4(ref, tmp_path / "level4.onnx"), prompt, 1)
+    rel = float(np.abs(got - want).max() / np.abs(want).max())
+    assert rel <= Q4_KERNEL_RTOL, f"max |logit difference| {rel:.2%} of the largest logit"
+
+
 # Perplexity of the demo (trained on the Zen of Python) on that text, through the built host bundles: a quality
 # check with no reference graph. Measured (the whole text, 230 tokens, one prefill call): fp32 1.0069, int8 1.0069,
 # q4 1.0075. The demo has learnt its text by heart, so these margins are loose for it but catch a broken scale,
