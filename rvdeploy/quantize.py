@@ -13,11 +13,12 @@ int8  per-output-channel symmetric int8 weights, dynamic activations, as onnxrun
 q4    4-bit symmetric blocks of 32 along K like llama.cpp's Q4_0 (one f32 scale per block, q in 0..15 with
       an implicit zero point of 8, d = the block's signed max-abs value / -8), written as com.microsoft
       MatMulNBits (bits 4, block_size 32), the node onnxruntime's `MatMulNBitsQuantizer` and the hub's
-      `model_q4.onnx` exports use. rvdeploy.q4 then rewrites it into standard ONNX for IREE.
+      `model_q4.onnx` exports use. rvdeploy.qgraph then rewrites it into standard ONNX for IREE.
 
 int8 also stores the embedding tables as int8 rows with a scale per row (dequantized on lookup), shared with a
 tied lm_head. q4 stores them as 4-bit blocks of 32 along the row with an f16 scale each, in Q4_0's nibble
-order, looked up by rvdeploy.q4_lookup (a tied lm_head has its own MatMulNBits weight, as above). Norms and
+order, looked up by rvdeploy.q4_lookup; a table tied to the lm_head is the lm_head's MatMulNBits quantization
+(q4_lookup.TIED_TABLE), which rvdeploy.mmt4d reads from the RVV kernels' panels, so it is stored once. Norms and
 everything else that is not a weight matmul or a table stay fp32.
 
 The source is read one initializer at a time (loaded without its external data, each weight read from the
