@@ -74,7 +74,7 @@ def matmul_fn(name: str, k: int, n: int, elt: str, tile: Tile, decode: bool, ops
 def _pack_rows(elt: str, k: int, k1: int, m0: int, k0: int, lhs: str) -> list[str]:
     """%x2 [m, k] -> %xp [m1, k1, m0, k0]. With K0 = 1 as pad + reshape + transpose: IREE 3.13 vectorizes
     linalg.pack with M0 x 1 vectors (one tile per step: 19 instructions per element at M0 = 3 on the mid
-    model's prefill), and a transpose along K (5 to 8 per element there)."""
+    model's prefill), and a transpose along K (the activation packing went 0.18M -> 0.07M per prompt token)."""
     if k0 != 1:
         return [
             f"  %pe = tensor.empty(%m1) : {lhs}",
