@@ -73,33 +73,31 @@ class _Lowering:
             self.helpers[name] = make()
 
 
+def _table_lookups(low: _Lowering) -> list[tuple]:
+    """(Gather, the global it reads, its ids' type) for every embedding-style lookup: a Gather on axis 0 of a
+    global read directly, with [B, S] int64 ids. The lookups the rewrites below can redirect."""
+    gathers = []
+    _walk(low.module.operation, lambda op: gathers.append(op) if _onnx_name(op) == "onnx.Gather" else None)
+    found = []
+    for op in gathers:
+        conv = op.operands[0].owner
+        load = conv.operands[0].owner if getattr(conv, "name", None) == "torch_c.from_builtin_tensor" else None
+        if getattr(load, "name", None) != "util.global.load":
+            continue
+        axis = ir.IntegerAttr(op.attributes["torch.onnx.axis"]).value if "torch.onnx.axis" in op.attributes else 0
+        ids = TensorType.parse(str(op.operands[1].type))
+        if axis == 0 and len(ids.dims) == 2 and ids.elt == "i64":
+            found.append((op, ir.FlatSymbolRefAttr(load.attributes["global"]).value, ids))
+    return found
+
+
 def _gathers_from_packed(low: _Lowering) -> int:
     """Point embedding Gathers at the transposed-packed copy of the same table (tied lm_head), so the
     plain table can be dropped. Returns how many were rewritten."""
-    gathers = []
-    _walk(
-        low.module.operation,
-        lambda op: (
-            gathers.append(op)
-            if op.name == "torch.operator" and ir.StringAttr(op.attributes["name"]).value == "onnx.Gather"
-            else None
-        ),
-    )
     count = 0
-    for op in gathers:
-        conv = op.operands[0].owner
-        if getattr(conv, "name", None) != "torch_c.from_builtin_tensor":
-            continue
-        load = conv.operands[0].owner
-        if getattr(load, "name", None) != "util.global.load":
-            continue
-        gname = ir.FlatSymbolRefAttr(load.attributes["global"]).value
+    for op, gname, ids in _table_lookups(low):
         pw = low.sym_to_packed.get(gname + ".T")
-        axis = ir.IntegerAttr(op.attributes["torch.onnx.axis"]).value if "torch.onnx.axis" in op.attributes else 0
-        if pw is None or pw.k % pw.k0 or axis != 0:
-            continue
-        ids = TensorType.parse(str(op.operands[1].type))
-        if len(ids.dims) != 2 or ids.elt != "i64":
+        if pw is None or pw.k % pw.k0:
             continue
         helper = f"rvd_embed_packed_{pw.n}x{pw.k}_{pw.elt}_{pw.n0}x{pw.k0}"
         low.helper(helper, lambda: embed_lookup_fn(helper, pw.n, pw.k, pw.elt, pw.n0, low.opset, pw.k0))
@@ -390,20 +388,12 @@ def _gathers_from_q4_panels(low: _Lowering) -> int:
     """Lookups of a table tied to a 4-bit lm_head on the kernels (rvdeploy.q4_lookup's TIED_TABLE /
     TIED_SCALES beside its MatMulNBits weight, whose nibbles rvdeploy.qgraph stores as `<name>.nib`) read the
     lm_head's panels, so the table's own copy is dropped. Returns how many Gathers were rewritten."""
-    gathers = []
-    _walk(low.module.operation, lambda op: gathers.append(op) if _onnx_name(op) == "onnx.Gather" else None)
     count = 0
-    for op in gathers:
-        conv = op.operands[0].owner
-        load = conv.operands[0].owner if getattr(conv, "name", None) == "torch_c.from_builtin_tensor" else None
-        if getattr(load, "name", None) != "util.global.load":
-            continue
-        table = ir.FlatSymbolRefAttr(load.attributes["global"]).value
+    for op, table, ids in _table_lookups(low):
         scales = table.endswith(TIED_SCALES)
         base = table[: -len(TIED_SCALES)] if scales else table[: -len(TIED_TABLE)]
         panels = low.q4_panels.get(base + ".nib") if table.endswith((TIED_TABLE, TIED_SCALES)) else None
-        ids = TensorType.parse(str(op.operands[1].type))
-        if panels is None or len(ids.dims) != 2 or ids.elt != "i64":
+        if panels is None:
             continue
         k, n, n0, wsym, wtype, ssym, stype = panels
         helper = f"rvd_q4_panel_{'scales' if scales else 'rows'}_{k}x{n}_n0{n0}"
