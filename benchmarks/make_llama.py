@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Make a random-weight Llama of a named shape, exported like onnx-community's fp32 models.
 
-  python benchmarks/make_llama.py {llama-3.2-1b|mid|tiny} DIR [--validate] [--force]
+  python benchmarks/make_llama.py {llama-3.2-1b|llama-3.2-1b-attention|mid|tiny} DIR [--validate] [--force]
 
 The model is a seeded LlamaForCausalLM (never trained), saved as an HF checkpoint and exported with
 optimum's `main_export(task="text-generation-with-past")`, i.e. what `optimum-cli export onnx --task
@@ -18,6 +18,10 @@ Shapes:
                 vocab 128256, tied embeddings, rope_theta 500000 with Llama-3 rope scaling,
                 max_position_embeddings 2048 (the real model has 131072; only the rope table differs;
                 transformers then warns that original_max_position_embeddings 8192 exceeds it: harmless).
+  llama-3.2-1b-attention
+                the 1B's attention (hidden 2048, 32 heads / 8 KV heads, head_dim 64, its rope and context)
+                in 2 layers, intermediate 256, vocab 8192: decode's growth with the context is 1/8 of the
+                1B's, and a long prefill under qemu takes minutes, not hours (benchmarks/decode_depth.py).
   mid           hidden 512, 4 layers, 8 heads / 4 KV heads (head_dim 64), intermediate 1408,
                 vocab 8192, tied embeddings, rope_theta 10000, max_position_embeddings 512.
   tiny          hidden 64, 2 layers, 4 heads / 2 KV heads (head_dim 16), intermediate 128, vocab 320, tied;
@@ -62,6 +66,29 @@ SHAPES = {
         max_position_embeddings=2048,
         bos_token_id=128000,
         eos_token_id=128001,
+    ),
+    # the 1B's attention (hidden, heads, head_dim, rope, context) in 2 of its 16 layers, with a small MLP and
+    # vocabulary: what a decode step adds per token of context, 1/8 of the 1B's, at a fraction of its prefill
+    "llama-3.2-1b-attention": dict(
+        hidden_size=2048,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        intermediate_size=256,
+        vocab_size=8192,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        rope_scaling={
+            "factor": 32.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     "mid": dict(
         hidden_size=512,

@@ -2,8 +2,8 @@
 (--ukernels upstream), on Llama-shaped problems, at VLEN 128 / 256 / 512.
 
 Method: static analysis of the code IREE actually generates. For each (library, VLEN) one small module
-with linalg.mmt4d ops of the tiles rvdeploy uses (decode 1xN0x1 with K = 2048 and 8192, prefill 7xN0x1 with
-K = 2048, each with 4 column tiles) is compiled by iree-compile with the library linked as in a real build;
+with linalg.mmt4d ops of the tiles rvdeploy uses (decode 1xN0x1 with K = 2048 and 8192, prefill M0xN0x1 with
+K = 2048 and the library's M0 from tiles.toml, each with 4 column tiles) is compiled by iree-compile with the library linked as in a real build;
 in the dumped `.s` each dispatch function's hot loop (the innermost loop holding the vector multiply-adds)
 is found, and
 
@@ -34,22 +34,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from iree.compiler.tools.binaries import find_tool  # noqa: E402
 
 from rvdeploy import ukernels  # noqa: E402
-from rvdeploy.layout import tile_for  # noqa: E402
+from rvdeploy.layout import Tile, tile_for  # noqa: E402
 from rvdeploy.pipeline import compile_flags  # noqa: E402
 from rvdeploy.targets import get_target  # noqa: E402
 
 N1 = 4  # column tiles per problem
-SHAPES = [("decode", 1, 2048), ("decode", 1, 8192), ("prefill", 7, 2048)]
+SHAPES = [("decode", 1, 2048), ("decode", 1, 8192), ("prefill", None, 2048)]  # None: the tile's prefill M0
 _FMA = re.compile(r"^(vf?w?macc|vf?w?madd|vfmacc|vfmadd|vwmacc)")
 _INSN = re.compile(r"^\s+([a-z][a-z0-9.]*)\b(.*)$")
 _LABEL = re.compile(r"^(\S+):\s*(#.*)?$")
 _VSET = re.compile(r"vset[i]?vli\s+[^,]+,\s*[^,]+,\s*e(\d+),\s*m(f?\d)")
 
 
-def _module(n0: int, elt: str = "f32") -> str:
+def _shapes(tile: Tile) -> list[tuple[str, int, int]]:
+    return [(phase, m0 or tile.m0, k) for phase, m0, k in SHAPES]
+
+
+def _module(tile: Tile, elt: str = "f32") -> str:
     acc = "i32" if elt == "i8" else elt
+    n0 = tile.n0
     funcs = []
-    for phase, m0, k in SHAPES:
+    for phase, m0, k in _shapes(tile):
         lhs = f"tensor<1x{k}x{m0}x1x{elt}>"
         rhs = f"tensor<{N1}x{k}x{n0}x1x{elt}>"
         out = f"tensor<1x{N1}x{m0}x{n0}x{acc}>"
@@ -128,7 +133,7 @@ def measure(vlen: int, library: str, elt: str = "f32") -> list[dict]:
     choice = ukernels.choose(target, library)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "m.mlir"
-        src.write_text(_module(tile.n0, elt))
+        src.write_text(_module(tile, elt))
         dump = Path(tmp) / "dump"
         flags = [f for f in compile_flags(target, "mmt4d") if f != "--iree-input-type=onnx"] + choice.compile_flags()
         proc = subprocess.run(
@@ -148,7 +153,7 @@ def measure(vlen: int, library: str, elt: str = "f32") -> list[dict]:
         asm = "\n".join(p.read_text() for p in dump.glob("*.s"))
     funcs = _functions(asm)
     rows = []
-    for phase, m0, k in SHAPES:
+    for phase, m0, k in _shapes(tile):
         name = next((f for f in funcs if f.startswith(f"{phase}_k{k}_dispatch")), None)
         a = _analyze(funcs[name], vlen, tile.n0) if name else None
         if a is None:

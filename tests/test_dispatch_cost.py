@@ -16,9 +16,11 @@ from conftest import DEMO, ROOT, system_part_missing
 
 from rvdeploy import dispatch_cost, qemu_cost
 from rvdeploy.bench.cost import measure_cost
+from rvdeploy.bench.measure import measuring_args
 from rvdeploy.boards.qemu import QemuBoard
 from rvdeploy.dispatch_cost import KEYS, RUNTIME, Block, Executable
 from rvdeploy.errors import RvdeployError
+from rvdeploy.generation import RUNNER
 
 CPU = "rv64,v=true,vlen=256,elen=64,vext_spec=v1.0"
 
@@ -180,3 +182,31 @@ def _weight_n(shapes: str) -> int:
     """N of an mmt4d row's packed weight (N1xK1xN0xK0, the second operand in dispatches.json's shapes)."""
     n1, _, n0, _ = shapes.split("*")[1].split("->")[0].strip().split("x")
     return int(n1) * int(n0)
+
+
+@pytest.mark.slow
+def test_decode_at_depth_without_the_prefill_counts_as_with_it(built, riscv_runtime, plugin_qemu):
+    """benchmarks/decode_depth.py starts the runner as if D-1 tokens were cached (--cached_tokens): its decode
+    steps at depth D cost what they cost after a real D-token prefill (what the 1B figures at depth 256 rest
+    on), and the cost grows with D."""
+    bundle = built(str(DEMO), "rv64gcv-vlen256")
+    assert bundle.manifest.kv_cache  # the module keeps its cache: the flag's precondition
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "decode_depth.py"), str(bundle.path)]
+        + ["--depth", "8", "40", "-n", "2", "--check", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)["rows"]
+    cached, real = rows["rvdeploy"], rows["rvdeploy, real prefill (check)"]
+    for d in ("8", "40"):
+        # other tokens and cache contents: only the sampler's argmax branches differ (a few hundred instructions)
+        assert cached[d]["instructions"] == pytest.approx(real[d]["instructions"], rel=2e-3)
+        assert cached[d]["vector_instructions"] == pytest.approx(real[d]["vector_instructions"], rel=1e-6)
+        assert cached[d]["vector_lmul_weighted"] == pytest.approx(real[d]["vector_lmul_weighted"], rel=1e-6)
+    assert cached["40"]["instructions"] > cached["8"]["instructions"]
+    # the flag is for modules that keep their cache, one prompt token at a time
+    args = measuring_args(bundle.manifest, 3, 1) + ["--cached_tokens=8"]
+    with pytest.raises(RvdeployError, match="one-token prompt"):
+        QemuBoard().count_tool(bundle, RUNNER, args)

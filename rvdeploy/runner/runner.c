@@ -63,6 +63,10 @@ IREE_FLAG(int32_t, top_k, 0, "Keep the k most likely tokens (0: all).");
 IREE_FLAG(float, top_p, 1.0f, "Keep the smallest set of tokens whose probability reaches p (1: all).");
 IREE_FLAG(int64_t, seed, 0, "Seed of the sampler's PCG32 generator.");
 IREE_FLAG(bool, interactive, false, "Read further turns from stdin, keeping the session (chat).");
+IREE_FLAG(int32_t, cached_tokens, 0,
+          "Measurement only: start as if the cache already held this many tokens (keys and values left as the "
+          "module initialized them), so one decode at that depth is counted without a prefill as long. Needs a "
+          "module that keeps its cache (--inputs=ids,past) and a one-token prompt.");
 
 static volatile sig_atomic_t interrupted = 0;  // SIGINT: end the current turn
 
@@ -458,6 +462,7 @@ static iree_status_t check_flags(void) {
   }
   if (FLAG_top_k < 0) return iree_make_status(IREE_STATUS_INVALID_ARGUMENT, "--top_k < 0");
   if (FLAG_max_new_tokens < 1) return iree_make_status(IREE_STATUS_INVALID_ARGUMENT, "--max_new_tokens < 1");
+  if (FLAG_cached_tokens < 0) return iree_make_status(IREE_STATUS_INVALID_ARGUMENT, "--cached_tokens < 0");
   return iree_ok_status();
 }
 
@@ -475,6 +480,15 @@ static iree_status_t run(iree_vm_instance_t* instance) {
     free(eos);
     return iree_make_status(IREE_STATUS_INVALID_ARGUMENT, "--prompt needs token ids (and --eos ids if given)");
   }
+  if (FLAG_cached_tokens > 0 && (!stateful(&s) || n != 1)) {
+    free(prompt);
+    free(eos);
+    // a passed-in cache has a shape to fill, and a longer prompt would be a prefill (from position 0 only)
+    return iree_make_status(IREE_STATUS_INVALID_ARGUMENT,
+                            "--cached_tokens needs --inputs with past (a module that keeps its cache) and a "
+                            "one-token prompt");
+  }
+  s.past = FLAG_cached_tokens;  // the cache's contents do not change the work of a decode step
 
   double t0 = now_s();
   iree_tooling_module_list_t modules;
