@@ -3,6 +3,7 @@
 KV cache, without prefilling that context under qemu; llama.cpp beside it, at the same depth.
 
   python benchmarks/decode_depth.py BUNDLE --depth 256 [-n 4] [--check] [--llama-model DIR --type f32] [--json]
+  python benchmarks/decode_depth.py --table FILE.json
 
 Why: at the Llama-3.2-1B shape an emulated prefill of 256 tokens takes hours, and `bench --cost -p 256` needs
 two of them for a decode figure. A decode step's work does not depend on what the cache holds (fixed-capacity
@@ -14,8 +15,8 @@ prompt goes through decode at position D-1. By difference, as `bench --cost` doe
 way, with the real D-token prefill, and prints both (use it on a small model; the two agree to the count).
 
 llama.cpp has no such flag: its side is llama-bench's real `-p 0 -d D -n N+1` against `-n 1` (two runs with
-the D-token prefill; slow at the 1B shape), or, with --llama-figures FILE, counts measured before (the JSON
-this script wrote).
+the D-token prefill: hours at the 1B shape, minutes on make_llama.py's llama-3.2-1b-attention, which has the
+1B's attention in 2 of its 16 layers). --table FILE prints the table of a JSON this script wrote, running nothing.
 """
 
 from __future__ import annotations
@@ -77,23 +78,61 @@ def llama_runs(board, llama, gguf_type: str, depth: int, n: int) -> list:
     ]
 
 
+def table(doc: dict) -> str:
+    """Markdown: one row per backend, one column per depth, ratios against the first llama.cpp row, and the
+    growth per token of context from the first depth to the last."""
+    rows = doc["rows"]
+    depths = sorted({int(d) for by_depth in rows.values() for d in by_depth})
+    ref = next((v for k, v in rows.items() if k.startswith("llama.cpp")), None)
+    grows = len(depths) > 1
+    head = [f"decode at depth {d}" for d in depths] + [
+        f"growth per context token ({depths[0]} -> {depths[-1]})"
+    ] * grows
+    lines = ["| backend | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+
+    def at(by_depth: dict | None, d: int) -> dict | None:
+        return (by_depth or {}).get(d) or (by_depth or {}).get(str(d))  # int keys, or str from JSON
+
+    for name, by_depth in rows.items():
+        cells = []
+        for d in depths:
+            c, r = at(by_depth, d), at(ref, d)
+            ratio = f" ({c['instructions'] / r['instructions']:.2f}x)" if c and r and ref is not by_depth else ""
+            cells.append(f"{c['instructions'] / 1e6:.2f}M{ratio}" if c else "-")
+        if grows:
+            first, last = at(by_depth, depths[0]), at(by_depth, depths[-1])
+            span = depths[-1] - depths[0]
+            cells.append(
+                f"{(last['instructions'] - first['instructions']) / span / 1e3:.2f}K" if first and last else "-"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    ap.add_argument("bundle", type=Path, help="a riscv64 bundle with an in-place KV cache (manifest kv_cache)")
+    ap.add_argument(
+        "bundle", type=Path, nargs="?", help="a riscv64 bundle with an in-place KV cache (manifest kv_cache)"
+    )
     ap.add_argument("--depth", type=int, nargs="+", default=[256], help="context depths D (tokens)")
     ap.add_argument("-n", type=int, default=4, help="decode steps counted per depth")
     ap.add_argument("--check", action="store_true", help="also count with the real D-token prefill")
     ap.add_argument("--llama-model", type=Path, help="HF checkpoint directory: llama.cpp at the same depths")
     ap.add_argument("--type", default="f32", help="llama.cpp GGUF type (f32, f16, q8_0, q4_0)")
-    ap.add_argument("--llama-figures", type=Path, help="this script's JSON with llama.cpp rows measured before")
+    ap.add_argument("--table", type=Path, help="print the table of this script's JSON output, run nothing")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="qemu runs at once")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
+    if a.table:
+        print(table(json.loads(a.table.read_text())))
+        return
+    if a.bundle is None:
+        ap.error("give a BUNDLE (or --table FILE)")
     bundle = Bundle.open(a.bundle)
     target = bundle.manifest.target.name
     jobs: dict[tuple[str, int], list] = {}
@@ -118,23 +157,11 @@ def main() -> None:
                 rows["rvdeploy, real prefill (check)"] = {
                     d: f.result()["per_generated_token"] for d, f in checks.items()
                 }
-    if a.llama_figures:
-        rows.update({k: v for k, v in json.loads(a.llama_figures.read_text())["rows"].items() if "llama" in k})
     doc = {"bundle": str(a.bundle), "target": target, "n": a.n, "rows": rows}
     if a.json:
         print(json.dumps(doc, indent=1, default=str))
         return
-    ref = next((v for k, v in rows.items() if k.startswith("llama.cpp")), None)
-    print("| backend | " + " | ".join(f"decode at depth {d}" for d in a.depth) + " |")
-    print("|---|" + "---|" * len(a.depth))
-    for name, by_depth in rows.items():
-        cells = []
-        for d in a.depth:
-            c = by_depth.get(d) or by_depth.get(str(d))
-            r = (ref or {}).get(d) or (ref or {}).get(str(d))
-            ratio = f" ({c['instructions'] / r['instructions']:.2f}x)" if c and r and ref is not by_depth else ""
-            cells.append(f"{c['instructions'] / 1e6:.2f}M{ratio}" if c else "-")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print(table(doc))
 
 
 if __name__ == "__main__":
