@@ -7,7 +7,7 @@ Two libraries:
             s8 x s8 -> s32 tiles N0 = VLEN/4 (int8 models; same shapes, int16-widened vwmacc into int32),
             and RVV s16 x s16 / s16 x s8 -> s32 kernels IREE runs as generic C. Measured per multiply-add in
             benchmarks/ukernel_cost.py (static inner-loop analysis): decode 0.32-0.34x upstream's instructions,
-            prefill 1.0x, hence the default.
+            prefill 0.65x (VLEN 128/256/512), hence the default.
 
 The project library is compiled with clang-19 for the target's exact VLEN (the bitcode carries
 vscale_range; a mismatch with the target's +zvl crashes LLVM), its `target-features` / `target-cpu`
