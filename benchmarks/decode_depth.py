@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rvdeploy.bench.cost import measure_cost  # noqa: E402
+from rvdeploy.bench.cost import measure_cost, per_unit  # noqa: E402
 from rvdeploy.bench.measure import measuring_args  # noqa: E402
 from rvdeploy.boards import get_board  # noqa: E402
 from rvdeploy.bundle import Bundle  # noqa: E402
@@ -39,15 +39,9 @@ from rvdeploy.generation import RUNNER  # noqa: E402
 from rvdeploy.peers import llamabench, llamacpp  # noqa: E402
 from rvdeploy.targets import get_target  # noqa: E402
 
-KEYS = ("instructions", "vector_instructions", "vector_lmul_weighted")
-
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def per_step(one: dict, many: dict, n: int) -> dict:
-    return {k: (many[k] - one[k]) / n for k in KEYS}
 
 
 def iree_runs(bundle: Bundle, board, depth: int, n: int) -> list:
@@ -151,7 +145,7 @@ def main() -> None:
             rows: dict[str, dict] = {}
             for (name, d), (one, many) in futures.items():
                 counts = (one.result(), many.result())
-                rows.setdefault(name, {})[d] = {**per_step(*counts, a.n), "runs": counts}
+                rows.setdefault(name, {})[d] = {**per_unit(*counts, a.n), "runs": counts}
                 log(f"{name} at depth {d}: {rows[name][d]['instructions'] / 1e6:.2f}M per decode step")
             if a.check:
                 rows["rvdeploy, real prefill (check)"] = {

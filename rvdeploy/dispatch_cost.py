@@ -30,10 +30,9 @@ from .bench.measure import measuring_args
 from .bundle import Bundle
 from .errors import RvdeployError
 from .generation import RUNNER
-from .qemu_cost import parse_counts, plugin_library, plugin_qemu
+from .qemu_cost import KEYS, parse_counts, plugin_library, plugin_qemu
 from .runtimes import BUILD_HINT
 
-KEYS = ("instructions", "vector_instructions", "vector_lmul_weighted")
 RUNTIME = "runtime"
 MODULE = "model.vmfb"
 EM_RISCV = 243

@@ -77,6 +77,10 @@ def build_countloop() -> Path:
     return compile_c("qemu-plugin", cmd, COUNTLOOP_SOURCE, "countloop", what=f"compiling {COUNTLOOP_SOURCE.name}")
 
 
+# the counts that per-token figures are made of (parse_counts also gives vsetvl, a diagnostic)
+KEYS = ("instructions", "vector_instructions", "vector_lmul_weighted")
+
+
 def parse_counts(text: str) -> dict:
     lines = [ln for ln in text.splitlines() if ln.startswith("insns=")]
     if not lines:

@@ -18,6 +18,7 @@ from ..boards.qemu import QemuBoard
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..generation import RUNNER
+from ..qemu_cost import KEYS
 from ..runtimes import BUILD_HINT
 from .measure import measuring_args
 
@@ -27,12 +28,16 @@ def count_program(argv: list[str], cpu: str) -> dict:
     return QemuBoard().count_program(Path(argv[0]), argv[1:], cpu=cpu)[0]
 
 
+def per_unit(fewer: dict, more: dict, units: int) -> dict:
+    """What each of `units` more tokens (or steps) adds, from the counts of two runs that differ by them."""
+    return {k: (more[k] - fewer[k]) / units for k in KEYS}
+
+
 def by_difference(c11: dict, cp1: dict, cpn: dict, prompt_tokens: int, gen_tokens: int) -> dict:
     """Per-token figures from counts of (1-token prompt, 1 new), (P, 1 new), (P, N+1 new)."""
-    keys = ("instructions", "vector_instructions", "vector_lmul_weighted")
     return {
-        "per_prompt_token": {k: (cp1[k] - c11[k]) / (prompt_tokens - 1) for k in keys},
-        "per_generated_token": {k: (cpn[k] - cp1[k]) / gen_tokens for k in keys},
+        "per_prompt_token": per_unit(c11, cp1, prompt_tokens - 1),
+        "per_generated_token": per_unit(cp1, cpn, gen_tokens),
         "runs": {
             "prompt1_new1": c11,
             f"prompt{prompt_tokens}_new1": cp1,
