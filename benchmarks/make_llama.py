@@ -67,29 +67,6 @@ SHAPES = {
         bos_token_id=128000,
         eos_token_id=128001,
     ),
-    # the 1B's attention (hidden, heads, head_dim, rope, context) in 2 of its 16 layers, with a small MLP and
-    # vocabulary: what a decode step adds per token of context, 1/8 of the 1B's, at a fraction of its prefill
-    "llama-3.2-1b-attention": dict(
-        hidden_size=2048,
-        num_hidden_layers=2,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        intermediate_size=256,
-        vocab_size=8192,
-        tie_word_embeddings=True,
-        rope_theta=500000.0,
-        rope_scaling={
-            "factor": 32.0,
-            "high_freq_factor": 4.0,
-            "low_freq_factor": 1.0,
-            "original_max_position_embeddings": 8192,
-            "rope_type": "llama3",
-        },
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
     "mid": dict(
         hidden_size=512,
         num_hidden_layers=4,
@@ -119,6 +96,16 @@ SHAPES = {
         eos_token_id=2,
         initializer_range=0.2,
     ),
+}
+# the 1B's attention (hidden, heads, head_dim, rope, context) in 2 of its 16 layers, with a small MLP and
+# vocabulary: what a decode step adds per token of context, 1/8 of the 1B's, at a fraction of its prefill
+SHAPES["llama-3.2-1b-attention"] = {
+    **SHAPES["llama-3.2-1b"],
+    "num_hidden_layers": 2,
+    "intermediate_size": 256,
+    "vocab_size": 8192,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
 KEEP = ("model.onnx", "model.onnx_data", "config.json", "generation_config.json")
 HF_KEEP = ("model.safetensors",)
