@@ -30,7 +30,7 @@ from .bench.measure import measuring_args
 from .bundle import Bundle
 from .errors import RvdeployError
 from .generation import RUNNER
-from .qemu_cost import KEYS, parse_counts, plugin_library, plugin_qemu
+from .qemu_cost import KEYS, parse_counts, plugin_env, plugin_qemu
 from .runtimes import BUILD_HINT
 
 RUNTIME = "runtime"
@@ -242,8 +242,8 @@ def count_run(
     (as bench --cost has them) and the same split by dispatch."""
     with tempfile.TemporaryDirectory(prefix="rvdeploy-dispatch-cost-") as tmp:
         outfile, tbfile = Path(tmp) / "counts.txt", Path(tmp) / "blocks.txt"
-        env = {"QEMU_PLUGIN": f"{plugin_library()},outfile={outfile},tbfile={tbfile}"}
-        board.run_tool(bundle, RUNNER, measuring_args(bundle.manifest, prompt, new), qemu=str(plugin_qemu()), env=env)
+        args = measuring_args(bundle.manifest, prompt, new)
+        board.run_tool(bundle, RUNNER, args, qemu=str(plugin_qemu()), env=plugin_env(outfile, tbfile), counted=True)
         whole = parse_counts(outfile.read_text())
         whole_insns, blocks = parse_blocks(tbfile.read_text())
     by_dispatch, runtime = attribute(executables, blocks, runner)

@@ -95,5 +95,20 @@ def parse_counts(text: str) -> dict:
     }
 
 
-def plugin_env(outfile: Path) -> dict:
-    return {"QEMU_PLUGIN": f"{plugin_library()},outfile={outfile}"}
+def plugin_env(outfile: Path, tbfile: Path | None = None) -> dict:
+    """The environment that loads the counting plugin (`tbfile`: also per block, rvdeploy.dispatch_cost)."""
+    blocks = f",tbfile={tbfile}" if tbfile else ""
+    return {"QEMU_PLUGIN": f"{plugin_library()},outfile={outfile}{blocks}"}
+
+
+# what a shell between qemu and us exports of its own (dash: the directory it started in, the one it is in)
+SHELL_EXPORTS = ("PWD", "OLDPWD", "SHLVL", "_")
+
+
+def empty_guest_env(env: dict[str, str]) -> dict[str, str]:
+    """`env`, qemu's own environment, plus QEMU_UNSET_ENV naming all of it: the counted program starts with an
+    empty environment. qemu-user hands its environment on, and its size moves the program's argv strings,
+    whose alignment changes what glibc's string functions execute: a caller's COLUMNS=80 changed the
+    demo's per prompt token figure by 2 instructions, and the plugin's own paths are in it."""
+    names = sorted({*env, *SHELL_EXPORTS, "QEMU_UNSET_ENV"} - {n for n in env if "," in n})
+    return {**env, "QEMU_UNSET_ENV": ",".join(names)}

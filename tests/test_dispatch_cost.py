@@ -168,14 +168,25 @@ def test_demo_dispatches_add_up_to_bench_cost(built, riscv_runtime, plugin_qemu)
         for depth, rows in ((8, d8), (40, d40))
     }
     assert block[40] - block[8] > 0.5 * growth
-    # the totals are bench --cost's figures (other runs: the few threads of local-sync vary by ~0.001 %)
+    # the totals are bench --cost's figures: other runs of the same prompts, which repeat exactly
     cost = measure_cost(bundle, QemuBoard(), 8, 4)
     for ours, theirs in (
         (phases["prefill"]["total"], cost["per_prompt_token"]),
         (phases["decode@8"]["total"], cost["per_generated_token"]),
     ):
-        assert ours["instructions"] == pytest.approx(theirs["instructions"], rel=1e-3)
-        assert ours["vector_instructions"] == theirs["vector_instructions"]
+        for k in KEYS:
+            assert ours[k] == pytest.approx(theirs[k], rel=1e-12), k
+
+
+@pytest.mark.slow
+def test_a_counted_run_repeats_exactly(built, riscv_runtime, plugin_qemu):
+    """bench --cost's per-token figures are differences of whole runs, so a run's counts must repeat: a few
+    hundred instructions of noise per run is 0.1 % of a demo prompt token at -p 8 (the runner once formatted
+    its timings with printf's %f and let IREE's threads race at start-up: see runner.c)."""
+    bundle = built(str(DEMO), "rv64gcv-vlen256")
+    args = measuring_args(bundle.manifest, 8, 3)
+    counts = [QemuBoard().count_tool(bundle, RUNNER, args)[0] for _ in range(5)]
+    assert all(c == counts[0] for c in counts), counts
 
 
 def _weight_n(shapes: str) -> int:
@@ -201,8 +212,10 @@ def test_decode_at_depth_without_the_prefill_counts_as_with_it(built, riscv_runt
     rows = json.loads(proc.stdout)["rows"]
     cached, real = rows["rvdeploy"], rows["rvdeploy, real prefill (check)"]
     for d in ("8", "40"):
-        # other tokens and cache contents: only the sampler's argmax branches differ (a few hundred instructions)
-        assert cached[d]["instructions"] == pytest.approx(real[d]["instructions"], rel=2e-3)
+        # other tokens, cache contents and the heap a D-token prefill leaves: the sampler's argmax branches and
+        # glibc malloc's free lists differ (up to ~3K instructions a step seen, by where the bundle lies: 0.3 % of
+        # the demo's step, whose dispatches are only ~25K of its ~970K, and 0.003 % of the 1B's)
+        assert cached[d]["instructions"] == pytest.approx(real[d]["instructions"], abs=5e3)
         assert cached[d]["vector_instructions"] == pytest.approx(real[d]["vector_instructions"], rel=1e-6)
         assert cached[d]["vector_lmul_weighted"] == pytest.approx(real[d]["vector_lmul_weighted"], rel=1e-6)
     assert cached["40"]["instructions"] > cached["8"]["instructions"]

@@ -2,9 +2,9 @@
 qemu (rvdeploy.qemu_cost) on an emulated board that can count (Board.can_count).
 
 Method: wall time under qemu is no proxy for RVV code (vector instructions are emulated by slow helpers), but
-single-threaded instruction counts repeat to ~0.001 %. Process start-up (module load, parameter reads) is
-large, so per-token figures are differences of whole runs of the bundle's runner (what `run` executes; device
-local-sync, greedy, no EOS stop):
+a run's counts repeat exactly (runner.c keeps its printed timings and its threads' start-up from varying
+them). Process start-up (module load, parameter reads) is large, so per-token figures are differences of whole
+runs of the bundle's runner (what `run` executes; device local-sync, greedy, no EOS stop):
   per prompt token    = (count(P-token prompt, 1 new token) - count(1-token prompt, 1 new token)) / (P - 1)
   per generated token = (count(P-token prompt, N+1 new tokens) - count(P-token prompt, 1 new token)) / N
 """

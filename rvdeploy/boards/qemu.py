@@ -19,7 +19,7 @@ from .. import children
 from ..bundle import Bundle
 from ..errors import RvdeployError
 from ..probe import probe_binary
-from ..qemu_cost import parse_counts, plugin_env, plugin_qemu
+from ..qemu_cost import empty_guest_env, parse_counts, plugin_env, plugin_qemu
 from ..targets import Target, get_target
 from .base import ProgramRun
 from .launch import raise_for, require_launcher, tool_command
@@ -98,11 +98,19 @@ class QemuBoard:
         require_launcher(bundle)
 
     def run_tool(
-        self, bundle: Bundle, tool: str, args: list[str], *, qemu: str | None = None, env: dict | None = None
+        self,
+        bundle: Bundle,
+        tool: str,
+        args: list[str],
+        *,
+        qemu: str | None = None,
+        env: dict | None = None,
+        counted: bool = False,
     ) -> ProgramRun:
         """Run an IREE tool through the bundle's launcher under qemu (`qemu`: another qemu-riscv64, such as the
-        plugin-capable one of `bench --cost`; `env`: extra environment, e.g. QEMU_PLUGIN); its output and peak
-        RSS (the launcher execs the tool, so that is the tool's under qemu)."""
+        plugin-capable one of `bench --cost`; `env`: extra environment, e.g. QEMU_PLUGIN; `counted`: the tool
+        starts with an empty environment, so its counts do not depend on ours); its output and peak RSS (the
+        launcher execs the tool, so that is the tool's under qemu)."""
         self.check(bundle)
         full_env = {
             **os.environ,
@@ -110,17 +118,29 @@ class QemuBoard:
             "QEMU_CPU": self._cpu(bundle),
             **(env or {}),
         }
+        if counted:
+            full_env = empty_guest_env(full_env)
         run = run_measured(tool_command(tool, args), env=full_env, cwd=str(bundle.path))
         raise_for(self.name, run.returncode, run.stderr, bundle, tool=tool)
         return run
 
     def run_program(
-        self, exe: Path, args: list[str | Path], *, cpu: str, qemu: str | None = None, env: dict | None = None
+        self,
+        exe: Path,
+        args: list[str | Path],
+        *,
+        cpu: str,
+        qemu: str | None = None,
+        env: dict | None = None,
+        counted: bool = False,
     ) -> ProgramRun:
         """Run a static riscv64 program (not a bundle's) under qemu with this board's CPU, or `cpu` when the
-        board names no target; Path arguments are files here. Raises on a non-zero exit."""
+        board names no target; Path arguments are files here; `qemu`, `env`, `counted` as for run_tool.
+        Raises on a non-zero exit."""
         cpu = self.target.qemu_cpu if self.target is not None else cpu
         full_env = {**os.environ, "QEMU_CPU": cpu, **(env or {})}
+        if counted:
+            full_env = empty_guest_env(full_env)
         run = run_measured([qemu or checked_qemu(), str(exe), *map(str, args)], env=full_env)
         raise_for(self.name, run.returncode, run.stderr, tool=exe.name)
         return run
@@ -130,14 +150,14 @@ class QemuBoard:
         """Counts (rvdeploy.qemu_cost.parse_counts) of one run of a static riscv64 program, and the run."""
         with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
             outfile = Path(tmp) / "counts.txt"
-            run = self.run_program(exe, args, cpu=cpu, qemu=str(plugin_qemu()), env=plugin_env(outfile))
+            run = self.run_program(exe, args, cpu=cpu, qemu=str(plugin_qemu()), env=plugin_env(outfile), counted=True)
             return parse_counts(outfile.read_text()), run
 
     def count_tool(self, bundle: Bundle, tool: str, args: list[str]) -> tuple[dict, ProgramRun]:
         """Counts of one run of a bundle's IREE tool through its launcher (the tool's process: the last one)."""
         with tempfile.TemporaryDirectory(prefix="rvdeploy-cost-") as tmp:
             outfile = Path(tmp) / "counts.txt"
-            run = self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile))
+            run = self.run_tool(bundle, tool, args, qemu=str(plugin_qemu()), env=plugin_env(outfile), counted=True)
             return parse_counts(outfile.read_text()), run
 
     def start_runner(self, bundle: Bundle, args: list[str]) -> RunnerProcess:

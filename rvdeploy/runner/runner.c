@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "iree/base/api.h"
+#include "iree/base/threading/thread.h"
 #include "iree/base/tooling/flags.h"
 #include "iree/hal/api.h"
 #include "iree/modules/hal/types.h"
@@ -177,6 +178,21 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// Seconds as text from whole microseconds: glibc formats a double in a value-dependent number of instructions
+// (up to ~100 here), which would be noise in every run that bench --cost counts.
+typedef struct {
+  char text[32];
+} seconds_text_t;
+static seconds_text_t seconds_text(double s) {
+  seconds_text_t t;
+  long long us = (long long)(s * 1e6 + 0.5);
+  char frac[7];  // six digits by hand: printf's zero padding also costs per digit missing
+  for (int i = 5; i >= 0; --i, us /= 10) frac[i] = (char)('0' + us % 10);
+  frac[6] = 0;
+  snprintf(t.text, sizeof t.text, "%lld.%s", us, frac);
+  return t;
 }
 
 static long peak_rss_kb(void) {
@@ -421,9 +437,10 @@ static iree_status_t turn(session_t* s, const int64_t* ids, int64_t n, int64_t m
   // the last token is in the output but not in the cache: an interactive session feeds it with the next
   // turn (the caller keeps it); a finished session never needs it
   printf("end %s\n", why);
-  printf("stats load_s=%.6f prompt_tokens=%lld prefill_s=%.6f generated=%lld decode_s=%.6f "
+  printf("stats load_s=%s prompt_tokens=%lld prefill_s=%s generated=%lld decode_s=%s "
          "decode_steps=%lld context_used=%lld peak_rss_kb=%ld\n",
-         load_s, (long long)n, s->prefill_s - t_prefill, (long long)generated, s->decode_s - t_decode,
+         seconds_text(load_s).text, (long long)n, seconds_text(s->prefill_s - t_prefill).text,
+         (long long)generated, seconds_text(s->decode_s - t_decode).text,
          (long long)(generated > 0 ? generated - 1 : 0), (long long)s->past + 1, peak_rss_kb());
   fflush(stdout);
   return iree_ok_status();
@@ -566,6 +583,27 @@ static iree_status_t run(iree_vm_instance_t* instance) {
   return status;
 }
 
+static int no_op(void* arg) {
+  (void)arg;
+  return 0;
+}
+
+// IREE's threads look up pthread_setname_np once, as each starts. The device's threads (even local-sync's:
+// async I/O and its poller) start together and race for that lookup, and the loser's wait made a run's
+// executed instructions vary by up to ~250 (bench --cost counts them). One thread started and joined first
+// settles the lookup: counted runs then repeat exactly. Best effort: a failure only leaves the race.
+static void settle_thread_start(void) {
+  iree_thread_t* thread = NULL;
+  iree_thread_create_params_t params;
+  memset(&params, 0, sizeof(params));
+  iree_status_t status = iree_thread_create(no_op, NULL, params, iree_allocator_system(), &thread);
+  if (iree_status_is_ok(status)) {
+    iree_thread_release(thread);  // the last reference: joins it
+  } else {
+    iree_status_ignore(status);
+  }
+}
+
 int main(int argc, char** argv) {
   iree_flags_set_usage("rvdeploy-runner",
                        "Generates tokens with a bundle's prefill/decode entry points (see the source's header).\n");
@@ -574,6 +612,7 @@ int main(int argc, char** argv) {
   memset(&action, 0, sizeof(action));
   action.sa_handler = on_sigint;  // no SA_RESTART: a turn waiting on stdin is not blocked by it
   sigaction(SIGINT, &action, NULL);
+  settle_thread_start();
   iree_vm_instance_t* instance = NULL;
   iree_status_t status = iree_tooling_create_instance(iree_allocator_system(), &instance);
   if (iree_status_is_ok(status)) status = run(instance);
