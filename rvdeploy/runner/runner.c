@@ -583,22 +583,31 @@ static iree_status_t run(iree_vm_instance_t* instance) {
   return status;
 }
 
-static int no_op(void* arg) {
+static int settle_pipe[2] = {-1, -1};
+
+static int park(void* arg) {
   (void)arg;
+  char c = 1;
+  (void)!write(settle_pipe[1], &c, 1);
+  for (;;) pause();  // never exits: see below
   return 0;
 }
 
 // IREE's threads look up pthread_setname_np once, as each starts. The device's threads (even local-sync's:
 // async I/O and its poller) start together and race for that lookup, and the loser's wait made a run's
-// executed instructions vary by up to ~250 (bench --cost counts them). One thread started and joined first
-// settles the lookup: counted runs then repeat exactly. Best effort: a failure only leaves the race.
+// executed instructions vary by up to ~250 (bench --cost counts them). One thread started first settles the
+// lookup: counted runs then repeat exactly. It stays parked, like the device's threads, because a thread's
+// exit aborts in glibc's unwinder under the emulated ssh board's counting qemu. Best effort: a failure only
+// leaves the race.
 static void settle_thread_start(void) {
   iree_thread_t* thread = NULL;
   iree_thread_create_params_t params;
   memset(&params, 0, sizeof(params));
-  iree_status_t status = iree_thread_create(no_op, NULL, params, iree_allocator_system(), &thread);
+  if (pipe(settle_pipe) != 0) return;
+  iree_status_t status = iree_thread_create(park, NULL, params, iree_allocator_system(), &thread);
   if (iree_status_is_ok(status)) {
-    iree_thread_release(thread);  // the last reference: joins it
+    char c;
+    (void)!read(settle_pipe[0], &c, 1);  // it has started (and named itself)
   } else {
     iree_status_ignore(status);
   }
